@@ -1,0 +1,140 @@
+//! The `Admin` service.
+
+use std::sync::Arc;
+
+use concord_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::admin_status;
+use crate::cluster::buckets::validate_bucket_name;
+use crate::cluster::{BucketChange, BucketProps, Buckets, PluginRef, ResolveOn, ValidatorFailure};
+use crate::node::NodeInfo;
+use crate::{Error, Result};
+
+/// Serves `concord.v1.Admin`.
+pub struct AdminService {
+    buckets: Arc<Buckets>,
+    info: Arc<NodeInfo>,
+}
+
+impl AdminService {
+    /// Wires the service.
+    pub fn new(buckets: Arc<Buckets>, info: Arc<NodeInfo>) -> Self {
+        Self { buckets, info }
+    }
+}
+
+/// Bucket properties as the API shows them.
+pub fn props_to_proto(name: &str, p: &BucketProps) -> pb::BucketProps {
+    pb::BucketProps {
+        name: name.to_owned(),
+        n: p.n,
+        r: p.r(),
+        w: p.w(),
+        max_object_bytes: p.max_object_bytes,
+        max_siblings: p.max_siblings,
+        resolver: p.resolver.as_ref().map(ToString::to_string).unwrap_or_default(),
+        shadow_resolver: p.shadow_resolver.as_ref().map(ToString::to_string).unwrap_or_default(),
+        validators: p.validators.iter().map(ToString::to_string).collect(),
+        resolve_on: match p.resolve_on {
+            ResolveOn::Read => pb::ResolveOn::Read,
+            ResolveOn::Write => pb::ResolveOn::Write,
+        } as i32,
+        validator_failure: match p.validator_failure {
+            ValidatorFailure::Reject => pb::ValidatorFailure::Reject,
+            ValidatorFailure::Accept => pb::ValidatorFailure::Accept,
+        } as i32,
+        configured: p.version > 0,
+        version: p.version,
+    }
+}
+
+fn optional_plugin(s: &str) -> Result<Option<PluginRef>> {
+    if s.is_empty() { Ok(None) } else { s.parse().map(Some) }
+}
+
+/// A `SetBucketRequest` as a change to apply.
+fn change_from_proto(req: &pb::SetBucketRequest) -> Result<BucketChange> {
+    Ok(BucketChange {
+        n: req.n,
+        r: req.r,
+        w: req.w,
+        max_object_bytes: req.max_object_bytes,
+        max_siblings: req.max_siblings,
+        resolver: req.resolver.as_deref().map(optional_plugin).transpose()?,
+        shadow_resolver: req.shadow_resolver.as_deref().map(optional_plugin).transpose()?,
+        validators: req
+            .validators
+            .as_ref()
+            .map(|l| l.validators.iter().map(|v| v.parse()).collect::<Result<Vec<_>>>())
+            .transpose()?,
+        resolve_on: req
+            .resolve_on
+            .map(|v| match pb::ResolveOn::try_from(v) {
+                Ok(pb::ResolveOn::Read) => Ok(ResolveOn::Read),
+                Ok(pb::ResolveOn::Write) => Ok(ResolveOn::Write),
+                Err(_) => Err(Error::invalid(format!("unknown resolve_on value {v}"))),
+            })
+            .transpose()?,
+        validator_failure: req
+            .validator_failure
+            .map(|v| match pb::ValidatorFailure::try_from(v) {
+                Ok(pb::ValidatorFailure::Reject) => Ok(ValidatorFailure::Reject),
+                Ok(pb::ValidatorFailure::Accept) => Ok(ValidatorFailure::Accept),
+                Err(_) => Err(Error::invalid(format!("unknown validator_failure value {v}"))),
+            })
+            .transpose()?,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn cluster_status(
+        &self,
+        _: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.info.status(&self.buckets)))
+    }
+
+    async fn join(&self, _: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        Err(Status::unimplemented("this node runs without clustering"))
+    }
+
+    async fn leave(&self, _: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveResponse>, Status> {
+        Err(Status::unimplemented("this node runs without clustering"))
+    }
+
+    async fn set_bucket(&self, request: Request<pb::SetBucketRequest>) -> Result<Response<pb::BucketProps>, Status> {
+        let req = request.into_inner();
+        let props = change_from_proto(&req).and_then(|c| self.buckets.set(&req.name, c)).map_err(admin_status)?;
+        Ok(Response::new(props_to_proto(&req.name, &props)))
+    }
+
+    async fn get_bucket(&self, request: Request<pb::GetBucketRequest>) -> Result<Response<pb::BucketProps>, Status> {
+        let req = request.into_inner();
+        validate_bucket_name(&req.name).map_err(admin_status)?;
+        Ok(Response::new(props_to_proto(&req.name, &self.buckets.get(&req.name))))
+    }
+
+    async fn list_buckets(
+        &self,
+        _: Request<pb::ListBucketsRequest>,
+    ) -> Result<Response<pb::ListBucketsResponse>, Status> {
+        let buckets = self.buckets.list().iter().map(|(name, p)| props_to_proto(name, p)).collect();
+        Ok(Response::new(pb::ListBucketsResponse { buckets }))
+    }
+
+    async fn deploy_plugin(
+        &self,
+        _: Request<pb::DeployPluginRequest>,
+    ) -> Result<Response<pb::DeployPluginResponse>, Status> {
+        Err(Status::unimplemented("this node runs without plugin support"))
+    }
+
+    async fn list_plugins(
+        &self,
+        _: Request<pb::ListPluginsRequest>,
+    ) -> Result<Response<pb::ListPluginsResponse>, Status> {
+        Ok(Response::new(pb::ListPluginsResponse { plugins: Vec::new() }))
+    }
+}

@@ -1,0 +1,45 @@
+//! Conversions between proto messages and the node's own types.
+
+use std::time::Duration;
+
+use concord_proto::v1 as pb;
+
+use crate::causal::Sibling;
+use crate::coordinator::{Consistency, QuorumSpec};
+
+/// A stored sibling as the API shows it.
+pub fn sibling_to_proto(s: &Sibling) -> pb::Sibling {
+    pb::Sibling {
+        value: s.content.value().map(|v| bytes::Bytes::copy_from_slice(v)).unwrap_or_default(),
+        deleted: s.content.is_tombstone(),
+        written_at_ms: s.written_at_ms,
+        writer: s.writer.clone(),
+    }
+}
+
+fn consistency(raw: i32) -> Result<Consistency, String> {
+    match pb::Consistency::try_from(raw) {
+        Ok(pb::Consistency::Default) => Ok(Consistency::Default),
+        Ok(pb::Consistency::One) => Ok(Consistency::One),
+        Ok(pb::Consistency::Quorum) => Ok(Consistency::Quorum),
+        Ok(pb::Consistency::All) => Ok(Consistency::All),
+        Ok(pb::Consistency::LocalQuorum) => Ok(Consistency::LocalQuorum),
+        Err(_) => Err(format!("unknown consistency level {raw}")),
+    }
+}
+
+fn timeout(ms: u32) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms.into()))
+}
+
+/// Read options to a quorum spec and deadline.
+pub fn read_options(o: Option<&pb::ReadOptions>) -> Result<(QuorumSpec, Option<Duration>), String> {
+    let Some(o) = o else { return Ok((QuorumSpec::default(), None)) };
+    Ok((QuorumSpec { consistency: consistency(o.consistency)?, count: o.r, primaries: o.pr }, timeout(o.timeout_ms)))
+}
+
+/// Write options to a quorum spec and deadline.
+pub fn write_options(o: Option<&pb::WriteOptions>) -> Result<(QuorumSpec, Option<Duration>), String> {
+    let Some(o) = o else { return Ok((QuorumSpec::default(), None)) };
+    Ok((QuorumSpec { consistency: consistency(o.consistency)?, count: o.w, primaries: o.pw }, timeout(o.timeout_ms)))
+}

@@ -1,0 +1,38 @@
+//! Maps node errors to gRPC statuses (DESIGN.md §8).
+
+use prost::Message;
+use tonic::{Code, Status};
+
+use super::convert::sibling_to_proto;
+use crate::Error;
+use crate::causal::encode_context;
+use concord_proto::v1 as pb;
+
+/// The gRPC status for `e`. `bucket` and `key` name the object a
+/// [`Error::SiblingLimit`] refers to, so its context token can be minted.
+pub fn to_status(e: Error, bucket: &str, key: &[u8]) -> Status {
+    match e {
+        Error::InvalidInput(m) => Status::invalid_argument(m),
+        e @ Error::Rejected { .. } => Status::invalid_argument(e.to_string()),
+        e @ Error::Unavailable { .. } => Status::unavailable(e.to_string()),
+        e @ Error::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+        Error::SiblingLimit { limit, siblings, object } => {
+            let msg = Error::SiblingLimit { limit, siblings, object: object.clone() }.to_string();
+            let details = pb::SiblingLimitExceeded {
+                limit: limit as u32,
+                siblings: object.siblings().iter().map(sibling_to_proto).collect(),
+                context: encode_context(object.context(), bucket, key).into(),
+            };
+            Status::with_details(Code::FailedPrecondition, msg, details.encode_to_vec().into())
+        }
+        Error::NotFound(m) => Status::not_found(m),
+        Error::FailedPrecondition(m) => Status::failed_precondition(m),
+        e @ Error::Corruption(_) => Status::data_loss(e.to_string()),
+        e @ Error::Internal(_) => Status::internal(e.to_string()),
+    }
+}
+
+/// The status for an error that does not concern one object.
+pub fn admin_status(e: Error) -> Status {
+    to_status(e, "", b"")
+}

@@ -1,0 +1,215 @@
+//! Laws of the DVV set, checked on random histories of writes and merges.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const REPLICAS: usize = 3;
+
+/// One step of a history played against `REPLICAS` replicas.
+#[derive(Clone, Debug)]
+enum Op {
+    /// A client reads replica `read_from` (or uses no context when `None`)
+    /// and writes through replica `at`.
+    Put { at: usize, read_from: Option<usize>, tombstone: bool },
+    /// Replica `from` sends its copy to replica `to`.
+    Sync { from: usize, to: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..REPLICAS, proptest::option::of(0..REPLICAS), proptest::bool::weighted(0.1))
+            .prop_map(|(at, read_from, tombstone)| Op::Put { at, read_from, tombstone }),
+        2 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Op::Sync { from, to }),
+    ]
+}
+
+/// The result of playing a history: each replica's copy, every dot written,
+/// and the dots that some later write saw (and so may legitimately replace).
+struct Played {
+    replicas: Vec<Object>,
+    written: Vec<Dot>,
+    superseded: BTreeSet<Dot>,
+}
+
+fn actor(i: usize) -> Actor {
+    // Distinct, non-sequential actor ids, like real incarnation ids.
+    0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)
+}
+
+fn play(ops: &[Op]) -> Played {
+    let mut replicas = vec![Object::new(); REPLICAS];
+    let mut written = Vec::new();
+    let mut superseded = BTreeSet::new();
+    for (n, op) in ops.iter().enumerate() {
+        match *op {
+            Op::Put { at, read_from, tombstone } => {
+                let ctx = read_from.map(|r| replicas[r].context().clone()).unwrap_or_default();
+                for &d in &written {
+                    if ctx.covers(d) {
+                        superseded.insert(d);
+                    }
+                }
+                let content =
+                    if tombstone { Content::Tombstone } else { Content::Value(n.to_le_bytes().to_vec()) };
+                let dot = replicas[at].update(actor(at), &ctx, content, n as u64, "n");
+                written.push(dot);
+            }
+            Op::Sync { from, to } => {
+                let src = replicas[from].clone();
+                replicas[to].merge(&src);
+            }
+        }
+    }
+    Played { replicas, written, superseded }
+}
+
+fn converge(replicas: &[Object]) -> Object {
+    replicas.iter().fold(Object::new(), |acc, r| acc.merged(r))
+}
+
+proptest! {
+    #[test]
+    fn merge_is_commutative(ops in proptest::collection::vec(op(), 0..40)) {
+        let p = play(&ops);
+        let (a, b) = (&p.replicas[0], &p.replicas[1]);
+        prop_assert_eq!(a.merged(b), b.merged(a));
+    }
+
+    #[test]
+    fn merge_is_associative(ops in proptest::collection::vec(op(), 0..40)) {
+        let p = play(&ops);
+        let (a, b, c) = (&p.replicas[0], &p.replicas[1], &p.replicas[2]);
+        prop_assert_eq!(a.merged(b).merged(c), a.merged(&b.merged(c)));
+    }
+
+    #[test]
+    fn merge_is_idempotent(ops in proptest::collection::vec(op(), 0..40)) {
+        let p = play(&ops);
+        for r in &p.replicas {
+            prop_assert_eq!(&r.merged(r), r);
+            let m = r.merged(&p.replicas[0]);
+            prop_assert_eq!(m.merged(&p.replicas[0]), m.clone());
+        }
+    }
+
+    #[test]
+    fn put_with_latest_context_leaves_one_sibling(ops in proptest::collection::vec(op(), 0..40), at in 0..REPLICAS) {
+        let p = play(&ops);
+        let mut obj = converge(&p.replicas);
+        let ctx = obj.context().clone();
+        obj.update(actor(at), &ctx, Content::Value(b"final".to_vec()), 0, "n");
+        prop_assert_eq!(obj.siblings().len(), 1);
+        prop_assert_eq!(obj.siblings()[0].content.value(), Some(&b"final"[..]));
+    }
+
+    #[test]
+    fn concurrent_puts_from_one_stale_context_become_siblings(
+        ops in proptest::collection::vec(op(), 0..30),
+        writers in proptest::collection::vec(0..REPLICAS, 1..8),
+    ) {
+        let p = play(&ops);
+        let base = converge(&p.replicas);
+        let stale = base.context().clone();
+        // Every writer read `base`, then wrote through some replica holding it.
+        let mut copies = vec![base.clone(); REPLICAS];
+        for (i, &at) in writers.iter().enumerate() {
+            copies[at].update(actor(at), &stale, Content::Value(vec![i as u8]), 0, "n");
+        }
+        let merged = converge(&copies);
+        prop_assert_eq!(merged.siblings().len(), writers.len());
+        prop_assert!(merged.context().descends(&stale));
+    }
+
+    #[test]
+    fn merge_keeps_what_the_other_side_has_not_seen(ops in proptest::collection::vec(op(), 0..40)) {
+        let p = play(&ops);
+        let (a, b) = (&p.replicas[0], &p.replicas[1]);
+        let m = a.merged(b);
+        for s in a.siblings() {
+            if !b.context().covers(s.dot) {
+                prop_assert!(m.siblings().contains(s), "lost {:?}", s.dot);
+            }
+        }
+    }
+
+    #[test]
+    fn no_write_is_lost_unless_a_later_write_saw_it(ops in proptest::collection::vec(op(), 0..60)) {
+        let p = play(&ops);
+        let all = converge(&p.replicas);
+        let present: BTreeSet<Dot> = all.siblings().iter().map(|s| s.dot).collect();
+        for d in &p.written {
+            prop_assert!(present.contains(d) || p.superseded.contains(d), "write {:?} vanished", d);
+        }
+        // And nothing superseded survives a full merge.
+        for d in &present {
+            prop_assert!(!p.superseded.contains(d), "superseded write {:?} survived", d);
+        }
+    }
+
+    #[test]
+    fn siblings_stay_sorted_and_covered(ops in proptest::collection::vec(op(), 0..40)) {
+        let p = play(&ops);
+        for r in &p.replicas {
+            prop_assert!(r.siblings().windows(2).all(|w| w[0].dot < w[1].dot));
+            prop_assert!(r.siblings().iter().all(|s| r.context().covers(s.dot)));
+        }
+    }
+
+    #[test]
+    fn context_token_round_trips(ops in proptest::collection::vec(op(), 0..40), key in proptest::collection::vec(any::<u8>(), 1..64)) {
+        let p = play(&ops);
+        let vv = converge(&p.replicas).context().clone();
+        let token = encode_context(&vv, "bucket", &key);
+        prop_assert_eq!(decode_context(&token, "bucket", &key).unwrap(), vv);
+    }
+
+    #[test]
+    fn context_decoder_never_panics(token in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = decode_context(&token, "b", b"k");
+    }
+}
+
+#[test]
+fn context_for_another_key_is_refused() {
+    let vv = VersionVector::from_entries([(1, 2), (7, 1)]);
+    let token = encode_context(&vv, "b", b"k1");
+    assert_eq!(decode_context(&token, "b", b"k2"), Err(ContextError::WrongKey));
+    assert_eq!(decode_context(&token, "c", b"k1"), Err(ContextError::WrongKey));
+}
+
+#[test]
+fn garbage_contexts_are_refused_with_a_reason() {
+    assert_eq!(decode_context(&[], "b", b"k"), Ok(VersionVector::new()));
+    assert_eq!(decode_context(&[9, 1, 2], "b", b"k"), Err(ContextError::UnsupportedVersion(9)));
+    assert!(matches!(decode_context(&[1, 1, 2], "b", b"k"), Err(ContextError::Malformed(_))));
+    let mut token = encode_context(&VersionVector::from_entries([(1, 2)]), "b", b"k");
+    token.push(0);
+    assert_eq!(decode_context(&token, "b", b"k"), Err(ContextError::Malformed("trailing bytes")));
+}
+
+#[test]
+fn delete_then_write_with_context_replaces_the_tombstone() {
+    let mut o = Object::new();
+    o.update(1, &VersionVector::new(), Content::Value(b"v".to_vec()), 1, "n");
+    let ctx = o.context().clone();
+    o.update(1, &ctx, Content::Tombstone, 2, "n");
+    assert!(!o.is_found());
+    assert_eq!(o.siblings().len(), 1);
+    let ctx = o.context().clone();
+    o.update(1, &ctx, Content::Value(b"w".to_vec()), 3, "n");
+    assert!(o.is_found());
+    assert_eq!(o.siblings().len(), 1);
+}
+
+#[test]
+fn update_counter_never_goes_backwards_behind_the_context() {
+    // A context can carry a higher counter for this actor than the local copy
+    // (the local copy missed writes); the new dot must still be fresh.
+    let mut o = Object::new();
+    let ctx = VersionVector::from_entries([(1, 5)]);
+    let dot = o.update(1, &ctx, Content::Value(vec![]), 0, "n");
+    assert_eq!(dot, Dot { actor: 1, counter: 6 });
+}

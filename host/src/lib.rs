@@ -1,0 +1,37 @@
+//! Concord: a Dynamo-style, always-writable distributed key-value store whose
+//! conflict resolution and validation are WebAssembly plugins.
+//!
+//! The crate is the node, as a library (so tests can run nodes in process)
+//! and the `concord` binary. Modules, bottom up; see `docs/ARCHITECTURE.md`
+//! for how a request flows through them:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`causal`] | dots, version vectors, sibling sets, context tokens (pure) |
+//! | [`ring`] | partitions, ownership and preference lists (pure) |
+//! | [`storage`] | the engine seam, object codec, durability, data directory |
+//! | [`cluster`] | state shared with peers: bucket properties |
+//! | [`coordinator`] | the get / put / delete paths and quorums |
+//! | [`api`] | the gRPC services |
+//! | [`node`] | wiring, background workers, shutdown |
+
+pub mod api;
+pub mod causal;
+pub mod cluster;
+pub mod config;
+pub mod coordinator;
+mod error;
+pub mod node;
+pub mod ring;
+pub mod storage;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use node::Node;
+
+/// Milliseconds since the Unix epoch, from the system clock. Only ever
+/// informational (sibling timestamps); causality does not depend on it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,188 @@
+//! A running node: builds every part from a [`Config`], serves gRPC, runs
+//! the background workers, and shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use concord_proto::v1 as pb;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{AdminService, KvService};
+use crate::cluster::Buckets;
+use crate::config::Config;
+use crate::coordinator::Coordinator;
+use crate::ring::Ring;
+use crate::storage::{DataDir, Durability, ObjectStore, SledStore, Store};
+use crate::{Error, Result};
+
+/// Facts about this node that status calls report.
+pub struct NodeInfo {
+    /// This node's id.
+    pub node_id: String,
+    /// Address clients and peers use.
+    pub address: SocketAddr,
+    /// Failure domain.
+    pub zone: String,
+    /// Current ring.
+    pub ring: Arc<ArcSwap<Ring>>,
+}
+
+impl NodeInfo {
+    /// The `ClusterStatus` answer.
+    pub fn status(&self, buckets: &Buckets) -> pb::ClusterStatusResponse {
+        let ring = self.ring.load();
+        pb::ClusterStatusResponse {
+            nodes: vec![pb::NodeStatus {
+                node_id: self.node_id.clone(),
+                address: self.address.to_string(),
+                zone: self.zone.clone(),
+                status: "up".into(),
+                phi: None,
+                partitions: ring.partitions(),
+                ring_epoch: ring.epoch(),
+                buckets_version: buckets.version(),
+                plugins_version: 0,
+                is_self: true,
+            }],
+            partitions: ring.partitions(),
+            ring_epoch: ring.epoch(),
+            tripped_plugins: Vec::new(),
+        }
+    }
+}
+
+/// A started node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    addr: SocketAddr,
+    node_id: String,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the data directory, starts the workers and begins serving on
+    /// `config.listen` (port 0 picks a free port; see [`Node::local_addr`]).
+    pub async fn start(config: Config) -> Result<Node> {
+        config.validate()?;
+        let incoming = TcpIncoming::bind(config.listen)
+            .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", config.listen)))?
+            .with_nodelay(Some(true));
+        let bound = incoming.local_addr().map_err(Error::internal)?;
+        let advertised = match config.advertise {
+            Some(a) => a,
+            None => bound,
+        };
+        let dir = DataDir::open(&config.data_dir, config.node_id.as_deref(), &advertised.to_string())?;
+        let node_id = dir.node_id().to_owned();
+        let engine: Arc<dyn Store> = Arc::new(SledStore::open(&dir.db_path(), config.cache_mb << 20)?);
+        let durability =
+            Durability::start(Arc::clone(&engine), config.durability, Duration::from_millis(config.flush_interval_ms));
+        let objects = Arc::new(ObjectStore::new(Arc::clone(&engine), durability, dir.incarnation(), node_id.clone()));
+        let buckets = Arc::new(Buckets::load(Arc::clone(&engine), config.bucket_defaults()?, &node_id)?);
+        let ring = Arc::new(ArcSwap::from_pointee(Ring::single(&node_id, config.partitions)));
+        let coordinator = Arc::new(Coordinator::new(
+            node_id.clone(),
+            Arc::clone(&objects),
+            Arc::clone(&buckets),
+            Arc::clone(&ring),
+            Duration::from_millis(config.request_timeout_ms),
+        ));
+        let info = Arc::new(NodeInfo { node_id: node_id.clone(), address: advertised, zone: config.zone.clone(), ring });
+
+        if let Some(addr) = config.metrics_listen {
+            crate::telemetry::install_prometheus(addr)?;
+            tracing::info!(%addr, "serving metrics at /metrics");
+        }
+
+        let (stop, stopped) = watch::channel(false);
+        let workers = vec![spawn_storage_gauge(Arc::clone(&engine), stopped.clone())];
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<pb::kv_server::KvServer<KvService>>().await;
+        health.set_serving::<pb::admin_server::AdminServer<AdminService>>().await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(Error::internal)?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(Error::internal)?;
+
+        let router = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(pb::kv_server::KvServer::new(KvService::new(coordinator)))
+            .add_service(pb::admin_server::AdminServer::new(AdminService::new(buckets, info)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let mut shutdown = stopped;
+        let server = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("gRPC server failed: {e}")))?;
+            // The engine, its durability worker and the directory lock live
+            // until the server has stopped taking requests.
+            drop(objects);
+            let flushed = engine.flush();
+            drop(engine);
+            drop(dir);
+            flushed.map_err(Error::from)
+        });
+        tracing::info!(node_id = %node_id, addr = %bound, durability = ?config.durability, data_dir = %config.data_dir.display(), "concord node serving");
+        Ok(Node { addr: bound, node_id, stop, server, workers })
+    }
+
+    /// The address the gRPC server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Stops serving, lets in-flight requests finish and flushes storage.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        self.server.await.map_err(Error::internal)?
+    }
+
+    /// Runs until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<()> {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}
+
+/// Publishes the engine's size on disk every few seconds.
+fn spawn_storage_gauge(engine: Arc<dyn Store>, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let gauge = metrics::gauge!("concord_storage_bytes");
+        loop {
+            let e = Arc::clone(&engine);
+            if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || e.size_on_disk()).await {
+                gauge.set(bytes as f64);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = stopped.wait_for(|s| *s) => break,
+            }
+        }
+    })
+}

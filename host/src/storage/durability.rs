@@ -1,0 +1,205 @@
+//! When an acknowledged write is on disk.
+//!
+//! * [`DurabilityMode::Fsync`]: a write is acknowledged only after a flush
+//!   that started after it finished. Writers that arrive while a flush runs
+//!   wait for the next one together (*group commit*), so one `fsync` serves
+//!   many writes: throughput grows with concurrency instead of being capped
+//!   at one write per disk flush. Risk: none beyond the disk's own honesty
+//!   about `fsync`.
+//! * [`DurabilityMode::Periodic`] (the default): writes are acknowledged once
+//!   they are in the engine's memory, and a background worker flushes every
+//!   `interval`. Risk: a crash of the process or the machine loses up to one
+//!   interval of acknowledged writes *on this replica*. With N > 1 replicas a
+//!   write acknowledged by W of them is lost only if all of those crash within
+//!   the same interval.
+//!
+//! Both workers are plain threads: a flush is a blocking syscall and must
+//! not occupy a tokio worker.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::Store;
+use crate::{Error, Result};
+
+/// How writes are made durable. See the module docs for what each risks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// Acknowledge after the write is flushed to disk (group commit).
+    Fsync,
+    /// Acknowledge from memory; flush in the background every interval.
+    #[default]
+    Periodic,
+}
+
+impl std::str::FromStr for DurabilityMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fsync" => Ok(Self::Fsync),
+            "periodic" => Ok(Self::Periodic),
+            other => Err(format!("unknown durability mode {other:?}; use fsync or periodic")),
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// The running durability worker of one store.
+pub struct Durability {
+    mode: DurabilityMode,
+    /// Fsync mode: writers enqueue here and wait for the flush that covers
+    /// them. Periodic mode: never sent on; dropping it stops the flusher.
+    tx: mpsc::Sender<Waiter>,
+}
+
+impl Durability {
+    /// Starts the worker for `mode`. `interval` is the periodic flush period.
+    pub fn start(store: Arc<dyn Store>, mode: DurabilityMode, interval: Duration) -> Self {
+        let (tx, rx) = mpsc::channel::<Waiter>();
+        let name = match mode {
+            DurabilityMode::Fsync => "concord-group-commit",
+            DurabilityMode::Periodic => "concord-flusher",
+        };
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || match mode {
+                DurabilityMode::Fsync => group_commit(&*store, rx),
+                DurabilityMode::Periodic => periodic(&*store, rx, interval),
+            })
+            .expect("spawning the durability thread");
+        Self { mode, tx }
+    }
+
+    /// The configured mode.
+    pub fn mode(&self) -> DurabilityMode {
+        self.mode
+    }
+
+    /// Returns once every write that finished before the call is as durable
+    /// as the mode promises: on disk for `fsync`, immediately for `periodic`.
+    pub async fn wait(&self) -> Result<()> {
+        if self.mode == DurabilityMode::Periodic {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx.send(done).map_err(|_| Error::internal("the group-commit worker has stopped"))?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Internal(format!("flushing to disk failed: {e}"))),
+            Err(_) => Err(Error::internal("the group-commit worker has stopped")),
+        }
+    }
+}
+
+/// Flushes once per batch of waiters: everyone queued when a flush starts is
+/// covered by it, and everyone arriving during it waits for the next.
+fn group_commit(store: &dyn Store, rx: mpsc::Receiver<Waiter>) {
+    let batches = metrics::histogram!("concord_group_commit_batch_size");
+    while let Ok(first) = rx.recv() {
+        let mut waiters = vec![first];
+        waiters.extend(rx.try_iter());
+        batches.record(waiters.len() as f64);
+        let result = store.flush().map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "group commit flush failed");
+        }
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+    let _ = store.flush();
+}
+
+/// Flushes every `interval` until the [`Durability`] is dropped, then once
+/// more so a clean shutdown loses nothing.
+fn periodic(store: &dyn Store, rx: mpsc::Receiver<Waiter>, interval: Duration) {
+    loop {
+        match rx.recv_timeout(interval) {
+            Err(mpsc::RecvTimeoutError::Timeout) | Ok(_) => {
+                if let Err(e) = store.flush() {
+                    tracing::error!(error = %e, "periodic flush failed");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if let Err(e) = store.flush() {
+        tracing::error!(error = %e, "final flush failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::storage::{MemStore, Space, StorageError};
+
+    /// Counts flushes and makes each one slow, so writers pile up.
+    struct SlowFlush {
+        inner: MemStore,
+        flushes: AtomicUsize,
+    }
+
+    impl Store for SlowFlush {
+        fn get(&self, s: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+            self.inner.get(s, k)
+        }
+        fn insert(&self, s: Space, k: &[u8], v: &[u8]) -> Result<(), StorageError> {
+            self.inner.insert(s, k, v)
+        }
+        fn remove(&self, s: Space, k: &[u8]) -> Result<(), StorageError> {
+            self.inner.remove(s, k)
+        }
+        fn scan(&self, s: Space, a: Option<&[u8]>, l: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+            self.inner.scan(s, a, l)
+        }
+        fn clear(&self, s: Space) -> Result<(), StorageError> {
+            self.inner.clear(s)
+        }
+        fn flush(&self) -> Result<(), StorageError> {
+            std::thread::sleep(Duration::from_millis(5));
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn size_on_disk(&self) -> Result<u64, StorageError> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_fsync_writers_share_flushes() {
+        let store = Arc::new(SlowFlush { inner: MemStore::new(), flushes: AtomicUsize::new(0) });
+        let d = Arc::new(Durability::start(store.clone(), DurabilityMode::Fsync, Duration::from_millis(10)));
+        let waits: Vec<_> = (0..64)
+            .map(|_| {
+                let d = Arc::clone(&d);
+                tokio::spawn(async move { d.wait().await })
+            })
+            .collect();
+        for w in waits {
+            w.await.unwrap().unwrap();
+        }
+        let flushes = store.flushes.load(Ordering::SeqCst);
+        assert!(flushes >= 1, "every fsync wait needs a flush");
+        assert!(flushes < 64, "64 concurrent writers took {flushes} flushes: no group commit");
+    }
+
+    #[tokio::test]
+    async fn periodic_mode_acknowledges_at_once_and_flushes_in_the_background() {
+        let store = Arc::new(SlowFlush { inner: MemStore::new(), flushes: AtomicUsize::new(0) });
+        let d = Durability::start(store.clone(), DurabilityMode::Periodic, Duration::from_millis(1));
+        d.wait().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.flushes.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the periodic flusher never flushed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

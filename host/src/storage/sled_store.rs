@@ -1,0 +1,111 @@
+//! The production engine: sled, one tree per [`Space`].
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::RwLock;
+
+use super::{Space, StorageError, Store};
+
+/// A [`Store`] on sled.
+pub struct SledStore {
+    db: sled::Db,
+    /// Open trees by space. Opening a tree takes sled's internal lock and a
+    /// lookup, so each is opened once; the read lock is held only for a map
+    /// lookup and never across an await.
+    trees: RwLock<HashMap<Space, sled::Tree>>,
+}
+
+fn io(e: sled::Error) -> StorageError {
+    match e {
+        sled::Error::Corruption { .. } => StorageError::Corruption(e.to_string()),
+        other => StorageError::Io(other.to_string()),
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) a database in `path`. `cache_bytes` bounds sled's
+    /// page cache, which is what keeps memory flat however many keys are
+    /// stored. Flushing is left to [`super::Durability`], so sled's own
+    /// periodic flusher is off.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StorageError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(io)?;
+        Ok(Self { db, trees: RwLock::new(HashMap::new()) })
+    }
+
+    fn tree(&self, space: Space) -> Result<sled::Tree, StorageError> {
+        if let Some(t) = self.trees.read().expect("tree map lock poisoned").get(&space) {
+            return Ok(t.clone());
+        }
+        let tree = self.db.open_tree(space.name()).map_err(io)?;
+        self.trees.write().expect("tree map lock poisoned").insert(space, tree.clone());
+        Ok(tree)
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.tree(space)?.get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn insert(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.tree(space)?.insert(key, value).map_err(io)?;
+        Ok(())
+    }
+
+    fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
+        self.tree(space)?.remove(key).map_err(io)?;
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        use std::ops::Bound;
+        let tree = self.tree(space)?;
+        let start = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Unbounded,
+        };
+        tree.range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+            .collect()
+    }
+
+    fn clear(&self, space: Space) -> Result<(), StorageError> {
+        self.tree(space)?.clear().map_err(io)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StorageError> {
+        self.db.size_on_disk().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sled_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        super::super::conformance::run(
+            || SledStore::open(&path, 16 << 20).unwrap(),
+            true,
+        );
+    }
+}
