@@ -1,1 +1,408 @@
-//! placeholder
+//! A typed Rust client for Concord.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), concord_client::ClientError> {
+//! use concord_client::{Client, Context};
+//!
+//! let client = Client::connect("127.0.0.1:7379").await?;
+//! // A write without a context is concurrent with whatever is stored.
+//! client.put("carts", b"alice", b"apples", &Context::none()).await?;
+//! // A read returns every sibling plus a context covering them all ...
+//! let read = client.get("carts", b"alice").await?;
+//! let merged: Vec<u8> = read.siblings.iter().flat_map(|s| s.value.clone()).collect();
+//! // ... and writing back with that context replaces exactly those siblings.
+//! client.put("carts", b"alice", &merged, &read.context).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Errors come back as [`ClientError`], one variant per thing a caller may
+//! want to react to; [`ClientError::SiblingLimit`] carries the siblings and
+//! context needed to merge and retry.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use concord_proto::v1 as pb;
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+
+pub use concord_proto::v1::{BucketProps, ClusterStatusResponse, Consistency, PluginInfo, SetBucketRequest};
+
+/// An opaque causal context: what a reader has seen. Pass the context of a
+/// read to the next write of the same key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Context(prost::bytes::Bytes);
+
+impl Context {
+    /// The empty context: a write with it is concurrent with everything.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Whether this is the empty context.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The raw token bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The token as URL-safe base64 (how the CLI prints it).
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.0)
+    }
+
+    /// Parses a token printed by [`Context::to_base64`].
+    pub fn from_base64(s: &str) -> Result<Self, ClientError> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim())
+            .map(|b| Self(b.into()))
+            .map_err(|e| ClientError::InvalidArgument(format!("context is not valid base64: {e}")))
+    }
+
+    /// Wraps raw token bytes.
+    pub fn from_bytes(b: impl Into<prost::bytes::Bytes>) -> Self {
+        Self(b.into())
+    }
+}
+
+/// One value of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sibling {
+    /// The value (empty for a tombstone).
+    pub value: Vec<u8>,
+    /// Whether this is a delete's tombstone.
+    pub deleted: bool,
+    /// When the accepting replica took the write (informational).
+    pub written_at_ms: u64,
+    /// Node that accepted the write.
+    pub writer: String,
+}
+
+impl From<pb::Sibling> for Sibling {
+    fn from(s: pb::Sibling) -> Self {
+        Self { value: s.value.to_vec(), deleted: s.deleted, written_at_ms: s.written_at_ms, writer: s.writer }
+    }
+}
+
+/// The answer to a read.
+#[derive(Clone, Debug)]
+pub struct GetResult {
+    /// True when at least one sibling holds a value.
+    pub found: bool,
+    /// Every sibling, tombstones included.
+    pub siblings: Vec<Sibling>,
+    /// Context covering all siblings; pass it to the next write.
+    pub context: Context,
+    /// `name@version` of the resolver that merged siblings, if any.
+    pub resolved_by: Option<String>,
+    /// Replicas whose answers were merged.
+    pub replicas: Vec<String>,
+}
+
+impl GetResult {
+    /// Values of the live siblings.
+    pub fn values(&self) -> Vec<&[u8]> {
+        self.siblings.iter().filter(|s| !s.deleted).map(|s| s.value.as_slice()).collect()
+    }
+}
+
+/// The answer to a put or delete.
+#[derive(Clone, Debug)]
+pub struct WriteResult {
+    /// Context covering the new write.
+    pub context: Context,
+    /// Siblings after the write (only with [`WriteOptions::return_body`]).
+    pub siblings: Vec<Sibling>,
+    /// Number of siblings after the write.
+    pub sibling_count: u32,
+    /// Replicas that acknowledged.
+    pub acked_by: Vec<String>,
+    /// Whether a fallback stood in for an unreachable replica.
+    pub sloppy: bool,
+    /// Resolver that merged siblings at write time, if any.
+    pub resolved_by: Option<String>,
+    /// Validators that vetted the write.
+    pub validated_by: Vec<String>,
+}
+
+/// Per-read options; the defaults use the bucket's settings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadOptions {
+    /// Named consistency level.
+    pub consistency: Consistency,
+    /// Explicit replica count (0: use `consistency`).
+    pub r: u32,
+    /// Primary replicas required.
+    pub pr: u32,
+    /// Deadline (server default when `None`).
+    pub timeout: Option<Duration>,
+}
+
+/// Per-write options; the defaults use the bucket's settings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOptions {
+    /// Named consistency level.
+    pub consistency: Consistency,
+    /// Explicit replica count (0: use `consistency`).
+    pub w: u32,
+    /// Primary replicas required.
+    pub pw: u32,
+    /// Deadline (server default when `None`).
+    pub timeout: Option<Duration>,
+    /// Return the siblings after the write.
+    pub return_body: bool,
+}
+
+/// What went wrong, by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not reach the endpoint.
+    #[error("cannot connect to {endpoint}: {message}")]
+    Connect {
+        /// The address tried.
+        endpoint: String,
+        /// Why.
+        message: String,
+    },
+    /// The request was wrong (or a validator rejected it); nothing was written.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Not enough replicas answered.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The deadline passed.
+    #[error("deadline exceeded: {0}")]
+    Timeout(String),
+    /// The key has too many siblings; merge these and write back with
+    /// `context`.
+    #[error("sibling limit of {limit} reached: merge the {} siblings and write back with the returned context", siblings.len())]
+    SiblingLimit {
+        /// The bucket's `max_siblings`.
+        limit: u32,
+        /// The stored siblings.
+        siblings: Vec<Sibling>,
+        /// Their causal context.
+        context: Context,
+    },
+    /// An admin object (plugin, node) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The operation does not fit the cluster's state.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// Anything else the server reported.
+    #[error("{code:?}: {message}")]
+    Other {
+        /// gRPC status code.
+        code: tonic::Code,
+        /// Server's message.
+        message: String,
+    },
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        let message = s.message().to_owned();
+        match s.code() {
+            tonic::Code::InvalidArgument => Self::InvalidArgument(message),
+            tonic::Code::Unavailable => Self::Unavailable(message),
+            tonic::Code::DeadlineExceeded => Self::Timeout(message),
+            tonic::Code::NotFound => Self::NotFound(message),
+            tonic::Code::FailedPrecondition => match pb::SiblingLimitExceeded::decode(s.details()) {
+                Ok(d) if !s.details().is_empty() => Self::SiblingLimit {
+                    limit: d.limit,
+                    siblings: d.siblings.into_iter().map(Sibling::from).collect(),
+                    context: Context(d.context),
+                },
+                _ => Self::FailedPrecondition(message),
+            },
+            code => Self::Other { code, message },
+        }
+    }
+}
+
+/// A connection to one Concord node (any node serves any key).
+///
+/// Cheap to clone: clones share the underlying HTTP/2 connection.
+#[derive(Clone)]
+pub struct Client {
+    kv: pb::kv_client::KvClient<Channel>,
+    admin: pb::admin_client::AdminClient<Channel>,
+}
+
+fn endpoint_uri(endpoint: &str) -> String {
+    if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") }
+}
+
+impl Client {
+    /// Connects to `endpoint` (`host:port` or a URI).
+    pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
+        let err = |message: String| ClientError::Connect { endpoint: endpoint.to_owned(), message };
+        let channel = Endpoint::from_shared(endpoint_uri(endpoint))
+            .map_err(|e| err(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|e| err(format!("{e}{}", source_chain(&e))))?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Uses an existing channel.
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            kv: pb::kv_client::KvClient::new(channel.clone()),
+            admin: pb::admin_client::AdminClient::new(channel),
+        }
+    }
+
+    /// Reads a key with the bucket's default consistency.
+    pub async fn get(&self, bucket: &str, key: &[u8]) -> Result<GetResult, ClientError> {
+        self.get_with(bucket, key, ReadOptions::default()).await
+    }
+
+    /// Reads a key.
+    pub async fn get_with(&self, bucket: &str, key: &[u8], opts: ReadOptions) -> Result<GetResult, ClientError> {
+        let req = pb::GetRequest {
+            bucket: bucket.to_owned(),
+            key: key.to_vec().into(),
+            options: Some(pb::ReadOptions {
+                consistency: opts.consistency as i32,
+                r: opts.r,
+                pr: opts.pr,
+                timeout_ms: timeout_ms(opts.timeout),
+            }),
+        };
+        let r = self.kv.clone().get(req).await?.into_inner();
+        Ok(GetResult {
+            found: r.found,
+            siblings: r.siblings.into_iter().map(Sibling::from).collect(),
+            context: Context(r.context),
+            resolved_by: non_empty(r.resolved_by),
+            replicas: r.replicas,
+        })
+    }
+
+    /// Writes a value with the bucket's default consistency.
+    pub async fn put(&self, bucket: &str, key: &[u8], value: &[u8], context: &Context) -> Result<WriteResult, ClientError> {
+        self.put_with(bucket, key, value, context, WriteOptions::default()).await
+    }
+
+    /// Writes a value.
+    pub async fn put_with(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        value: &[u8],
+        context: &Context,
+        opts: WriteOptions,
+    ) -> Result<WriteResult, ClientError> {
+        let req = pb::PutRequest {
+            bucket: bucket.to_owned(),
+            key: key.to_vec().into(),
+            value: value.to_vec().into(),
+            context: context.0.clone(),
+            options: Some(write_options(opts)),
+        };
+        let r = self.kv.clone().put(req).await?.into_inner();
+        Ok(WriteResult {
+            context: Context(r.context),
+            siblings: r.siblings.into_iter().map(Sibling::from).collect(),
+            sibling_count: r.sibling_count,
+            acked_by: r.acked_by,
+            sloppy: r.sloppy,
+            resolved_by: non_empty(r.resolved_by),
+            validated_by: r.validated_by,
+        })
+    }
+
+    /// Deletes a key (writes a tombstone superseding what `context` covers).
+    pub async fn delete(&self, bucket: &str, key: &[u8], context: &Context) -> Result<WriteResult, ClientError> {
+        self.delete_with(bucket, key, context, WriteOptions::default()).await
+    }
+
+    /// Deletes a key.
+    pub async fn delete_with(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        context: &Context,
+        opts: WriteOptions,
+    ) -> Result<WriteResult, ClientError> {
+        let req = pb::DeleteRequest {
+            bucket: bucket.to_owned(),
+            key: key.to_vec().into(),
+            context: context.0.clone(),
+            options: Some(write_options(opts)),
+        };
+        let r = self.kv.clone().delete(req).await?.into_inner();
+        Ok(WriteResult {
+            context: Context(r.context),
+            siblings: Vec::new(),
+            sibling_count: 0,
+            acked_by: r.acked_by,
+            sloppy: r.sloppy,
+            resolved_by: None,
+            validated_by: Vec::new(),
+        })
+    }
+
+    /// Changes bucket properties (unset fields stay as they are).
+    pub async fn set_bucket(&self, req: SetBucketRequest) -> Result<BucketProps, ClientError> {
+        Ok(self.admin.clone().set_bucket(req).await?.into_inner())
+    }
+
+    /// A bucket's properties (defaults for a bucket never configured).
+    pub async fn get_bucket(&self, name: &str) -> Result<BucketProps, ClientError> {
+        Ok(self.admin.clone().get_bucket(pb::GetBucketRequest { name: name.to_owned() }).await?.into_inner())
+    }
+
+    /// Every configured bucket.
+    pub async fn list_buckets(&self) -> Result<Vec<BucketProps>, ClientError> {
+        Ok(self.admin.clone().list_buckets(pb::ListBucketsRequest {}).await?.into_inner().buckets)
+    }
+
+    /// Membership and ring as the node sees it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        Ok(self.admin.clone().cluster_status(pb::ClusterStatusRequest {}).await?.into_inner())
+    }
+
+    /// The raw admin client, for calls without a typed wrapper.
+    pub fn admin(&self) -> pb::admin_client::AdminClient<Channel> {
+        self.admin.clone()
+    }
+}
+
+fn write_options(o: WriteOptions) -> pb::WriteOptions {
+    pb::WriteOptions {
+        consistency: o.consistency as i32,
+        w: o.w,
+        pw: o.pw,
+        timeout_ms: timeout_ms(o.timeout),
+        return_body: o.return_body,
+    }
+}
+
+fn timeout_ms(t: Option<Duration>) -> u32 {
+    t.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32)
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -42,6 +42,9 @@ pub struct Config {
     pub durability: DurabilityMode,
     /// Flush period in `periodic` mode, in milliseconds.
     pub flush_interval_ms: u64,
+    /// In `fsync` mode, the longest a flush waits for concurrent writers to
+    /// join it, in microseconds. A lone writer never waits.
+    pub group_commit_max_delay_us: u64,
     /// Storage page cache, in MiB: bounds memory whatever the data size.
     pub cache_mb: u64,
     /// Tokio worker threads; 0 means one per CPU core.
@@ -86,6 +89,7 @@ impl Default for Config {
             zone: "default".into(),
             durability: DurabilityMode::Periodic,
             flush_interval_ms: 10,
+            group_commit_max_delay_us: 1_000,
             cache_mb: 256,
             worker_threads: 0,
             request_timeout_ms: 5_000,

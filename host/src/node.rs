@@ -56,6 +56,9 @@ impl NodeInfo {
     }
 }
 
+/// How long a shutdown waits for open connections to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A started node. Dropping it does not stop it; call [`Node::shutdown`].
 pub struct Node {
     addr: SocketAddr,
@@ -63,6 +66,11 @@ pub struct Node {
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<()>>,
     workers: Vec<JoinHandle<()>>,
+    /// Flushed and closed after the server stops.
+    engine: Arc<dyn Store>,
+    objects: Arc<ObjectStore>,
+    /// Holds the directory lock until the very end of shutdown.
+    dir: DataDir,
 }
 
 impl Node {
@@ -70,6 +78,12 @@ impl Node {
     /// `config.listen` (port 0 picks a free port; see [`Node::local_addr`]).
     pub async fn start(config: Config) -> Result<Node> {
         config.validate()?;
+        // Metric handles made before the recorder is installed are no-ops, so
+        // this comes first.
+        if let Some(addr) = config.metrics_listen {
+            crate::telemetry::install_prometheus(addr)?;
+            tracing::info!(%addr, "serving metrics at /metrics");
+        }
         let incoming = TcpIncoming::bind(config.listen)
             .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", config.listen)))?
             .with_nodelay(Some(true));
@@ -81,8 +95,12 @@ impl Node {
         let dir = DataDir::open(&config.data_dir, config.node_id.as_deref(), &advertised.to_string())?;
         let node_id = dir.node_id().to_owned();
         let engine: Arc<dyn Store> = Arc::new(SledStore::open(&dir.db_path(), config.cache_mb << 20)?);
-        let durability =
-            Durability::start(Arc::clone(&engine), config.durability, Duration::from_millis(config.flush_interval_ms));
+        let durability = Durability::start(
+            Arc::clone(&engine),
+            config.durability,
+            Duration::from_millis(config.flush_interval_ms),
+            Duration::from_micros(config.group_commit_max_delay_us),
+        );
         let objects = Arc::new(ObjectStore::new(Arc::clone(&engine), durability, dir.incarnation(), node_id.clone()));
         let buckets = Arc::new(Buckets::load(Arc::clone(&engine), config.bucket_defaults()?, &node_id)?);
         let ring = Arc::new(ArcSwap::from_pointee(Ring::single(&node_id, config.partitions)));
@@ -94,11 +112,6 @@ impl Node {
             Duration::from_millis(config.request_timeout_ms),
         ));
         let info = Arc::new(NodeInfo { node_id: node_id.clone(), address: advertised, zone: config.zone.clone(), ring });
-
-        if let Some(addr) = config.metrics_listen {
-            crate::telemetry::install_prometheus(addr)?;
-            tracing::info!(%addr, "serving metrics at /metrics");
-        }
 
         let (stop, stopped) = watch::channel(false);
         let workers = vec![spawn_storage_gauge(Arc::clone(&engine), stopped.clone())];
@@ -131,16 +144,10 @@ impl Node {
                 })
                 .await
                 .map_err(|e| Error::Internal(format!("gRPC server failed: {e}")))?;
-            // The engine, its durability worker and the directory lock live
-            // until the server has stopped taking requests.
-            drop(objects);
-            let flushed = engine.flush();
-            drop(engine);
-            drop(dir);
-            flushed.map_err(Error::from)
+            Ok(())
         });
         tracing::info!(node_id = %node_id, addr = %bound, durability = ?config.durability, data_dir = %config.data_dir.display(), "concord node serving");
-        Ok(Node { addr: bound, node_id, stop, server, workers })
+        Ok(Node { addr: bound, node_id, stop, server, workers, engine, objects, dir })
     }
 
     /// The address the gRPC server is bound to.
@@ -153,13 +160,32 @@ impl Node {
         &self.node_id
     }
 
-    /// Stops serving, lets in-flight requests finish and flushes storage.
+    /// Stops serving, lets in-flight requests finish (for up to
+    /// [`DRAIN_TIMEOUT`]) and flushes storage.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);
         for w in self.workers {
             let _ = w.await;
         }
-        self.server.await.map_err(Error::internal)?
+        let mut server = self.server;
+        let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+            Ok(joined) => joined.map_err(Error::internal).and_then(|r| r),
+            Err(_) => {
+                tracing::warn!("clients kept connections open for {DRAIN_TIMEOUT:?}; closing them");
+                server.abort();
+                let _ = server.await;
+                Ok(())
+            }
+        };
+        // The services (and their handles on the store) are gone; the last
+        // handle is ours. Dropping the object store joins its durability
+        // worker, then the engine flushes, then the lock goes.
+        drop(self.objects);
+        let flushed = self.engine.flush();
+        drop(self.engine);
+        drop(self.dir);
+        served?;
+        flushed.map_err(Error::from)
     }
 
     /// Runs until `signal` resolves, then shuts down.

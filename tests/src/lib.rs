@@ -1,0 +1,215 @@
+//! Test harness: real `concord serve` processes on 127.0.0.1.
+//!
+//! Each [`Server`] gets a free port and a temporary data directory, logs to a
+//! file beside it, and is killed by PID when dropped, so a failing test never
+//! leaves a node behind.
+//!
+//! The binary is the `concord` that `cargo test --workspace` builds next to
+//! the test executables (`target/<profile>/concord`); set `CONCORD_BIN` to use
+//! another.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use concord_client::Client;
+
+/// Path of the `concord` binary under test.
+pub fn concord_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CONCORD_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>/concord
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join(format!("concord{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} does not exist; build it with `cargo build -p concord` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding port 0").port()
+}
+
+/// A `concord serve` child process.
+pub struct Server {
+    child: Option<Child>,
+    /// The node's gRPC address.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// How to start a [`Server`].
+#[derive(Default, Clone)]
+pub struct ServerOptions {
+    /// Extra `concord serve` flags.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Data directory to use instead of a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on instead of a free port on 127.0.0.1.
+    pub addr: Option<SocketAddr>,
+}
+
+impl Server {
+    /// Starts a node with default options and waits until it serves.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    /// Starts a node and waits until it serves.
+    pub async fn start_with(opts: ServerOptions) -> anyhow::Result<Self> {
+        let (tmp, data_dir) = match opts.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir()?;
+                let d = t.path().join("data");
+                (Some(t), d)
+            }
+        };
+        let addr = opts.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let log = data_dir.with_extension("log");
+        let mut s = Server { child: None, addr, data_dir, log, extra_args: opts.args, env: opts.env, _tmp: tmp };
+        s.spawn()?;
+        s.wait_ready().await?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(concord_bin())
+            .arg("serve")
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("CONCORD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting concord serve")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the node answers gRPC, or fails with its log.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("concord serve exited with {status}; log:\n{}", self.log_text());
+            }
+            if let Ok(c) = Client::connect(&self.addr.to_string()).await
+                && c.cluster_status().await.is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("concord serve did not become ready on {}; log:\n{}", self.addr, self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client connected to this node.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr.to_string()).await.expect("connecting to the test node")
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// What the node logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, no flush).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits for a clean exit. Async so
+    /// the caller's runtime keeps driving its connections, which the node
+    /// waits to see closed.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut c) = self.child.take() else { return Ok(()) };
+        signal(c.id(), "TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait()? {
+                if !status.success() {
+                    bail!("concord serve exited with {status} on SIGTERM; log:\n{}", self.log_text());
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("concord serve ignored SIGTERM for 30 s; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGSTOP (the node freezes but keeps its sockets).
+    pub fn pause(&self) -> anyhow::Result<()> {
+        signal(self.pid().context("not running")?, "STOP")
+    }
+
+    /// Sends SIGCONT.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        signal(self.pid().context("not running")?, "CONT")
+    }
+
+    /// Starts the process again on the same address and data directory.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.stop().await?;
+        }
+        self.spawn()?;
+        self.wait_ready().await
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
+    if !status.success() {
+        bail!("kill -{sig} {pid} failed");
+    }
+    Ok(())
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && matches!(c.try_wait(), Ok(None))
+        {
+            // A paused process must be resumed to die promptly.
+            let _ = signal(c.id(), "CONT");
+        }
+        self.kill9();
+    }
+}

@@ -55,25 +55,39 @@ pub struct Durability {
     mode: DurabilityMode,
     /// Fsync mode: writers enqueue here and wait for the flush that covers
     /// them. Periodic mode: never sent on; dropping it stops the flusher.
-    tx: mpsc::Sender<Waiter>,
+    tx: Option<mpsc::Sender<Waiter>>,
+    /// The worker thread, joined on drop so its final flush has finished
+    /// before the store can be closed.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Durability {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Durability {
-    /// Starts the worker for `mode`. `interval` is the periodic flush period.
-    pub fn start(store: Arc<dyn Store>, mode: DurabilityMode, interval: Duration) -> Self {
+    /// Starts the worker for `mode`. `interval` is the flush period in
+    /// `periodic` mode; `commit_delay` is the longest a flush waits for more
+    /// writers to join it in `fsync` mode.
+    pub fn start(store: Arc<dyn Store>, mode: DurabilityMode, interval: Duration, commit_delay: Duration) -> Self {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let name = match mode {
             DurabilityMode::Fsync => "concord-group-commit",
             DurabilityMode::Periodic => "concord-flusher",
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || match mode {
-                DurabilityMode::Fsync => group_commit(&*store, rx),
+                DurabilityMode::Fsync => group_commit(&*store, rx, commit_delay),
                 DurabilityMode::Periodic => periodic(&*store, rx, interval),
             })
             .expect("spawning the durability thread");
-        Self { mode, tx }
+        Self { mode, tx: Some(tx), thread: Some(thread) }
     }
 
     /// The configured mode.
@@ -88,7 +102,8 @@ impl Durability {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
-        self.tx.send(done).map_err(|_| Error::internal("the group-commit worker has stopped"))?;
+        let tx = self.tx.as_ref().ok_or_else(|| Error::internal("the group-commit worker has stopped"))?;
+        tx.send(done).map_err(|_| Error::internal("the group-commit worker has stopped"))?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Internal(format!("flushing to disk failed: {e}"))),
@@ -99,12 +114,34 @@ impl Durability {
 
 /// Flushes once per batch of waiters: everyone queued when a flush starts is
 /// covered by it, and everyone arriving during it waits for the next.
-fn group_commit(store: &dyn Store, rx: mpsc::Receiver<Waiter>) {
+///
+/// Under concurrent load a flush that starts the moment the first waiter
+/// arrives covers only the few writes that queued meanwhile, and each flush
+/// costs CPU the writers need. So the worker keeps a moving average of
+/// recent batch sizes and, before flushing, waits up to `max_delay` for that
+/// many waiters to gather. A lone writer (average 1) never waits; many
+/// concurrent writers share one flush.
+fn group_commit(store: &dyn Store, rx: mpsc::Receiver<Waiter>, max_delay: Duration) {
     let batches = metrics::histogram!("concord_group_commit_batch_size");
+    let flushes = metrics::counter!("concord_group_commit_flushes_total");
+    let mut expected = 1.0f64;
     while let Ok(first) = rx.recv() {
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
+        let deadline = std::time::Instant::now() + max_delay;
+        while (waiters.len() as f64) < expected.round() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(w) => {
+                    waiters.push(w);
+                    waiters.extend(rx.try_iter());
+                }
+                Err(_) => break,
+            }
+        }
+        expected = 0.8 * expected + 0.2 * waiters.len() as f64;
         batches.record(waiters.len() as f64);
+        flushes.increment(1);
         let result = store.flush().map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "group commit flush failed");
@@ -176,7 +213,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_fsync_writers_share_flushes() {
         let store = Arc::new(SlowFlush { inner: MemStore::new(), flushes: AtomicUsize::new(0) });
-        let d = Arc::new(Durability::start(store.clone(), DurabilityMode::Fsync, Duration::from_millis(10)));
+        let d = Arc::new(Durability::start(store.clone(), DurabilityMode::Fsync, Duration::from_millis(10), Duration::from_millis(1)));
         let waits: Vec<_> = (0..64)
             .map(|_| {
                 let d = Arc::clone(&d);
@@ -194,7 +231,7 @@ mod tests {
     #[tokio::test]
     async fn periodic_mode_acknowledges_at_once_and_flushes_in_the_background() {
         let store = Arc::new(SlowFlush { inner: MemStore::new(), flushes: AtomicUsize::new(0) });
-        let d = Durability::start(store.clone(), DurabilityMode::Periodic, Duration::from_millis(1));
+        let d = Durability::start(store.clone(), DurabilityMode::Periodic, Duration::from_millis(1), Duration::ZERO);
         d.wait().await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while store.flushes.load(Ordering::SeqCst) == 0 {

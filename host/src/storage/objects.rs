@@ -158,7 +158,7 @@ mod tests {
 
     fn store() -> ObjectStore {
         let engine: Arc<dyn Store> = Arc::new(MemStore::new());
-        let d = Durability::start(engine.clone(), DurabilityMode::Periodic, Duration::from_millis(50));
+        let d = Durability::start(engine.clone(), DurabilityMode::Periodic, Duration::from_millis(50), Duration::ZERO);
         ObjectStore::new(engine, d, 42, "n1".into())
     }
 

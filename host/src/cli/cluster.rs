@@ -1,0 +1,71 @@
+//! `concord cluster status | join | leave`.
+
+use serde_json::json;
+
+use super::{Target, connect};
+
+#[derive(clap::Subcommand)]
+pub enum ClusterCommand {
+    /// One row per node: status, zone, partitions, metadata versions.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Status { target } => {
+            let s = connect(&target).await?.cluster_status().await?;
+            if target.json {
+                let nodes: Vec<_> = s
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "node_id": n.node_id, "address": n.address, "zone": n.zone,
+                            "status": n.status, "phi": n.phi, "partitions": n.partitions,
+                            "ring_epoch": n.ring_epoch, "buckets_version": n.buckets_version,
+                            "plugins_version": n.plugins_version, "self": n.is_self,
+                        })
+                    })
+                    .collect();
+                let tripped: Vec<_> = s
+                    .tripped_plugins
+                    .iter()
+                    .map(|t| json!({"bucket": t.bucket, "plugin": t.plugin, "reason": t.reason, "tripped_at_ms": t.tripped_at_ms}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"nodes": nodes, "partitions": s.partitions, "ring_epoch": s.ring_epoch, "tripped_plugins": tripped})
+                );
+                return Ok(());
+            }
+            println!("ring: {} partitions, epoch {}", s.partitions, s.ring_epoch);
+            println!(
+                "{:<24} {:<22} {:<10} {:<8} {:>6} {:>10} {:>6} {:>8} {:>8}",
+                "NODE", "ADDRESS", "ZONE", "STATUS", "PHI", "PARTITIONS", "RING", "BUCKETS", "PLUGINS"
+            );
+            for n in &s.nodes {
+                let phi = n.phi.map_or("-".to_owned(), |p| format!("{p:.1}"));
+                let me = if n.is_self { " *" } else { "" };
+                println!(
+                    "{:<24} {:<22} {:<10} {:<8} {:>6} {:>10} {:>6} {:>8} {:>8}",
+                    format!("{}{me}", n.node_id),
+                    n.address,
+                    n.zone,
+                    n.status,
+                    phi,
+                    n.partitions,
+                    n.ring_epoch,
+                    n.buckets_version,
+                    n.plugins_version
+                );
+            }
+            for t in &s.tripped_plugins {
+                println!("plugin {} switched off for bucket {}: {}", t.plugin, t.bucket, t.reason);
+            }
+        }
+    }
+    Ok(())
+}

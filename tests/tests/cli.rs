@@ -1,0 +1,105 @@
+//! The `concord` command line against a real node: the README's tour.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use concord_tests::{Server, concord_bin};
+use serde_json::Value;
+
+fn run(server: &Server, args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
+    let mut child = Command::new(concord_bin())
+        .args(args)
+        .env("CONCORD_ENDPOINT", server.addr.to_string())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn ok(server: &Server, args: &[&str]) -> String {
+    let (success, out, err) = run(server, args, None);
+    assert!(success, "concord {args:?} failed: {err}");
+    out
+}
+
+fn json(server: &Server, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    serde_json::from_str(&ok(server, &args)).unwrap()
+}
+
+#[tokio::test]
+async fn the_tour() {
+    let server = Server::start().await.unwrap();
+    ok(&server, &["put", "cart", "alice", "apples"]);
+    ok(&server, &["put", "cart", "alice", "pears"]);
+    let out = ok(&server, &["get", "cart", "alice"]);
+    assert!(out.contains("found 2 siblings"), "{out}");
+    assert!(out.contains("apples") && out.contains("pears"), "{out}");
+    let ctx = out.lines().find_map(|l| l.strip_prefix("context: ")).unwrap().to_owned();
+
+    ok(&server, &["put", "cart", "alice", "apples,pears", "--context", &ctx]);
+    let got = json(&server, &["get", "cart", "alice"]);
+    assert_eq!(got["found"], true);
+    assert_eq!(got["siblings"].as_array().unwrap().len(), 1);
+    assert_eq!(got["siblings"][0]["value"], "apples,pears");
+
+    // Values from standard input and from a file, byte for byte.
+    let (success, _, err) = run(&server, &["put", "bin", "k", "-"], Some(&[0, 159, 146, 150]));
+    assert!(success, "{err}");
+    assert_eq!(json(&server, &["get", "bin", "k"])["siblings"][0]["value_base64"], "AJ+Slg==");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v");
+    std::fs::write(&file, b"from a file").unwrap();
+    ok(&server, &["put", "bin", "f", "--file", file.to_str().unwrap()]);
+    assert_eq!(json(&server, &["get", "bin", "f"])["siblings"][0]["value"], "from a file");
+
+    // Delete with the context; the key reads as not found.
+    let ctx = json(&server, &["get", "cart", "alice"])["context"].as_str().unwrap().to_owned();
+    ok(&server, &["delete", "cart", "alice", "--context", &ctx]);
+    assert!(ok(&server, &["get", "cart", "alice"]).starts_with("not found"));
+    assert_eq!(json(&server, &["get", "cart", "alice"])["found"], false);
+
+    // Buckets.
+    let props = json(&server, &["bucket", "set", "cart", "--max-siblings", "5", "--n", "1"]);
+    assert_eq!(props["max_siblings"], 5);
+    assert_eq!(props["r"], 1);
+    assert_eq!(json(&server, &["bucket", "get", "cart"])["configured"], true);
+    let list = json(&server, &["bucket", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (success, _, err) = run(&server, &["bucket", "set", "cart", "--n", "0"], None);
+    assert!(!success);
+    assert!(err.starts_with("error: invalid argument: n must be between 1 and 16"), "{err}");
+
+    // Cluster status, for people and for scripts.
+    let status = json(&server, &["cluster", "status"]);
+    assert_eq!(status["nodes"][0]["status"], "up");
+    assert!(ok(&server, &["cluster", "status"]).contains(" up "));
+}
+
+#[tokio::test]
+async fn bench_reports_what_it_measured() {
+    let server = Server::start().await.unwrap();
+    let endpoint = server.addr.to_string();
+    let report = json(
+        &server,
+        &[
+            "bench", "--endpoint", &endpoint, "--workload", "a", "--keys", "100", "--ops", "300", "--warmup", "0",
+            "--concurrency", "4",
+        ],
+    );
+    assert_eq!(report["ops"], 300);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["workload"], "a");
+    let reads = report["read"]["count"].as_u64().unwrap();
+    let updates = report["update"]["count"].as_u64().unwrap();
+    assert_eq!(reads + updates, 300);
+    assert!(reads > 0 && updates > 0, "workload a mixes reads and updates");
+    assert!(report["all"]["p99_ms"].as_f64().unwrap() >= report["all"]["p50_ms"].as_f64().unwrap());
+}
