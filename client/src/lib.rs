@@ -255,10 +255,7 @@ impl Client {
 
     /// Uses an existing channel.
     pub fn from_channel(channel: Channel) -> Self {
-        Self {
-            kv: pb::kv_client::KvClient::new(channel.clone()),
-            admin: pb::admin_client::AdminClient::new(channel),
-        }
+        Self { kv: pb::kv_client::KvClient::new(channel.clone()), admin: pb::admin_client::AdminClient::new(channel) }
     }
 
     /// Reads a key with the bucket's default consistency.
@@ -289,7 +286,13 @@ impl Client {
     }
 
     /// Writes a value with the bucket's default consistency.
-    pub async fn put(&self, bucket: &str, key: &[u8], value: &[u8], context: &Context) -> Result<WriteResult, ClientError> {
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        value: &[u8],
+        context: &Context,
+    ) -> Result<WriteResult, ClientError> {
         self.put_with(bucket, key, value, context, WriteOptions::default()).await
     }
 

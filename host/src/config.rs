@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::buckets::{DEFAULT_MAX_OBJECT_BYTES, DEFAULT_MAX_SIBLINGS, DEFAULT_N};
 use crate::cluster::BucketProps;
+use crate::cluster::buckets::{DEFAULT_MAX_OBJECT_BYTES, DEFAULT_MAX_SIBLINGS, DEFAULT_N};
 use crate::ring::DEFAULT_PARTITIONS;
 use crate::storage::DurabilityMode;
 use crate::{Error, Result};
@@ -121,9 +121,8 @@ impl Config {
             let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
             set_path(&mut table, &path, parse_scalar(&value));
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
+        let config: Config =
+            toml::Value::Table(table).try_into().map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
         config.validate()?;
         Ok(config)
     }
@@ -166,9 +165,7 @@ impl Config {
             max_siblings: self.buckets.max_siblings,
             ..BucketProps::default()
         };
-        props
-            .validate()
-            .map_err(|e| Error::invalid(format!("invalid [buckets] defaults: {e}")))?;
+        props.validate().map_err(|e| Error::invalid(format!("invalid [buckets] defaults: {e}")))?;
         Ok(props)
     }
 }

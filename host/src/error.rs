@@ -46,7 +46,9 @@ pub enum Error {
     /// The write would leave more siblings than the bucket allows and no
     /// resolver could merge them. Merge the siblings carried here and put the
     /// result with their context.
-    #[error("key has {siblings} siblings, over the bucket's limit of {limit}; merge them and write back with the returned context")]
+    #[error(
+        "key has {siblings} siblings, over the bucket's limit of {limit}; merge them and write back with the returned context"
+    )]
     SiblingLimit {
         /// The bucket's `max_siblings`.
         limit: usize,

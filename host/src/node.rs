@@ -111,7 +111,8 @@ impl Node {
             Arc::clone(&ring),
             Duration::from_millis(config.request_timeout_ms),
         ));
-        let info = Arc::new(NodeInfo { node_id: node_id.clone(), address: advertised, zone: config.zone.clone(), ring });
+        let info =
+            Arc::new(NodeInfo { node_id: node_id.clone(), address: advertised, zone: config.zone.clone(), ring });
 
         let (stop, stopped) = watch::channel(false);
         let workers = vec![spawn_storage_gauge(Arc::clone(&engine), stopped.clone())];

@@ -22,8 +22,8 @@ pub fn init_logging(filter: &str) {
 
 /// Latency buckets in seconds: 25 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 
 /// Starts the Prometheus endpoint on `addr` (`GET /metrics`). Only the first
@@ -66,9 +66,7 @@ impl OpMetrics {
         self.latency.record(elapsed.as_secs_f64());
         match code {
             None => self.ok.increment(1),
-            Some(code) => {
-                counter!("concord_requests_total", "op" => self.op, "code" => code_name(code)).increment(1)
-            }
+            Some(code) => counter!("concord_requests_total", "op" => self.op, "code" => code_name(code)).increment(1),
         }
     }
 }

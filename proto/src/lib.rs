@@ -10,5 +10,4 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every Concord proto, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/concord_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/concord_descriptor.bin"));

@@ -90,8 +90,19 @@ async fn bench_reports_what_it_measured() {
     let report = json(
         &server,
         &[
-            "bench", "--endpoint", &endpoint, "--workload", "a", "--keys", "100", "--ops", "300", "--warmup", "0",
-            "--concurrency", "4",
+            "bench",
+            "--endpoint",
+            &endpoint,
+            "--workload",
+            "a",
+            "--keys",
+            "100",
+            "--ops",
+            "300",
+            "--warmup",
+            "0",
+            "--concurrency",
+            "4",
         ],
     );
     assert_eq!(report["ops"], 300);

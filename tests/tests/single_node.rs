@@ -129,11 +129,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     for (what, result, needle) in [
         ("get empty key", c.get("b", b"").await, "key is empty"),
         ("get bad bucket", c.get("a b", b"k").await, "' '"),
-        (
-            "get r above n",
-            c.get_with("b", b"k", ReadOptions { r: 9, ..Default::default() }).await,
-            "r=9 exceeds",
-        ),
+        ("get r above n", c.get_with("b", b"k", ReadOptions { r: 9, ..Default::default() }).await, "r=9 exceeds"),
     ] {
         let e = result.expect_err(what);
         assert_eq!(code(&e), Code::InvalidArgument, "{what}: {e}");
@@ -250,12 +246,10 @@ async fn restart_keeps_data_and_bucket_properties() {
 
 #[tokio::test]
 async fn fsync_mode_loses_no_acknowledged_write_on_kill_9() {
-    let mut server = Server::start_with(ServerOptions {
-        args: vec!["--durability".into(), "fsync".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let mut server =
+        Server::start_with(ServerOptions { args: vec!["--durability".into(), "fsync".into()], ..Default::default() })
+            .await
+            .unwrap();
     let c = server.client().await;
     let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));

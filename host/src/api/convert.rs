@@ -10,7 +10,7 @@ use crate::coordinator::{Consistency, QuorumSpec};
 /// A stored sibling as the API shows it.
 pub fn sibling_to_proto(s: &Sibling) -> pb::Sibling {
     pb::Sibling {
-        value: s.content.value().map(|v| bytes::Bytes::copy_from_slice(v)).unwrap_or_default(),
+        value: s.content.value().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
         deleted: s.content.is_tombstone(),
         written_at_ms: s.written_at_ms,
         writer: s.writer.clone(),

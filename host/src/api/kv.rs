@@ -121,7 +121,13 @@ impl pb::kv_server::Kv for KvService {
         let started = Instant::now();
         let req = request.into_inner();
         let result = async {
-            let w = self.write_request(req.bucket.clone(), &req.key, Content::Tombstone, &req.context, req.options.as_ref())?;
+            let w = self.write_request(
+                req.bucket.clone(),
+                &req.key,
+                Content::Tombstone,
+                &req.context,
+                req.options.as_ref(),
+            )?;
             self.coordinator.put(w).await
         }
         .await;

@@ -123,8 +123,10 @@ impl VersionVector {
 /// What a sibling holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Content {
-    /// A value written by a put.
-    Value(Vec<u8>),
+    /// A value written by a put. (Encoded as one byte string, not a
+    /// sequence of numbers: same bytes on the wire, one copy instead of a
+    /// loop.)
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A tombstone written by a delete.
     Tombstone,
 }

@@ -52,8 +52,7 @@ fn play(ops: &[Op]) -> Played {
                         superseded.insert(d);
                     }
                 }
-                let content =
-                    if tombstone { Content::Tombstone } else { Content::Value(n.to_le_bytes().to_vec()) };
+                let content = if tombstone { Content::Tombstone } else { Content::Value(n.to_le_bytes().to_vec()) };
                 let dot = replicas[at].update(actor(at), &ctx, content, n as u64, "n");
                 written.push(dot);
             }

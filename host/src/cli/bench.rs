@@ -222,10 +222,11 @@ async fn worker(shared: Arc<Shared>, id: usize) {
     let read_fraction = shared.args.workload.read_fraction();
     while !shared.stop.load(Ordering::Relaxed) {
         let measuring = shared.measuring.load(Ordering::Relaxed);
-        if measuring && shared.args.ops.is_some() {
-            if shared.ops_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err() {
-                break;
-            }
+        if measuring
+            && shared.args.ops.is_some()
+            && shared.ops_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err()
+        {
+            break;
         }
         let k = shared.chooser.next(&mut rng);
         let is_read = rng.random_bool(read_fraction);
@@ -345,7 +346,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if load {
         load_keys(&shared).await?;
     }
-    let workers: Vec<_> = (0..shared.args.concurrency).map(|id| tokio::spawn(worker(Arc::clone(&shared), id))).collect();
+    let workers: Vec<_> =
+        (0..shared.args.concurrency).map(|id| tokio::spawn(worker(Arc::clone(&shared), id))).collect();
     if shared.args.warmup > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(shared.args.warmup)).await;
     }
@@ -429,7 +431,10 @@ fn report(shared: &Shared, elapsed: Duration) {
     if let Some(e) = report["first_error"].as_str() {
         println!("first error: {e}");
     }
-    println!("{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "op", "count", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms");
+    println!(
+        "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "op", "count", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
     for name in ["all", "read", "update"] {
         let r = &report[name];
         if r["count"].as_u64() == Some(0) {

@@ -150,7 +150,10 @@ fn print(p: &BucketProps, as_json: bool) {
     let j = props_json(p);
     let none = |s: &str| if s.is_empty() { "none".to_owned() } else { s.to_owned() };
     println!("{}{}", p.name, if p.configured { "" } else { " (defaults)" });
-    println!("  n={} r={} w={}  max_object_bytes={} max_siblings={}", p.n, p.r, p.w, p.max_object_bytes, p.max_siblings);
+    println!(
+        "  n={} r={} w={}  max_object_bytes={} max_siblings={}",
+        p.n, p.r, p.w, p.max_object_bytes, p.max_siblings
+    );
     println!(
         "  resolver={} shadow_resolver={} resolve_on={}",
         none(&p.resolver),

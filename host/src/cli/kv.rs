@@ -138,7 +138,12 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("ok: {} sibling(s), acked by {}{}", r.sibling_count, r.acked_by.join(", "), if r.sloppy { " (sloppy)" } else { "" });
+        println!(
+            "ok: {} sibling(s), acked by {}{}",
+            r.sibling_count,
+            r.acked_by.join(", "),
+            if r.sloppy { " (sloppy)" } else { "" }
+        );
         for (i, s) in r.siblings.iter().enumerate() {
             print_sibling(i, s);
         }

@@ -19,7 +19,11 @@ use clap::{Parser, Subcommand};
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7379";
 
 #[derive(Parser)]
-#[command(name = "concord", version, about = "Concord: a Dynamo-style key-value store with WebAssembly conflict resolvers")]
+#[command(
+    name = "concord",
+    version,
+    about = "Concord: a Dynamo-style key-value store with WebAssembly conflict resolvers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -77,9 +77,8 @@ pub fn validate_plugin_word(what: &str, s: &str) -> Result<()> {
 impl FromStr for PluginRef {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let (name, version) = s
-            .split_once('@')
-            .ok_or_else(|| Error::invalid(format!("plugin reference {s:?} must be NAME@VERSION")))?;
+        let (name, version) =
+            s.split_once('@').ok_or_else(|| Error::invalid(format!("plugin reference {s:?} must be NAME@VERSION")))?;
         validate_plugin_word("name", name)?;
         validate_plugin_word("version", version)?;
         Ok(Self { name: name.into(), version: version.into() })

@@ -112,7 +112,7 @@ mod tests {
             (spec(LocalQuorum, 0, 0), 5, 3, 5, 2, (2, 0)),
             (spec(LocalQuorum, 0, 0), 3, 2, 3, 1, (1, 0)),
             (spec(Default, 3, 0), 3, 2, 3, 3, (3, 0)),
-            (spec(One, 2, 0), 3, 2, 3, 3, (2, 0)), // explicit count wins
+            (spec(One, 2, 0), 3, 2, 3, 3, (2, 0)),     // explicit count wins
             (spec(Default, 1, 2), 3, 2, 3, 3, (2, 2)), // pw raises w
         ];
         for (s, n, d, replicas, local, (total, primaries)) in ok {

@@ -26,8 +26,7 @@ pub fn encode_object(object: &Object) -> Vec<u8> {
 
 /// Decodes an object written by [`encode_object`].
 pub fn decode_object(bytes: &[u8]) -> Result<Object, StorageError> {
-    let (&version, body) =
-        bytes.split_first().ok_or_else(|| StorageError::Corruption("empty object record".into()))?;
+    let (&version, body) = bytes.split_first().ok_or_else(|| StorageError::Corruption("empty object record".into()))?;
     if version != OBJECT_FORMAT_V1 {
         return Err(StorageError::Corruption(format!("unknown object format version {version}")));
     }

@@ -59,10 +59,14 @@ fn scan_is_ordered_and_bounded(s: &impl Store) {
         s.insert(sp, k, k).unwrap();
     }
     let keys = |after: Option<&[u8]>, limit| -> Vec<Vec<u8>> {
-        s.scan(sp, after, limit).unwrap().into_iter().map(|(k, v)| {
-            assert_eq!(k, v, "scan must pair keys with their values");
-            k
-        }).collect()
+        s.scan(sp, after, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                assert_eq!(k, v, "scan must pair keys with their values");
+                k
+            })
+            .collect()
     };
     let all: Vec<Vec<u8>> = [&b"\x00"[..], b"a", b"b", b"c", b"c\x00", b"\xff"].iter().map(|k| k.to_vec()).collect();
     assert_eq!(keys(None, 100), all, "scan must return every key in byte order");

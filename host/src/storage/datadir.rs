@@ -136,9 +136,9 @@ fn lock(dir: &Path) -> Result<File> {
         .map_err(|e| Error::Internal(format!("cannot open {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => {
-            file.set_len(0).and_then(|_| write!(file, "{}", std::process::id())).map_err(|e| {
-                Error::Internal(format!("cannot write {}: {e}", path.display()))
-            })?;
+            file.set_len(0)
+                .and_then(|_| write!(file, "{}", std::process::id()))
+                .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
             Ok(file)
         }
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -151,9 +151,7 @@ fn lock(dir: &Path) -> Result<File> {
                 dir.display()
             )))
         }
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::Internal(format!("cannot lock {}: {e}", path.display())))
-        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Internal(format!("cannot lock {}: {e}", path.display()))),
     }
 }
 

@@ -156,14 +156,11 @@ fn group_commit(store: &dyn Store, rx: mpsc::Receiver<Waiter>, max_delay: Durati
 /// Flushes every `interval` until the [`Durability`] is dropped, then once
 /// more so a clean shutdown loses nothing.
 fn periodic(store: &dyn Store, rx: mpsc::Receiver<Waiter>, interval: Duration) {
-    loop {
-        match rx.recv_timeout(interval) {
-            Err(mpsc::RecvTimeoutError::Timeout) | Ok(_) => {
-                if let Err(e) = store.flush() {
-                    tracing::error!(error = %e, "periodic flush failed");
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+    // Wakes on each timeout (or stray message) to flush; stops once the
+    // sender is dropped.
+    while let Err(mpsc::RecvTimeoutError::Timeout) | Ok(_) = rx.recv_timeout(interval) {
+        if let Err(e) = store.flush() {
+            tracing::error!(error = %e, "periodic flush failed");
         }
     }
     if let Err(e) = store.flush() {
@@ -176,7 +173,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::storage::{MemStore, Space, StorageError};
+    use crate::storage::{Entries, MemStore, Space, StorageError};
 
     /// Counts flushes and makes each one slow, so writers pile up.
     struct SlowFlush {
@@ -194,7 +191,7 @@ mod tests {
         fn remove(&self, s: Space, k: &[u8]) -> Result<(), StorageError> {
             self.inner.remove(s, k)
         }
-        fn scan(&self, s: Space, a: Option<&[u8]>, l: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        fn scan(&self, s: Space, a: Option<&[u8]>, l: usize) -> Result<Entries, StorageError> {
             self.inner.scan(s, a, l)
         }
         fn clear(&self, s: Space) -> Result<(), StorageError> {
@@ -213,7 +210,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_fsync_writers_share_flushes() {
         let store = Arc::new(SlowFlush { inner: MemStore::new(), flushes: AtomicUsize::new(0) });
-        let d = Arc::new(Durability::start(store.clone(), DurabilityMode::Fsync, Duration::from_millis(10), Duration::from_millis(1)));
+        let d = Arc::new(Durability::start(
+            store.clone(),
+            DurabilityMode::Fsync,
+            Duration::from_millis(10),
+            Duration::from_millis(1),
+        ));
         let waits: Vec<_> = (0..64)
             .map(|_| {
                 let d = Arc::clone(&d);

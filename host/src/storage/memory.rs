@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::{Space, StorageError, Store};
+use super::{Entries, Space, StorageError, Store};
 
 type Spaces = HashMap<Space, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -39,12 +39,7 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn scan(
-        &self,
-        space: Space,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan(&self, space: Space, after: Option<&[u8]>, limit: usize) -> Result<Entries, StorageError> {
         use std::ops::Bound;
         let spaces = self.spaces.lock().unwrap();
         let Some(m) = spaces.get(&space) else { return Ok(Vec::new()) };

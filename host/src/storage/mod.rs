@@ -27,6 +27,9 @@ pub use memory::MemStore;
 pub use objects::{ObjectStore, StoreKey};
 pub use sled_store::SledStore;
 
+/// Key-value pairs returned by [`Store::scan`].
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A named keyspace inside a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
@@ -93,12 +96,7 @@ pub trait Store: Send + Sync + 'static {
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError>;
     /// Up to `limit` entries with keys strictly greater than `after` (or from
     /// the start), in key order.
-    fn scan(
-        &self,
-        space: Space,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn scan(&self, space: Space, after: Option<&[u8]>, limit: usize) -> Result<Entries, StorageError>;
     /// Removes every entry of a space.
     fn clear(&self, space: Space) -> Result<(), StorageError>;
     /// Makes everything written so far durable.

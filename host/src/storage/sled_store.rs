@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
 
-use super::{Space, StorageError, Store};
+use super::{Entries, Space, StorageError, Store};
 
 /// A [`Store`] on sled.
 pub struct SledStore {
@@ -63,12 +63,7 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn scan(
-        &self,
-        space: Space,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan(&self, space: Space, after: Option<&[u8]>, limit: usize) -> Result<Entries, StorageError> {
         use std::ops::Bound;
         let tree = self.tree(space)?;
         let start = match after {
@@ -103,9 +98,6 @@ mod tests {
     fn sled_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        super::super::conformance::run(
-            || SledStore::open(&path, 16 << 20).unwrap(),
-            true,
-        );
+        super::super::conformance::run(|| SledStore::open(&path, 16 << 20).unwrap(), true);
     }
 }

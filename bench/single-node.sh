@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs the single-node benchmark matrix of docs/BENCHMARKS.md and prints a
+# markdown table: workloads write and a, concurrency 1/16/64, both durability
+# modes, server runtime with 1 and 2 worker threads. 1 KiB values.
+#
+#   cargo build --release -p concord && bench/single-node.sh [seconds-per-run]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${CONCORD_BIN:-target/release/concord}
+SECS=${1:-8}
+PORT=${PORT:-17379}
+[ -x "$BIN" ] || { echo "build first: cargo build --release -p concord" >&2; exit 1; }
+WORK=$(mktemp -d)
+PID=
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+echo "| durability | server threads | workload | concurrency | ops/s | p50 ms | p99 ms | p99.9 ms |"
+echo "|---|---|---|---|---|---|---|---|"
+for mode in periodic fsync; do
+  for threads in 1 2; do
+    rm -rf "$WORK/data"
+    "$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data" --durability $mode \
+      --worker-threads $threads >"$WORK/serve.log" 2>&1 &
+    PID=$!
+    for _ in $(seq 100); do "$BIN" cluster status --endpoint 127.0.0.1:$PORT >/dev/null 2>&1 && break; sleep 0.1; done
+    for workload in write a; do
+      for c in 1 16 64; do
+        "$BIN" bench --endpoint 127.0.0.1:$PORT --workload $workload --keys 10000 --value-size 1024 \
+          --concurrency $c --duration "$SECS" --warmup 2 --json 2>/dev/null |
+          python3 -c "import json,sys; r=json.load(sys.stdin); a=r['all']; print(f\"| $mode | $threads | $workload | $c | {r['ops_per_sec']:.0f} | {a['p50_ms']:.3f} | {a['p99_ms']:.3f} | {a['p999_ms']:.3f} |\")"
+      done
+    done
+    kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  done
+done
