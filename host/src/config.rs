@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::BucketProps;
 use crate::cluster::buckets::{DEFAULT_MAX_OBJECT_BYTES, DEFAULT_MAX_SIBLINGS, DEFAULT_N};
+use crate::plugins::PluginConfig;
 use crate::ring::DEFAULT_PARTITIONS;
 use crate::storage::DurabilityMode;
 use crate::{Error, Result};
@@ -57,6 +58,8 @@ pub struct Config {
     pub log: String,
     /// Properties of buckets nobody has configured.
     pub buckets: BucketDefaults,
+    /// Limits and policies of WebAssembly plugins.
+    pub plugins: PluginConfig,
 }
 
 /// Defaults for implicit buckets.
@@ -96,6 +99,7 @@ impl Default for Config {
             partitions: DEFAULT_PARTITIONS,
             log: "info".into(),
             buckets: BucketDefaults::default(),
+            plugins: PluginConfig::default(),
         }
     }
 }
@@ -149,6 +153,7 @@ impl Config {
         {
             return Err(Error::invalid(format!("node_id {id:?} must be 1 to 128 characters without spaces")));
         }
+        self.plugins.validate()?;
         self.bucket_defaults().map(|_| ())
     }
 

@@ -10,6 +10,7 @@
 //! | [`causal`] | dots, version vectors, sibling sets, context tokens (pure) |
 //! | [`ring`] | partitions, ownership and preference lists (pure) |
 //! | [`storage`] | the engine seam, object codec, durability, data directory |
+//! | [`plugins`] | WebAssembly resolvers and validators: engine, registry, calls |
 //! | [`cluster`] | state shared with peers: bucket properties |
 //! | [`coordinator`] | the get / put / delete paths and quorums |
 //! | [`api`] | the gRPC services |
@@ -22,6 +23,7 @@ pub mod config;
 pub mod coordinator;
 mod error;
 pub mod node;
+pub mod plugins;
 pub mod ring;
 pub mod storage;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use crate::api::{AdminService, KvService};
 use crate::cluster::Buckets;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
+use crate::plugins::Plugins;
 use crate::ring::Ring;
 use crate::storage::{DataDir, Durability, ObjectStore, SledStore, Store};
 use crate::{Error, Result};
@@ -34,7 +35,7 @@ pub struct NodeInfo {
 
 impl NodeInfo {
     /// The `ClusterStatus` answer.
-    pub fn status(&self, buckets: &Buckets) -> pb::ClusterStatusResponse {
+    pub fn status(&self, buckets: &Buckets, plugins: &Plugins) -> pb::ClusterStatusResponse {
         let ring = self.ring.load();
         pb::ClusterStatusResponse {
             nodes: vec![pb::NodeStatus {
@@ -46,12 +47,21 @@ impl NodeInfo {
                 partitions: ring.partitions(),
                 ring_epoch: ring.epoch(),
                 buckets_version: buckets.version(),
-                plugins_version: 0,
+                plugins_version: plugins.registry().version(),
                 is_self: true,
             }],
             partitions: ring.partitions(),
             ring_epoch: ring.epoch(),
-            tripped_plugins: Vec::new(),
+            tripped_plugins: plugins
+                .tripped()
+                .into_iter()
+                .map(|t| pb::PluginBreaker {
+                    bucket: t.bucket,
+                    plugin: t.plugin.to_string(),
+                    reason: t.reason,
+                    tripped_at_ms: t.at_ms,
+                })
+                .collect(),
         }
     }
 }
@@ -104,13 +114,19 @@ impl Node {
         let objects = Arc::new(ObjectStore::new(Arc::clone(&engine), durability, dir.incarnation(), node_id.clone()));
         let buckets = Arc::new(Buckets::load(Arc::clone(&engine), config.bucket_defaults()?, &node_id)?);
         let ring = Arc::new(ArcSwap::from_pointee(Ring::single(&node_id, config.partitions)));
-        let coordinator = Arc::new(Coordinator::new(
+        let plugins = Plugins::open(
+            Arc::clone(&engine),
+            Some(crate::plugins::engine::cache_dir(dir.path())),
+            config.plugins.clone(),
+        )?;
+        let coordinator = Coordinator::new(
             node_id.clone(),
             Arc::clone(&objects),
             Arc::clone(&buckets),
             Arc::clone(&ring),
+            Arc::clone(&plugins),
             Duration::from_millis(config.request_timeout_ms),
-        ));
+        );
         let info =
             Arc::new(NodeInfo { node_id: node_id.clone(), address: advertised, zone: config.zone.clone(), ring });
 
@@ -133,7 +149,7 @@ impl Node {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(pb::kv_server::KvServer::new(KvService::new(coordinator)))
-            .add_service(pb::admin_server::AdminServer::new(AdminService::new(buckets, info)))
+            .add_service(pb::admin_server::AdminServer::new(AdminService::new(buckets, plugins, info)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);

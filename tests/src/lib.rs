@@ -8,6 +8,11 @@
 //! the test executables (`target/<profile>/concord`); set `CONCORD_BIN` to use
 //! another.
 
+/// Paths of the plugins built by this crate's build script.
+pub mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

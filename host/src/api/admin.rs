@@ -9,18 +9,48 @@ use super::admin_status;
 use crate::cluster::buckets::validate_bucket_name;
 use crate::cluster::{BucketChange, BucketProps, Buckets, PluginRef, ResolveOn, ValidatorFailure};
 use crate::node::NodeInfo;
+use crate::plugins::{PluginInfo, PluginKind, Plugins};
 use crate::{Error, Result};
 
 /// Serves `concord.v1.Admin`.
 pub struct AdminService {
     buckets: Arc<Buckets>,
+    plugins: Arc<Plugins>,
     info: Arc<NodeInfo>,
 }
 
 impl AdminService {
     /// Wires the service.
-    pub fn new(buckets: Arc<Buckets>, info: Arc<NodeInfo>) -> Self {
-        Self { buckets, info }
+    pub fn new(buckets: Arc<Buckets>, plugins: Arc<Plugins>, info: Arc<NodeInfo>) -> Self {
+        Self { buckets, plugins, info }
+    }
+
+    /// Refuses a change that binds a plugin that is not deployed, or one of
+    /// the wrong kind.
+    fn check_bindings(&self, change: &BucketChange) -> Result<()> {
+        for r in [&change.resolver, &change.shadow_resolver].into_iter().flatten().flatten() {
+            self.plugins.check_binding(r, PluginKind::Resolver)?;
+        }
+        for r in change.validators.iter().flatten() {
+            self.plugins.check_binding(r, PluginKind::Validator)?;
+        }
+        Ok(())
+    }
+}
+
+/// A manifest entry as the API shows it.
+pub fn plugin_to_proto(p: &PluginInfo) -> pb::PluginInfo {
+    pb::PluginInfo {
+        name: p.name.clone(),
+        version: p.version.clone(),
+        sha256: p.sha256.clone(),
+        kind: match p.kind {
+            PluginKind::Resolver => pb::PluginKind::Resolver,
+            PluginKind::Validator => pb::PluginKind::Validator,
+        } as i32,
+        size_bytes: p.size_bytes,
+        interface_version: p.interface_version.clone(),
+        deployed_at_ms: p.deployed_at_ms,
     }
 }
 
@@ -93,7 +123,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Ok(Response::new(self.info.status(&self.buckets)))
+        Ok(Response::new(self.info.status(&self.buckets, &self.plugins)))
     }
 
     async fn join(&self, _: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
@@ -106,7 +136,12 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn set_bucket(&self, request: Request<pb::SetBucketRequest>) -> Result<Response<pb::BucketProps>, Status> {
         let req = request.into_inner();
-        let props = change_from_proto(&req).and_then(|c| self.buckets.set(&req.name, c)).map_err(admin_status)?;
+        let props = change_from_proto(&req)
+            .and_then(|c| {
+                self.check_bindings(&c)?;
+                self.buckets.set(&req.name, c)
+            })
+            .map_err(admin_status)?;
         Ok(Response::new(props_to_proto(&req.name, &props)))
     }
 
@@ -126,15 +161,27 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn deploy_plugin(
         &self,
-        _: Request<pb::DeployPluginRequest>,
+        request: Request<pb::DeployPluginRequest>,
     ) -> Result<Response<pb::DeployPluginResponse>, Status> {
-        Err(Status::unimplemented("this node runs without plugin support"))
+        let req = request.into_inner();
+        let samples = req.samples.iter().map(|s| s.to_vec()).collect();
+        let version = (!req.version.is_empty()).then_some(req.version);
+        let deployed = self
+            .plugins
+            .deploy(req.name, version, req.wasm.to_vec(), req.force, samples)
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::DeployPluginResponse {
+            plugin: Some(plugin_to_proto(&deployed.info)),
+            warnings: deployed.warnings,
+        }))
     }
 
     async fn list_plugins(
         &self,
         _: Request<pb::ListPluginsRequest>,
     ) -> Result<Response<pb::ListPluginsResponse>, Status> {
-        Ok(Response::new(pb::ListPluginsResponse { plugins: Vec::new() }))
+        let plugins = self.plugins.registry().list().iter().map(plugin_to_proto).collect();
+        Ok(Response::new(pb::ListPluginsResponse { plugins }))
     }
 }

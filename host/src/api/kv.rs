@@ -64,8 +64,7 @@ impl pb::kv_server::Kv for KvService {
         }
         .await;
         let reply = result.map_err(|e| to_status(e, &req.bucket, &req.key)).map(|out| {
-            let found = out.object.is_found();
-            if found {
+            if out.object.is_found() {
                 self.metrics.siblings_per_read.record(out.object.siblings().len() as f64);
             }
             let context = if out.object.context().is_empty() {
@@ -73,13 +72,24 @@ impl pb::kv_server::Kv for KvService {
             } else {
                 encode_context(out.object.context(), &req.bucket, &req.key).into()
             };
-            Response::new(pb::GetResponse {
-                found,
-                siblings: out.object.siblings().iter().map(sibling_to_proto).collect(),
-                context,
-                resolved_by: String::new(),
-                replicas: out.replicas,
-            })
+            let (found, siblings, resolved_by) = match out.resolved {
+                // One merged sibling stands for all of them; the context
+                // still covers every one.
+                Some((content, by)) => {
+                    let latest = out.object.siblings().iter().max_by_key(|s| (s.written_at_ms, s.dot));
+                    let merged = pb::Sibling {
+                        deleted: content.is_tombstone(),
+                        value: content.value().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
+                        written_at_ms: latest.map_or(0, |s| s.written_at_ms),
+                        writer: latest.map(|s| s.writer.clone()).unwrap_or_default(),
+                    };
+                    (!content.is_tombstone(), vec![merged], by.to_string())
+                }
+                None => {
+                    (out.object.is_found(), out.object.siblings().iter().map(sibling_to_proto).collect(), String::new())
+                }
+            };
+            Response::new(pb::GetResponse { found, siblings, context, resolved_by, replicas: out.replicas })
         });
         observe(&self.metrics.get, started, reply)
     }
@@ -89,17 +99,26 @@ impl pb::kv_server::Kv for KvService {
         let req = request.into_inner();
         let return_body = req.options.as_ref().is_some_and(|o| o.return_body);
         let result = async {
-            let w = self.write_request(
+            let mut w = self.write_request(
                 req.bucket.clone(),
                 &req.key,
                 Content::Value(req.value.to_vec()),
                 &req.context,
                 req.options.as_ref(),
             )?;
-            self.coordinator.put(w).await
+            let Content::Value(value) = std::mem::replace(&mut w.content, Content::Tombstone) else {
+                unreachable!("a put carries a value")
+            };
+            let (value, validated_by) = self.coordinator.validate(&w.bucket, &w.key, value).await?;
+            if !validated_by.is_empty() {
+                // A validator may have replaced the value.
+                check_size(&self.coordinator.buckets().get(&w.bucket), &w.key, &value)?;
+            }
+            w.content = Content::Value(value);
+            self.coordinator.put(w).await.map(|out| (out, validated_by))
         }
         .await;
-        let reply = result.map_err(|e| to_status(e, &req.bucket, &req.key)).map(|out| {
+        let reply = result.map_err(|e| to_status(e, &req.bucket, &req.key)).map(|(out, validated_by)| {
             Response::new(pb::PutResponse {
                 context: encode_context(out.object.context(), &req.bucket, &req.key).into(),
                 siblings: if return_body {
@@ -110,8 +129,8 @@ impl pb::kv_server::Kv for KvService {
                 sibling_count: out.object.siblings().len() as u32,
                 acked_by: out.acked_by,
                 sloppy: out.sloppy,
-                resolved_by: String::new(),
-                validated_by: Vec::new(),
+                resolved_by: out.resolved_by.map(|b| b.to_string()).unwrap_or_default(),
+                validated_by,
             })
         });
         observe(&self.metrics.put, started, reply)

@@ -9,6 +9,7 @@ mod bucket;
 mod cluster;
 mod kv;
 mod output;
+mod plugin;
 mod serve;
 
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ enum Command {
     /// Cluster membership.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Deploy, list, test and verify WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Load-test a running cluster with YCSB-style workloads.
     Bench(bench::BenchArgs),
 }
@@ -74,6 +78,7 @@ pub fn main() -> ExitCode {
                     Command::Delete(a) => kv::delete(a).await,
                     Command::Bucket(c) => bucket::run(c).await,
                     Command::Cluster(c) => cluster::run(c).await,
+                    Command::Plugin(c) => plugin::run(c).await,
                     Command::Serve(_) | Command::Bench(_) => unreachable!("handled above"),
                 }
             })

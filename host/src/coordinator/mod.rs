@@ -15,8 +15,9 @@ use arc_swap::ArcSwap;
 
 pub use quorum::{Consistency, Needed, QuorumSpec};
 
-use crate::causal::{Content, Object, VersionVector};
-use crate::cluster::{BucketProps, Buckets};
+use crate::causal::{Content, Dot, Object, Sibling, VersionVector};
+use crate::cluster::{BucketProps, Buckets, ResolveOn};
+use crate::plugins::{Plugins, Resolution};
 use crate::ring::{NodeId, Ring};
 use crate::storage::ObjectStore;
 use crate::{Error, Result};
@@ -41,6 +42,10 @@ pub struct ReadOutcome {
     pub object: Object,
     /// Replicas whose answers were merged.
     pub replicas: Vec<NodeId>,
+    /// Set when the bucket's resolver merged the siblings: what it decided
+    /// (a value or a tombstone) and who decided. The object's context still
+    /// covers every sibling, so a write with it supersedes them all.
+    pub resolved: Option<(Content, Arc<str>)>,
 }
 
 /// A write (put or delete), checked.
@@ -69,6 +74,8 @@ pub struct WriteOutcome {
     pub acked_by: Vec<NodeId>,
     /// Whether a fallback node stood in for an unreachable replica.
     pub sloppy: bool,
+    /// Resolver that merged siblings during the write, if one did.
+    pub resolved_by: Option<Arc<str>>,
 }
 
 /// Coordinates requests on one node.
@@ -77,6 +84,7 @@ pub struct Coordinator {
     objects: Arc<ObjectStore>,
     buckets: Arc<Buckets>,
     ring: Arc<ArcSwap<Ring>>,
+    plugins: Arc<Plugins>,
     default_timeout: Duration,
 }
 
@@ -87,9 +95,10 @@ impl Coordinator {
         objects: Arc<ObjectStore>,
         buckets: Arc<Buckets>,
         ring: Arc<ArcSwap<Ring>>,
+        plugins: Arc<Plugins>,
         default_timeout: Duration,
-    ) -> Self {
-        Self { node_id, objects, buckets, ring, default_timeout }
+    ) -> Arc<Self> {
+        Arc::new(Self { node_id, objects, buckets, ring, plugins, default_timeout })
     }
 
     /// The bucket table requests are checked against.
@@ -97,41 +106,150 @@ impl Coordinator {
         &self.buckets
     }
 
+    /// Runs the bucket's validators on a value about to be written. Returns
+    /// the value to store and the validators that ran.
+    pub async fn validate(&self, bucket: &str, key: &[u8], value: Vec<u8>) -> Result<(Vec<u8>, Vec<String>)> {
+        let props = self.buckets.get(bucket);
+        if props.validators.is_empty() {
+            return Ok((value, Vec::new()));
+        }
+        self.plugins.validate(bucket, &props, key, value).await
+    }
+
     /// Reads a key from its replicas.
-    pub async fn get(&self, req: ReadRequest) -> Result<ReadOutcome> {
+    pub async fn get(self: &Arc<Self>, req: ReadRequest) -> Result<ReadOutcome> {
         let deadline = req.timeout.unwrap_or(self.default_timeout);
         with_deadline(deadline, self.get_inner(req)).await
     }
 
-    async fn get_inner(&self, req: ReadRequest) -> Result<ReadOutcome> {
+    async fn get_inner(self: &Arc<Self>, req: ReadRequest) -> Result<ReadOutcome> {
         let props = self.buckets.get(&req.bucket);
         let (partition, replicas) = self.replicas(&props, &req.bucket, &req.key);
         quorum::needed("read", req.quorum, props.n, props.r(), replicas.len(), replicas.len())?;
         let object = self.objects.read(partition, &req.bucket, &req.key)?.unwrap_or_default();
-        Ok(ReadOutcome { object, replicas: vec![self.node_id.clone()] })
+        let mut out = ReadOutcome { object, replicas: vec![self.node_id.clone()], resolved: None };
+        if let Some((content, by)) = self.resolve_siblings(&req, &props, &out.object).await {
+            if self.plugins.runtime().config().write_back_resolved {
+                match self.write_back(partition, &req, &out.object, content.clone()) {
+                    // Hand out the written-back object only if nothing else
+                    // slipped in: its context must not cover a sibling the
+                    // reader has not seen.
+                    Ok(written) if written.siblings().len() == 1 => out.object = written,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "writing back a resolved value failed; the next read resolves again")
+                    }
+                }
+            }
+            out.resolved = Some((content, by));
+        }
+        Ok(out)
+    }
+
+    /// Runs the bucket's resolver on a read's siblings (and its shadow, in
+    /// the background).
+    async fn resolve_siblings(
+        self: &Arc<Self>,
+        req: &ReadRequest,
+        props: &BucketProps,
+        object: &Object,
+    ) -> Option<(Content, Arc<str>)> {
+        if object.siblings().len() < 2 || (props.resolver.is_none() && props.shadow_resolver.is_none()) {
+            return None;
+        }
+        let resolved = self.plugins.resolve(&req.bucket, props, &req.key, object.siblings()).await?;
+        let content = match resolved.resolution {
+            Resolution::Resolved(v) => Content::Value(v),
+            Resolution::Delete => Content::Tombstone,
+            Resolution::KeepSiblings => return None,
+        };
+        Some((content, resolved.by))
+    }
+
+    /// Stores a resolved value over the siblings it merged, so later reads
+    /// find one sibling. The resolution is deterministic, so losing this
+    /// write only means a later read resolves again: it is not waited on
+    /// for durability.
+    fn write_back(&self, partition: u32, req: &ReadRequest, read: &Object, content: Content) -> Result<Object> {
+        self.objects.update(partition, &req.bucket, &req.key, read.context(), content, crate::now_ms(), usize::MAX)
     }
 
     /// Writes a value or a tombstone.
-    pub async fn put(&self, req: WriteRequest) -> Result<WriteOutcome> {
+    pub async fn put(self: &Arc<Self>, req: WriteRequest) -> Result<WriteOutcome> {
         let deadline = req.timeout.unwrap_or(self.default_timeout);
         with_deadline(deadline, self.put_inner(req)).await
     }
 
-    async fn put_inner(&self, req: WriteRequest) -> Result<WriteOutcome> {
+    async fn put_inner(self: &Arc<Self>, req: WriteRequest) -> Result<WriteOutcome> {
         let props = self.buckets.get(&req.bucket);
         let (partition, replicas) = self.replicas(&props, &req.bucket, &req.key);
         quorum::needed("write", req.quorum, props.n, props.w(), replicas.len(), replicas.len())?;
-        let object = self.objects.update(
-            partition,
-            &req.bucket,
-            &req.key,
-            &req.context,
-            req.content,
-            crate::now_ms(),
-            props.max_siblings as usize,
-        )?;
+        let max_siblings = props.max_siblings as usize;
+        let now = crate::now_ms();
+        let update = |context: &VersionVector, content: Content| {
+            self.objects.update(partition, &req.bucket, &req.key, context, content, now, max_siblings)
+        };
+        let mut resolved_by = None;
+        let mut object = match update(&req.context, req.content.clone()) {
+            Err(Error::SiblingLimit { limit, siblings, object }) => {
+                // Over budget: let the resolver merge the stored siblings and
+                // the new value into one write that covers them all.
+                let Some((content, context, by)) = self.resolve_over_budget(&req, &props, &object, now).await else {
+                    return Err(Error::SiblingLimit { limit, siblings, object });
+                };
+                resolved_by = Some(by);
+                update(&context, content)?
+            }
+            other => other?,
+        };
+        if props.resolve_on == ResolveOn::Write
+            && object.siblings().len() > 1
+            && let Some(r) = self.plugins.resolve(&req.bucket, &props, &req.key, object.siblings()).await
+        {
+            let content = match r.resolution {
+                Resolution::Resolved(v) => Some(Content::Value(v)),
+                Resolution::Delete => Some(Content::Tombstone),
+                Resolution::KeepSiblings => None,
+            };
+            if let Some(content) = content {
+                object = update(&object.context().clone(), content)?;
+                resolved_by = Some(r.by);
+            }
+        }
         self.objects.sync().await?;
-        Ok(WriteOutcome { object, acked_by: vec![self.node_id.clone()], sloppy: false })
+        Ok(WriteOutcome { object, acked_by: vec![self.node_id.clone()], sloppy: false, resolved_by })
+    }
+
+    /// Resolves `stored`'s siblings together with the write that would push
+    /// them over the budget. Returns what to write instead and a context
+    /// covering everything, or `None` if no resolver merged them.
+    async fn resolve_over_budget(
+        self: &Arc<Self>,
+        req: &WriteRequest,
+        props: &BucketProps,
+        stored: &Object,
+        now: u64,
+    ) -> Option<(Content, VersionVector, Arc<str>)> {
+        props.resolver.as_ref()?;
+        let mut candidates: Vec<Sibling> =
+            stored.siblings().iter().filter(|s| !req.context.covers(s.dot)).cloned().collect();
+        let actor = self.objects.actor();
+        let provisional = Dot { actor, counter: stored.context().get(actor).max(req.context.get(actor)) + 1 };
+        candidates.push(Sibling {
+            dot: provisional,
+            content: req.content.clone(),
+            written_at_ms: now,
+            writer: self.node_id.clone(),
+        });
+        let r = self.plugins.resolve(&req.bucket, props, &req.key, &candidates).await?;
+        let content = match r.resolution {
+            Resolution::Resolved(v) => Content::Value(v),
+            Resolution::Delete => Content::Tombstone,
+            Resolution::KeepSiblings => return None,
+        };
+        let mut context = stored.context().clone();
+        context.merge(&req.context);
+        Some((content, context, r.by))
     }
 
     fn replicas(&self, props: &BucketProps, bucket: &str, key: &[u8]) -> (u32, Vec<NodeId>) {

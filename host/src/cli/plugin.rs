@@ -1,0 +1,353 @@
+//! `concord plugin deploy | list | test | verify`.
+//!
+//! `deploy` and `list` talk to a node. `test` and `verify` run the plugin
+//! locally, in the same sandbox a node uses, so an author can try a build
+//! before deploying it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use concord::causal::{Content, Dot, Sibling};
+use concord::cluster::buckets::MAX_OBJECT_BYTES_LIMIT;
+use concord::plugins::{Loaded, PluginConfig, PluginInfo, PluginKind, Resolution, Runtime, Verdict, package, verify};
+use concord_proto::v1 as pb;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::output::show_bytes;
+use super::{Target, connect};
+
+#[derive(clap::Subcommand)]
+pub enum PluginCommand {
+    /// Deploy a plugin (a component, or a core module built with concord-guest).
+    Deploy {
+        file: PathBuf,
+        /// Plugin name.
+        #[arg(long)]
+        name: String,
+        /// Plugin version [default: the first 12 hex digits of its sha256].
+        #[arg(long)]
+        version: Option<String>,
+        /// Deploy a resolver even if it breaks the convergence laws.
+        #[arg(long)]
+        force: bool,
+        /// JSON array of example values for the convergence checks.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List deployed plugins.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run a plugin locally on a fixture and print its answer.
+    Test {
+        file: PathBuf,
+        /// Resolvers: JSON fixture of siblings (see docs/PLUGINS.md).
+        #[arg(long, conflicts_with = "value")]
+        siblings: Option<PathBuf>,
+        /// Validators: the value to validate.
+        #[arg(long)]
+        value: Option<String>,
+        /// Bucket name passed to the plugin.
+        #[arg(long, default_value = "test")]
+        bucket: String,
+        /// Key passed to the plugin.
+        #[arg(long, default_value = "key")]
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a resolver's convergence laws on generated sibling sets.
+    Verify {
+        file: PathBuf,
+        /// JSON array of example values in the plugin's format.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        /// Sibling sets to try.
+        #[arg(long, default_value_t = 500)]
+        cases: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
+    match cmd {
+        PluginCommand::Deploy { file, name, version, force, samples, target } => {
+            let wasm = read(&file)?;
+            let samples = match &samples {
+                Some(p) => read_samples(p)?.into_iter().map(Into::into).collect(),
+                None => Vec::new(),
+            };
+            let client = connect(&target).await?;
+            let req = pb::DeployPluginRequest {
+                name,
+                version: version.unwrap_or_default(),
+                wasm: wasm.into(),
+                force,
+                samples,
+            };
+            let r = client.admin().deploy_plugin(req).await.map_err(concord_client::ClientError::from)?.into_inner();
+            let p = r.plugin.context("the node returned no plugin")?;
+            if target.json {
+                println!("{}", json!({"plugin": plugin_json(&p), "warnings": r.warnings}));
+            } else {
+                println!("deployed {}@{} ({}, sha256 {})", p.name, p.version, kind_name(p.kind), p.sha256);
+                for w in &r.warnings {
+                    println!("warning: {w}");
+                }
+            }
+        }
+        PluginCommand::List { target } => {
+            let client = connect(&target).await?;
+            let r = client
+                .admin()
+                .list_plugins(pb::ListPluginsRequest {})
+                .await
+                .map_err(concord_client::ClientError::from)?
+                .into_inner();
+            if target.json {
+                println!("{}", serde_json::Value::Array(r.plugins.iter().map(plugin_json).collect()));
+            } else if r.plugins.is_empty() {
+                println!("no plugins deployed");
+            } else {
+                println!("{:<24} {:<14} {:<10} {:>9} {:<8} SHA256", "NAME", "VERSION", "KIND", "BYTES", "WIT");
+                for p in &r.plugins {
+                    println!(
+                        "{:<24} {:<14} {:<10} {:>9} {:<8} {}",
+                        p.name,
+                        p.version,
+                        kind_name(p.kind),
+                        p.size_bytes,
+                        p.interface_version,
+                        &p.sha256[..16.min(p.sha256.len())]
+                    );
+                }
+            }
+        }
+        PluginCommand::Test { file, siblings, value, bucket, key, json } => {
+            let (runtime, loaded) = load_local(&file)?;
+            let slot = || Arc::clone(runtime.slots()).try_acquire_owned().ok();
+            match (loaded.info.kind, siblings, value) {
+                (PluginKind::Resolver, Some(fixture), _) => {
+                    let (bucket, key, siblings) = read_fixture(&fixture, &bucket, &key)?;
+                    let permit = slot().context("no plugin slot free")?;
+                    let (r, took) = loaded
+                        .resolve(permit, &bucket, key.as_bytes(), &siblings, MAX_OBJECT_BYTES_LIMIT as usize)
+                        .map_err(|f| anyhow::anyhow!("{f}"))?;
+                    print_resolution(&r, took, json);
+                }
+                (PluginKind::Resolver, None, _) => {
+                    bail!("{} is a resolver: give --siblings FIXTURE.json", file.display())
+                }
+                (PluginKind::Validator, _, Some(value)) => {
+                    let (v, took) = loaded
+                        .validate(slot, &bucket, key.as_bytes(), value.as_bytes(), MAX_OBJECT_BYTES_LIMIT as usize)
+                        .map_err(|f| anyhow::anyhow!("{f}"))?
+                        .context("no plugin slot free")?;
+                    print_verdict(&v, took, json);
+                }
+                (PluginKind::Validator, _, None) => bail!("{} is a validator: give --value VALUE", file.display()),
+            }
+        }
+        PluginCommand::Verify { file, samples, cases, json } => {
+            let (runtime, loaded) = load_local(&file)?;
+            if loaded.info.kind != PluginKind::Resolver {
+                bail!("{} is a validator; verify checks resolvers", file.display());
+            }
+            let samples = match &samples {
+                Some(p) => read_samples(p)?,
+                None => Vec::new(),
+            };
+            let report = verify::verify_loaded(&loaded, runtime.slots(), &samples, cases, rand::random());
+            if json {
+                println!(
+                    "{}",
+                    json!({"passed": report.passed(), "cases": report.cases, "checks": report.checks, "failures": report.failures})
+                );
+            } else if report.passed() {
+                println!(
+                    "ok: {} sibling sets, {} checks: deterministic, order-insensitive, idempotent, associative",
+                    report.cases, report.checks
+                );
+            } else {
+                println!("FAILED: {} of {} checks broke a law:", report.failures.len(), report.checks);
+                for f in &report.failures {
+                    println!("  {f}");
+                }
+            }
+            if !report.passed() {
+                bail!("{} breaks the resolver laws; replicas resolving with it could disagree", file.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Checks, compiles and links a plugin file in a local sandbox.
+fn load_local(file: &Path) -> anyhow::Result<(Arc<Runtime>, Loaded)> {
+    let bytes = read(file)?;
+    let prepared = package::prepare(&bytes)?;
+    let runtime = Runtime::new(PluginConfig::default())?;
+    let (component, _) = runtime.compile(&prepared.component, None)?;
+    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
+    let info = PluginInfo {
+        name,
+        version: "local".into(),
+        sha256: concord::plugins::registry::sha256_hex(&prepared.component),
+        kind: prepared.kind,
+        size_bytes: prepared.component.len() as u64,
+        interface_version: prepared.interface_version,
+        deployed_at_ms: 0,
+        seq: 0,
+    };
+    let loaded = Loaded::new(Arc::clone(&runtime), info, &component)?;
+    Ok((runtime, loaded))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Sample {
+    Text(String),
+    Bytes { base64: String },
+}
+
+/// A JSON array of values: strings, or `{"base64": "..."}` for bytes.
+fn read_samples(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let samples: Vec<Sample> = serde_json::from_str(&text).with_context(|| {
+        format!("{} must be a JSON array of strings or {{\"base64\": ...}} objects", path.display())
+    })?;
+    samples
+        .into_iter()
+        .map(|s| match s {
+            Sample::Text(t) => Ok(t.into_bytes()),
+            Sample::Bytes { base64 } => {
+                base64::engine::general_purpose::STANDARD.decode(base64).context("a sample's base64 does not decode")
+            }
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureSibling {
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    value_base64: Option<String>,
+    #[serde(default)]
+    tombstone: bool,
+    #[serde(default)]
+    written_at_ms: u64,
+    #[serde(default)]
+    actor: Option<u64>,
+    #[serde(default)]
+    counter: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Fixture {
+    Full { bucket: Option<String>, key: Option<String>, siblings: Vec<FixtureSibling> },
+    Bare(Vec<FixtureSibling>),
+}
+
+/// Reads a sibling fixture: `{"bucket", "key", "siblings": [...]}` or just
+/// the array. Each sibling has `value` (text) or `value_base64`, and
+/// optionally `tombstone`, `written_at_ms`, `actor`, `counter`.
+fn read_fixture(path: &Path, bucket: &str, key: &str) -> anyhow::Result<(String, String, Vec<Sibling>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let fixture: Fixture =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a sibling fixture", path.display()))?;
+    let (bucket, key, raw) = match fixture {
+        Fixture::Full { bucket: b, key: k, siblings } => {
+            (b.unwrap_or_else(|| bucket.to_owned()), k.unwrap_or_else(|| key.to_owned()), siblings)
+        }
+        Fixture::Bare(siblings) => (bucket.to_owned(), key.to_owned(), siblings),
+    };
+    if raw.is_empty() {
+        bail!("{} holds no siblings", path.display());
+    }
+    let mut siblings = Vec::new();
+    for (i, s) in raw.into_iter().enumerate() {
+        let value = match (s.value, s.value_base64) {
+            (Some(v), None) => v.into_bytes(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .with_context(|| format!("sibling {i}: value_base64 does not decode"))?,
+            (None, None) if s.tombstone => Vec::new(),
+            _ => bail!("sibling {i}: give exactly one of value or value_base64"),
+        };
+        let content = if s.tombstone { Content::Tombstone } else { Content::Value(value) };
+        let dot = Dot { actor: s.actor.unwrap_or(i as u64 + 1), counter: s.counter.unwrap_or(1) };
+        siblings.push(Sibling { dot, content, written_at_ms: s.written_at_ms, writer: String::new() });
+    }
+    Ok((bucket, key, siblings))
+}
+
+fn print_resolution(r: &Resolution, took: std::time::Duration, as_json: bool) {
+    if as_json {
+        let j = match r {
+            Resolution::Resolved(v) => {
+                json!({"resolution": "resolved", "value": std::str::from_utf8(v).ok(), "value_base64": base64::engine::general_purpose::STANDARD.encode(v)})
+            }
+            Resolution::Delete => json!({"resolution": "delete"}),
+            Resolution::KeepSiblings => json!({"resolution": "keep-siblings"}),
+        };
+        println!("{j}");
+        return;
+    }
+    match r {
+        Resolution::Resolved(v) => println!("resolved: {}", show_bytes(v)),
+        Resolution::Delete => println!("delete"),
+        Resolution::KeepSiblings => println!("keep-siblings"),
+    }
+    eprintln!("({} µs)", took.as_micros());
+}
+
+fn print_verdict(v: &Verdict, took: std::time::Duration, as_json: bool) {
+    if as_json {
+        let j = match v {
+            Verdict::Accept => json!({"verdict": "accept"}),
+            Verdict::Reject(reason) => json!({"verdict": "reject", "reason": reason}),
+            Verdict::Replace(v) => {
+                json!({"verdict": "replace", "value": std::str::from_utf8(v).ok(), "value_base64": base64::engine::general_purpose::STANDARD.encode(v)})
+            }
+        };
+        println!("{j}");
+        return;
+    }
+    match v {
+        Verdict::Accept => println!("accept"),
+        Verdict::Reject(reason) => println!("reject: {reason}"),
+        Verdict::Replace(v) => println!("replace: {}", show_bytes(v)),
+    }
+    eprintln!("({} µs)", took.as_micros());
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match pb::PluginKind::try_from(kind) {
+        Ok(pb::PluginKind::Resolver) => "resolver",
+        Ok(pb::PluginKind::Validator) => "validator",
+        _ => "unknown",
+    }
+}
+
+fn plugin_json(p: &pb::PluginInfo) -> serde_json::Value {
+    json!({
+        "name": p.name, "version": p.version, "sha256": p.sha256, "kind": kind_name(p.kind),
+        "size_bytes": p.size_bytes, "interface_version": p.interface_version, "deployed_at_ms": p.deployed_at_ms,
+    })
+}

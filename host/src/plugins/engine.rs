@@ -1,0 +1,297 @@
+//! The wasmtime side: one engine per node, compiled-artifact cache, stores
+//! with limits, and calls that classify every way a guest can fail.
+//!
+//! * **One engine** with the pooling allocator. Each engine reserves its own
+//!   virtual-memory slab, so a node makes exactly one. Pool limits are set
+//!   explicitly from [`PluginConfig`]; a [`Semaphore`] with as many permits
+//!   as instance slots keeps calls from ever finding the pool empty.
+//! * **Deadlines** come from epoch interruption: a ticker thread advances
+//!   the epoch every millisecond and each call may run `deadline_ms` ticks.
+//!   **Fuel** is optional (`fuel > 0`), for operators who want a
+//!   deterministic bound on work rather than time.
+//! * **Memory** is capped per store by [`CallState`]'s limiter, which also
+//!   records that it refused, so the failure is reported as `memory` rather
+//!   than as a generic trap.
+//! * **Compiled artifacts** are cached on disk, keyed by the SHA-256 of the
+//!   engine's compatibility hash and the component bytes, so a restart or a
+//!   second plugin with the same bytes loads in microseconds instead of
+//!   compiling again. Files are written to a temporary name and renamed:
+//!   wasmtime maps them, so they are never rewritten in place.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
+
+use super::bindings::v0_1;
+use super::{FailureReason, PluginConfig};
+use crate::{Error, Result};
+
+/// Epoch ticker period: deadlines are counted in these.
+const TICK: Duration = Duration::from_millis(1);
+/// Core instances, tables and memories one plugin instance may use (a
+/// concord-guest component has 3 core instances, 2 tables, 1 memory).
+const CORE_INSTANCES_PER_PLUGIN: u32 = 8;
+const TABLES_PER_PLUGIN: u32 = 4;
+
+/// What a store carries during a call.
+pub struct CallState {
+    /// `name@version`, for logs.
+    plugin: Arc<str>,
+    memory_cap: usize,
+    /// Set when the limiter refused to grow memory.
+    pub memory_exceeded: bool,
+    /// Log lines this call may still write.
+    log_budget: u32,
+    /// Log lines dropped for exceeding the budget.
+    log_dropped: u32,
+}
+
+impl ResourceLimiter for CallState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_exceeded = true;
+            wasmtime::bail!("plugin exceeded its memory cap of {} MiB", self.memory_cap >> 20);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        CORE_INSTANCES_PER_PLUGIN as usize
+    }
+
+    fn tables(&self) -> usize {
+        TABLES_PER_PLUGIN as usize
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+impl v0_1::Host for CallState {
+    fn log(&mut self, level: v0_1::Level, message: String) {
+        if self.log_budget == 0 {
+            self.log_dropped += 1;
+            return;
+        }
+        self.log_budget -= 1;
+        let message: String = message.chars().take(512).collect();
+        let plugin = &*self.plugin;
+        match level {
+            v0_1::Level::Trace => tracing::trace!(plugin, "{message}"),
+            v0_1::Level::Debug => tracing::debug!(plugin, "{message}"),
+            v0_1::Level::Info => tracing::info!(plugin, "{message}"),
+            v0_1::Level::Warn => tracing::warn!(plugin, "{message}"),
+            v0_1::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+impl Drop for CallState {
+    fn drop(&mut self) {
+        if self.log_dropped > 0 {
+            metrics::counter!("concord_plugin_log_lines_dropped_total").increment(self.log_dropped.into());
+        }
+    }
+}
+
+/// The node's plugin engine.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    config: PluginConfig,
+    /// One permit per instance slot of the pool.
+    pub(super) slots: Arc<Semaphore>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine, its linker and the epoch ticker.
+    pub fn new(config: PluginConfig) -> Result<Arc<Self>> {
+        config.validate()?;
+        let slots = config.max_instances;
+        let memory = (config.memory_mb as usize) << 20;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * CORE_INSTANCES_PER_PLUGIN)
+            .total_memories(slots)
+            .total_tables(slots * TABLES_PER_PLUGIN)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_PLUGIN)
+            .max_memories_per_component(1)
+            .max_tables_per_component(TABLES_PER_PLUGIN)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .table_elements(100_000)
+            .max_memory_size(memory)
+            .max_component_instance_size(256 << 10)
+            .max_core_instance_size(256 << 10)
+            .max_unused_warm_slots(64)
+            // Resetting a slot by madvise is cheaper than memset for our
+            // small, mostly untouched memories.
+            .linear_memory_keep_resident(0);
+        let mut c = Config::new();
+        c.wasm_component_model(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .consume_fuel(config.fuel > 0)
+            // Reserve exactly the cap per memory (plus a guard): many slots
+            // fit in the address space, at the price of explicit bounds
+            // checks in compiled code.
+            .memory_reservation(memory as u64)
+            .memory_guard_size(2 << 20)
+            .max_wasm_stack(1 << 20);
+        let engine = Engine::new(&c).map_err(|e| Error::Internal(format!("cannot create the plugin engine: {e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        v0_1::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(|e| Error::Internal(format!("cannot link the plugin host interface: {e:#}")))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&stop_ticker);
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("concord-wasm-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match weak.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Arc::new(Self { engine, linker, slots: Arc::new(Semaphore::new(slots as usize)), config, stop_ticker }))
+    }
+
+    /// The pool's slots: a call holds one for as long as its instance lives.
+    pub fn slots(&self) -> &Arc<Semaphore> {
+        &self.slots
+    }
+
+    /// Limits and policies this runtime applies.
+    pub fn config(&self) -> &PluginConfig {
+        &self.config
+    }
+
+    /// The linker that provides the host interface.
+    pub(super) fn linker(&self) -> &Linker<CallState> {
+        &self.linker
+    }
+
+    /// Compiles a component, or loads its precompiled artifact from
+    /// `cache_dir` when one exists. Returns the component and whether it came
+    /// from the cache.
+    pub fn compile(&self, component: &[u8], cache_dir: Option<&Path>) -> Result<(Component, bool)> {
+        let fail = |e: wasmtime::Error| Error::invalid(format!("plugin does not compile: {e:#}"));
+        let Some(dir) = cache_dir else {
+            return Component::new(&self.engine, component).map(|c| (c, false)).map_err(fail);
+        };
+        let path = dir.join(format!("{}.cwasm", self.cache_key(component)));
+        if path.exists() {
+            // SAFETY: the file was written by `precompile_component` of an
+            // engine with the same compatibility hash (it is in the name),
+            // into a directory only this node writes, and is never modified
+            // after being renamed into place. wasmtime also checks the header.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "unusable compiled plugin; recompiling"),
+            }
+        }
+        let bytes = self.engine.precompile_component(component).map_err(fail)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &bytes)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
+        // SAFETY: as above; we just wrote it.
+        let c = unsafe { Component::deserialize_file(&self.engine, &path) }.map_err(fail)?;
+        Ok((c, false))
+    }
+
+    /// Name of a component's precompiled artifact.
+    fn cache_key(&self, component: &[u8]) -> String {
+        struct Sha(Sha256);
+        impl Hasher for Sha {
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+            fn finish(&self) -> u64 {
+                unreachable!("only the SHA-256 digest is used")
+            }
+        }
+        let mut h = Sha(Sha256::new());
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        h.0.update(b"\0component\0");
+        h.0.update(component);
+        hex::encode(h.0.finalize())
+    }
+
+    /// A fresh store for one call (or one reused validator instance).
+    pub(super) fn new_store(&self, plugin: &Arc<str>) -> Result<Store<CallState>> {
+        let state = CallState {
+            plugin: Arc::clone(plugin),
+            memory_cap: (self.config.memory_mb as usize) << 20,
+            memory_exceeded: false,
+            log_budget: self.config.log_lines_per_call,
+            log_dropped: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        store.epoch_deadline_trap();
+        self.arm(&mut store)?;
+        Ok(store)
+    }
+
+    /// (Re)sets a store's deadline and fuel before a call: the deadline is
+    /// absolute and fuel is consumed, so a reused store needs both again.
+    pub(super) fn arm(&self, store: &mut Store<CallState>) -> Result<()> {
+        store.set_epoch_deadline(self.config.deadline_ms.max(1));
+        store.data_mut().log_budget = self.config.log_lines_per_call;
+        if self.config.fuel > 0 {
+            store.set_fuel(self.config.fuel).map_err(|e| Error::Internal(format!("cannot set fuel: {e:#}")))?;
+        }
+        Ok(())
+    }
+
+    /// Fuel a store has used since [`Runtime::arm`], when fuel is on.
+    pub(super) fn fuel_used(&self, store: &Store<CallState>) -> Option<u64> {
+        (self.config.fuel > 0).then(|| self.config.fuel.saturating_sub(store.get_fuel().unwrap_or(0)))
+    }
+}
+
+/// Why a guest call failed, from the error and the store's state.
+pub(super) fn classify(e: &wasmtime::Error, state: &CallState) -> FailureReason {
+    if state.memory_exceeded {
+        return FailureReason::Memory;
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => FailureReason::Timeout,
+        Some(wasmtime::Trap::OutOfFuel) => FailureReason::Fuel,
+        Some(_) => FailureReason::Trap,
+        // Not a trap: the guest returned something the canonical ABI could
+        // not read (bad pointers, bad discriminants, invalid UTF-8).
+        None => FailureReason::Malformed,
+    }
+}
+
+/// Where precompiled artifacts of a data directory live.
+pub fn cache_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("plugin-cache")
+}

@@ -1,0 +1,217 @@
+//! A compiled plugin, ready to call.
+//!
+//! * A **resolver** call gets a fresh instance from the pool (a few
+//!   microseconds): nothing a previous call left in memory can influence
+//!   the next, so every node resolves the same siblings the same way.
+//! * A **validator** runs on every write, so instances are reused: a call
+//!   takes an idle instance (or makes one), and gives it back afterwards
+//!   unless the call failed. Any failure poisons a wasmtime store, so a
+//!   failed instance is dropped and the next call starts clean.
+//!
+//! Calls here are synchronous; [`super::Plugins`] decides on which thread
+//! they run.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Histogram};
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use super::bindings::v0_1;
+use super::engine::{CallState, Runtime, classify};
+use super::{FailureReason, PluginFailure, PluginInfo, PluginKind, Resolution, Verdict};
+use crate::causal::Sibling;
+use crate::{Error, Result};
+
+/// Idle validator instances kept per plugin.
+const MAX_IDLE: usize = 4;
+
+/// An idle validator instance and the pool slot it occupies.
+struct Idle {
+    store: Store<CallState>,
+    instance: v0_1::Validator,
+    _slot: OwnedSemaphorePermit,
+}
+
+enum Kind {
+    Resolver(v0_1::ResolverPre<CallState>),
+    Validator { pre: v0_1::ValidatorPre<CallState>, idle: Mutex<Vec<Idle>> },
+}
+
+/// A plugin compiled and linked, ready to call.
+pub struct Loaded {
+    /// Its registry entry.
+    pub info: PluginInfo,
+    /// `name@version`.
+    pub label: Arc<str>,
+    runtime: Arc<Runtime>,
+    kind: Kind,
+    calls: Counter,
+    duration: Histogram,
+    /// Set once a call failed or ran long: from then on calls run on the
+    /// blocking pool, not on request threads.
+    offloaded: AtomicBool,
+}
+
+impl Loaded {
+    /// Links a compiled component of `info.kind`.
+    pub fn new(runtime: Arc<Runtime>, info: PluginInfo, component: &Component) -> Result<Self> {
+        let label: Arc<str> = format!("{}@{}", info.name, info.version).into();
+        let link = |e: wasmtime::Error| Error::invalid(format!("plugin {label} does not link: {e:#}"));
+        let pre = runtime.linker().instantiate_pre(component).map_err(link)?;
+        let kind = match info.kind {
+            PluginKind::Resolver => Kind::Resolver(v0_1::ResolverPre::new(pre).map_err(link)?),
+            PluginKind::Validator => {
+                Kind::Validator { pre: v0_1::ValidatorPre::new(pre).map_err(link)?, idle: Mutex::new(Vec::new()) }
+            }
+        };
+        let kind_label = info.kind.as_str();
+        let calls = metrics::counter!("concord_plugin_calls_total", "plugin" => info.name.clone(), "version" => info.version.clone(), "kind" => kind_label);
+        let duration = metrics::histogram!("concord_plugin_call_duration_seconds", "kind" => kind_label);
+        Ok(Self { info, label, runtime, kind, calls, duration, offloaded: AtomicBool::new(false) })
+    }
+
+    /// Whether calls must run on the blocking pool.
+    pub fn offloaded(&self) -> bool {
+        self.offloaded.load(Ordering::Relaxed)
+    }
+
+    /// Moves future calls to the blocking pool.
+    pub fn offload(&self) {
+        if !self.offloaded.swap(true, Ordering::Relaxed) {
+            tracing::info!(plugin = %self.label, "plugin failed or ran long; its calls now run off request threads");
+        }
+    }
+
+    fn failure(&self, reason: FailureReason, message: String) -> PluginFailure {
+        metrics::counter!("concord_plugin_failures_total", "plugin" => self.info.name.clone(), "version" => self.info.version.clone(), "reason" => reason.as_str()).increment(1);
+        PluginFailure { plugin: Arc::clone(&self.label), reason, message }
+    }
+
+    fn finish(&self, started: Instant, store: &Store<CallState>) -> Duration {
+        let elapsed = started.elapsed();
+        self.calls.increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+        if let Some(fuel) = self.runtime.fuel_used(store) {
+            metrics::counter!("concord_plugin_fuel_consumed_total", "plugin" => self.info.name.clone()).increment(fuel);
+        }
+        elapsed
+    }
+
+    /// Resolves `siblings`, refusing results over `max_bytes`. Runs on the
+    /// calling thread; `slot` is the pool slot the call may use.
+    pub fn resolve(
+        &self,
+        _slot: OwnedSemaphorePermit,
+        bucket: &str,
+        key: &[u8],
+        siblings: &[Sibling],
+        max_bytes: usize,
+    ) -> Result<(Resolution, Duration), PluginFailure> {
+        let Kind::Resolver(pre) = &self.kind else {
+            return Err(self.failure(FailureReason::Unusable, format!("{} is not a resolver", self.label)));
+        };
+        let started = Instant::now();
+        let mut store =
+            self.runtime.new_store(&self.label).map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
+        let input: Vec<v0_1::Sibling> = siblings.iter().map(to_wit).collect();
+        let result = pre.instantiate(&mut store).and_then(|r| r.call_resolve(&mut store, bucket, key, &input));
+        let elapsed = self.finish(started, &store);
+        let out = result.map_err(|e| self.failure(classify(&e, store.data()), brief(&self.label, &e)))?;
+        let resolution = match out {
+            v0_1::Resolution::Resolved(v) if v.len() > max_bytes => {
+                return Err(self.failure(
+                    FailureReason::Oversized,
+                    format!("resolved value is {} bytes, over the bucket's limit of {max_bytes}", v.len()),
+                ));
+            }
+            v0_1::Resolution::Resolved(v) => Resolution::Resolved(v),
+            v0_1::Resolution::Delete => Resolution::Delete,
+            v0_1::Resolution::KeepSiblings => Resolution::KeepSiblings,
+        };
+        Ok((resolution, elapsed))
+    }
+
+    /// Validates a write. `slot` is used only if no idle instance exists;
+    /// pass `None` to require an idle one (returns `Ok(None)` if there is
+    /// none).
+    pub fn validate(
+        &self,
+        slot: impl FnOnce() -> Option<OwnedSemaphorePermit>,
+        bucket: &str,
+        key: &[u8],
+        value: &[u8],
+        max_bytes: usize,
+    ) -> Result<Option<(Verdict, Duration)>, PluginFailure> {
+        let Kind::Validator { pre, idle } = &self.kind else {
+            return Err(self.failure(FailureReason::Unusable, format!("{} is not a validator", self.label)));
+        };
+        let started = Instant::now();
+        let reused = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut inst = match reused {
+            Some(mut i) => {
+                self.runtime.arm(&mut i.store).map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
+                i
+            }
+            None => {
+                let Some(slot) = slot() else { return Ok(None) };
+                let mut store = self
+                    .runtime
+                    .new_store(&self.label)
+                    .map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
+                let instance = pre.instantiate(&mut store).map_err(|e| {
+                    let reason = classify(&e, store.data());
+                    self.failure(reason, brief(&self.label, &e))
+                })?;
+                Idle { store, instance, _slot: slot }
+            }
+        };
+        let result = inst.instance.call_validate(&mut inst.store, bucket, key, value);
+        let elapsed = self.finish(started, &inst.store);
+        let verdict = match result {
+            Ok(v) => v,
+            // The store is poisoned: drop the instance (and free its slot).
+            Err(e) => return Err(self.failure(classify(&e, inst.store.data()), brief(&self.label, &e))),
+        };
+        {
+            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(inst);
+            }
+        }
+        let verdict = match verdict {
+            v0_1::Verdict::Accept => Verdict::Accept,
+            v0_1::Verdict::Reject(reason) => Verdict::Reject(reason.chars().take(1024).collect()),
+            v0_1::Verdict::Replace(v) if v.len() > max_bytes => {
+                return Err(self.failure(
+                    FailureReason::Oversized,
+                    format!("replacement value is {} bytes, over the bucket's limit of {max_bytes}", v.len()),
+                ));
+            }
+            v0_1::Verdict::Replace(v) => Verdict::Replace(v),
+        };
+        Ok(Some((verdict, elapsed)))
+    }
+}
+
+/// The root cause of a guest error, in one line: "wasm trap: interrupt",
+/// "plugin exceeded its memory cap of 64 MiB", "list pointer/length out of
+/// bounds of memory". The full error (with the guest's backtrace) goes to
+/// the debug log.
+fn brief(label: &str, e: &wasmtime::Error) -> String {
+    tracing::debug!(plugin = label, error = ?e, "plugin call failed");
+    e.root_cause().to_string()
+}
+
+fn to_wit(s: &Sibling) -> v0_1::Sibling {
+    v0_1::Sibling {
+        value: s.content.value().map(<[u8]>::to_vec).unwrap_or_default(),
+        tombstone: s.content.is_tombstone(),
+        dot: v0_1::Dot { actor: s.dot.actor, counter: s.dot.counter },
+        written_at_ms: s.written_at_ms,
+    }
+}

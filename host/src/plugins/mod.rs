@@ -1,0 +1,634 @@
+//! WebAssembly plugins: resolvers merge siblings, validators vet writes.
+//!
+//! Layers, bottom up:
+//!
+//! * [`package`] turns deployed bytes into a checked component (core modules
+//!   are componentized; interface version and kind are read before anything
+//!   runs);
+//! * [`engine`] owns the one wasmtime engine of the node, with its pooling
+//!   allocator, epoch deadlines, optional fuel, memory caps and the
+//!   on-disk cache of compiled artifacts;
+//! * [`loaded`] calls a compiled plugin: a fresh instance per resolver call,
+//!   reused instances for validators;
+//! * [`registry`] stores plugins and compiles them on first use;
+//! * [`breaker`] switches a plugin off for a bucket when it keeps failing;
+//! * [`verify`] checks the laws a resolver must obey.
+//!
+//! [`Plugins`] ties them together for the request paths. Where a call runs:
+//! a plugin starts out running on the request's own thread (a call takes
+//! microseconds and a thread hop would cost more than the call). A plugin
+//! that ever fails or takes longer than [`INLINE_BUDGET`] is moved for good
+//! to tokio's blocking pool, so a plugin that loops costs at most one
+//! deadline on a request thread, never a stalled node.
+
+mod bindings;
+pub mod breaker;
+pub mod engine;
+pub mod loaded;
+pub mod package;
+pub mod registry;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use breaker::Tripped;
+pub use engine::Runtime;
+pub use loaded::Loaded;
+pub use registry::Registry;
+
+use crate::causal::Sibling;
+use crate::cluster::buckets::validate_plugin_word;
+use crate::cluster::{BucketProps, PluginRef, ValidatorFailure};
+use crate::storage::Store;
+use crate::{Error, Result};
+
+/// A call that takes longer than this moves its plugin off request threads.
+pub const INLINE_BUDGET: Duration = Duration::from_millis(1);
+
+/// Resolver or validator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// Exports `resolve`.
+    Resolver,
+    /// Exports `validate`.
+    Validator,
+}
+
+impl PluginKind {
+    /// `resolver` or `validator`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Resolver => "resolver",
+            PluginKind::Validator => "validator",
+        }
+    }
+}
+
+/// A deployed plugin's manifest entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Hex SHA-256 of the component bytes.
+    pub sha256: String,
+    /// Resolver or validator.
+    pub kind: PluginKind,
+    /// Size of the component.
+    pub size_bytes: u64,
+    /// `concord:plugin` version it targets.
+    pub interface_version: String,
+    /// When it was deployed.
+    pub deployed_at_ms: u64,
+    /// Manifest sequence number (a Lamport counter across the cluster).
+    pub seq: u64,
+}
+
+impl PluginInfo {
+    /// `name@version` as a reference.
+    pub fn plugin_ref(&self) -> PluginRef {
+        PluginRef { name: self.name.clone(), version: self.version.clone() }
+    }
+}
+
+/// What a resolver decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// One value replaces every sibling.
+    Resolved(Vec<u8>),
+    /// A tombstone replaces every sibling.
+    Delete,
+    /// The siblings stay.
+    KeepSiblings,
+}
+
+/// What a validator decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Store as written.
+    Accept,
+    /// Refuse, with the plugin's reason.
+    Reject(String),
+    /// Store this value instead.
+    Replace(Vec<u8>),
+}
+
+/// Why a plugin call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Ran past its deadline.
+    Timeout,
+    /// Ran out of fuel.
+    Fuel,
+    /// Tried to grow memory past its cap.
+    Memory,
+    /// Trapped (a panic, an `unreachable`, a bad memory access).
+    Trap,
+    /// Returned something the host could not read.
+    Malformed,
+    /// Returned a value over the size limit.
+    Oversized,
+    /// Could not be instantiated or called at all.
+    Unusable,
+}
+
+impl FailureReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Timeout => "timeout",
+            FailureReason::Fuel => "fuel",
+            FailureReason::Memory => "memory",
+            FailureReason::Trap => "trap",
+            FailureReason::Malformed => "malformed",
+            FailureReason::Oversized => "oversized",
+            FailureReason::Unusable => "unusable",
+        }
+    }
+}
+
+/// A failed plugin call.
+#[derive(Clone, Debug)]
+pub struct PluginFailure {
+    /// `name@version`.
+    pub plugin: Arc<str>,
+    /// Classification.
+    pub reason: FailureReason,
+    /// Details from wasmtime or the host check.
+    pub message: String,
+}
+
+impl fmt::Display for PluginFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "plugin {} failed ({}): {}", self.plugin, self.reason.as_str(), self.message)
+    }
+}
+
+/// Limits and policies of plugin calls (`[plugins]` in the config file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Memory cap per plugin instance, in MiB.
+    pub memory_mb: u32,
+    /// Wall-clock deadline per call, in milliseconds.
+    pub deadline_ms: u64,
+    /// Fuel per call (roughly, wasm instructions); 0 turns fuel off.
+    pub fuel: u64,
+    /// Plugin instances that may exist at once (the pool's size).
+    pub max_instances: u32,
+    /// Log lines a single call may write.
+    pub log_lines_per_call: u32,
+    /// Consecutive failures after which a plugin is switched off for a
+    /// bucket.
+    pub breaker_failures: u32,
+    /// Write a value resolved on read back to the replicas.
+    pub write_back_resolved: bool,
+    /// Sibling sets `verify` (and deploy) try.
+    pub verify_cases: usize,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            memory_mb: 64,
+            deadline_ms: 50,
+            fuel: 0,
+            max_instances: 256,
+            log_lines_per_call: 20,
+            breaker_failures: 5,
+            write_back_resolved: true,
+            verify_cases: 200,
+        }
+    }
+}
+
+impl PluginConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=4096).contains(&self.memory_mb) {
+            return Err(Error::invalid("plugins.memory_mb must be between 1 and 4096"));
+        }
+        if !(1..=60_000).contains(&self.deadline_ms) {
+            return Err(Error::invalid("plugins.deadline_ms must be between 1 and 60000"));
+        }
+        if !(1..=10_000).contains(&self.max_instances) {
+            return Err(Error::invalid("plugins.max_instances must be between 1 and 10000"));
+        }
+        Ok(())
+    }
+}
+
+/// Where a plugin sits in a bucket's properties.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Slot {
+    Resolver,
+    Shadow,
+    Validator(usize),
+}
+
+/// The plugin that last worked in a slot, and the one before it: where a
+/// switched-off (or not yet loaded) plugin falls back to.
+#[derive(Clone)]
+struct Worked {
+    current: PluginRef,
+    previous: Option<PluginRef>,
+}
+
+/// A successful resolution.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// What the resolver decided.
+    pub resolution: Resolution,
+    /// `name@version` of the resolver.
+    pub by: Arc<str>,
+}
+
+/// What a deploy did.
+#[derive(Clone, Debug)]
+pub struct Deployed {
+    /// The manifest entry.
+    pub info: PluginInfo,
+    /// Laws the resolver broke, when deployed with `force`.
+    pub warnings: Vec<String>,
+}
+
+/// The plugin system of a node.
+pub struct Plugins {
+    runtime: Arc<Runtime>,
+    registry: Registry,
+    breakers: breaker::Breakers,
+    worked: RwLock<HashMap<(String, Slot), Worked>>,
+    shadow_disagreements: AtomicU64,
+}
+
+impl Plugins {
+    /// Opens the registry persisted in `store`; compiled artifacts are cached
+    /// in `cache_dir`.
+    pub fn open(store: Arc<dyn Store>, cache_dir: Option<PathBuf>, config: PluginConfig) -> Result<Arc<Self>> {
+        let breakers = breaker::Breakers::new(config.breaker_failures);
+        let runtime = Runtime::new(config)?;
+        let registry = Registry::open(store, Arc::clone(&runtime), cache_dir)?;
+        Ok(Arc::new(Self {
+            runtime,
+            registry,
+            breakers,
+            worked: RwLock::new(HashMap::new()),
+            shadow_disagreements: AtomicU64::new(0),
+        }))
+    }
+
+    /// The engine.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Plugins switched off by their breakers.
+    pub fn tripped(&self) -> Vec<Tripped> {
+        self.breakers.tripped()
+    }
+
+    /// Deploys a plugin: checks, compiles and links it, verifies a resolver
+    /// (refusing one that breaks the laws unless `force`), then stores it.
+    /// Nothing is stored on any error.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        name: String,
+        version: Option<String>,
+        bytes: Vec<u8>,
+        force: bool,
+        samples: Vec<Vec<u8>>,
+    ) -> Result<Deployed> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.deploy_blocking(&name, version.as_deref(), &bytes, force, &samples))
+            .await
+            .map_err(Error::internal)?
+    }
+
+    fn deploy_blocking(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        bytes: &[u8],
+        force: bool,
+        samples: &[Vec<u8>],
+    ) -> Result<Deployed> {
+        validate_plugin_word("name", name)?;
+        if bytes.is_empty() {
+            return Err(Error::invalid("plugin bytes are empty"));
+        }
+        let prepared = package::prepare(bytes)?;
+        let version = match version {
+            Some(v) if !v.is_empty() => v.to_owned(),
+            // Unnamed builds are named by their content.
+            _ => registry::sha256_hex(&prepared.component)[..12].to_owned(),
+        };
+        validate_plugin_word("version", &version)?;
+        let r = PluginRef { name: name.to_owned(), version };
+        let (info, loaded) = self.registry.load_candidate(&r, &prepared)?;
+        let mut warnings = Vec::new();
+        if info.kind == PluginKind::Resolver {
+            let cases = self.runtime.config().verify_cases;
+            let report = verify::verify_loaded(&loaded, &self.runtime.slots, samples, cases, 0xc0c0);
+            if !report.passed() {
+                if !force {
+                    return Err(Error::invalid(format!(
+                        "{r} breaks the laws a resolver must obey, so replicas could disagree:\n  {}\n(deploy with --force to accept it anyway)",
+                        report.failures.join("\n  ")
+                    )));
+                }
+                warnings = report.failures;
+            }
+        }
+        let info = self.registry.commit(info, &prepared.component, loaded)?;
+        tracing::info!(plugin = %r, kind = info.kind.as_str(), sha256 = %info.sha256, "plugin deployed");
+        Ok(Deployed { info, warnings })
+    }
+
+    /// Checks that `r` is deployed and of `kind`, before a bucket binds it.
+    pub fn check_binding(&self, r: &PluginRef, kind: PluginKind) -> Result<()> {
+        let info = self
+            .registry
+            .info(r)
+            .ok_or_else(|| Error::FailedPrecondition(format!("plugin {r} is not deployed; deploy it first")))?;
+        if info.kind != kind {
+            return Err(Error::invalid(format!("plugin {r} is a {}, not a {}", info.kind.as_str(), kind.as_str())));
+        }
+        Ok(())
+    }
+
+    /// The plugin to call for `slot` of `bucket`: the configured one, unless
+    /// its breaker is open, in which case the one that worked before it.
+    fn choose(&self, bucket: &str, slot: Slot, configured: &PluginRef, props_version: u64) -> Option<PluginRef> {
+        let label: Arc<str> = configured.to_string().into();
+        if !self.breakers.is_open(bucket, &label, props_version) {
+            return Some(configured.clone());
+        }
+        let worked = self.worked.read().unwrap_or_else(|p| p.into_inner());
+        let w = worked.get(&(bucket.to_owned(), slot))?;
+        let candidate = if &w.current == configured { w.previous.clone()? } else { w.current.clone() };
+        let label: Arc<str> = candidate.to_string().into();
+        (!self.breakers.is_open(bucket, &label, props_version)).then_some(candidate)
+    }
+
+    fn remember(&self, bucket: &str, slot: Slot, r: &PluginRef) {
+        let key = (bucket.to_owned(), slot);
+        if self.worked.read().unwrap_or_else(|p| p.into_inner()).get(&key).is_some_and(|w| &w.current == r) {
+            return;
+        }
+        let mut worked = self.worked.write().unwrap_or_else(|p| p.into_inner());
+        let previous = worked.get(&key).map(|w| w.current.clone());
+        worked.insert(key, Worked { current: r.clone(), previous });
+    }
+
+    async fn loaded(self: &Arc<Self>, r: &PluginRef) -> Result<Arc<Loaded>> {
+        if let Some(l) = self.registry.loaded_now(r) {
+            return Ok(l);
+        }
+        // Compiling (or mapping a cached artifact) blocks: not on a request thread.
+        let this = Arc::clone(self);
+        let r = r.clone();
+        tokio::task::spawn_blocking(move || this.registry.get(&r)).await.map_err(Error::internal)?
+    }
+
+    async fn call_resolver(
+        &self,
+        loaded: Arc<Loaded>,
+        bucket: &str,
+        key: &[u8],
+        siblings: &[Sibling],
+        max_bytes: usize,
+    ) -> Result<Resolution, PluginFailure> {
+        if !loaded.offloaded()
+            && let Ok(slot) = Arc::clone(&self.runtime.slots).try_acquire_owned()
+        {
+            let result = loaded.resolve(slot, bucket, key, siblings, max_bytes);
+            if result.as_ref().is_ok_and(|(_, took)| *took <= INLINE_BUDGET) {
+                return result.map(|(r, _)| r);
+            }
+            loaded.offload();
+            return result.map(|(r, _)| r);
+        }
+        let slot = Arc::clone(&self.runtime.slots).acquire_owned().await.expect("the slot semaphore is never closed");
+        let (bucket, key, siblings) = (bucket.to_owned(), key.to_vec(), siblings.to_vec());
+        let task = tokio::task::spawn_blocking(move || loaded.resolve(slot, &bucket, &key, &siblings, max_bytes));
+        match task.await {
+            Ok(r) => r.map(|(r, _)| r),
+            Err(e) => {
+                Err(PluginFailure { plugin: "?".into(), reason: FailureReason::Unusable, message: e.to_string() })
+            }
+        }
+    }
+
+    /// Runs the bucket's resolver (or its fallback) on `siblings`. `None`
+    /// when the bucket has no usable resolver or the call failed: the
+    /// siblings then stay as they are. Also runs the shadow resolver, if
+    /// any, in the background.
+    pub async fn resolve(
+        self: &Arc<Self>,
+        bucket: &str,
+        props: &BucketProps,
+        key: &[u8],
+        siblings: &[Sibling],
+    ) -> Option<Resolved> {
+        let active = match &props.resolver {
+            Some(configured) => self.run_slot(bucket, Slot::Resolver, configured, props, key, siblings).await,
+            None => None,
+        };
+        if let Some(shadow) = &props.shadow_resolver {
+            let this = Arc::clone(self);
+            let (bucket, props, key, siblings, shadow) =
+                (bucket.to_owned(), props.clone(), key.to_vec(), siblings.to_vec(), shadow.clone());
+            let active = active.clone();
+            tokio::spawn(async move {
+                let theirs = this.run_slot(&bucket, Slot::Shadow, &shadow, &props, &key, &siblings).await;
+                this.compare_shadow(&bucket, &key, active.as_ref(), theirs.as_ref(), &shadow);
+            });
+        }
+        active
+    }
+
+    async fn run_slot(
+        self: &Arc<Self>,
+        bucket: &str,
+        slot: Slot,
+        configured: &PluginRef,
+        props: &BucketProps,
+        key: &[u8],
+        siblings: &[Sibling],
+    ) -> Option<Resolved> {
+        let chosen = self.choose(bucket, slot, configured, props.version)?;
+        let loaded = match self.loaded(&chosen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(bucket, plugin = %chosen, error = %e, "resolver unavailable; keeping siblings");
+                return None;
+            }
+        };
+        let label = Arc::clone(&loaded.label);
+        let max_bytes = props.max_object_bytes as usize;
+        match self.call_resolver(loaded, bucket, key, siblings, max_bytes).await {
+            Ok(resolution) => {
+                self.breakers.success(bucket, &label, props.version);
+                self.remember(bucket, slot, &chosen);
+                Some(Resolved { resolution, by: label })
+            }
+            Err(f) => {
+                self.breakers.failure(bucket, &label, props.version, &f.to_string());
+                tracing::warn!(bucket, "{f}; keeping siblings");
+                None
+            }
+        }
+    }
+
+    fn compare_shadow(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        active: Option<&Resolved>,
+        shadow: Option<&Resolved>,
+        shadow_ref: &PluginRef,
+    ) {
+        let outcome = match (active, shadow) {
+            (_, None) => "failed",
+            (Some(a), Some(s)) if a.resolution == s.resolution => "agree",
+            (None, Some(s)) if s.resolution == Resolution::KeepSiblings => "agree",
+            _ => "disagree",
+        };
+        metrics::counter!("concord_shadow_resolutions_total", "bucket" => bucket.to_owned(), "plugin" => shadow_ref.to_string(), "outcome" => outcome).increment(1);
+        if outcome == "disagree" {
+            // Log the first disagreement and then one in a hundred.
+            let n = self.shadow_disagreements.fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(100) {
+                tracing::info!(
+                    bucket,
+                    key = %String::from_utf8_lossy(key),
+                    shadow = %shadow_ref,
+                    active = ?active.map(|a| describe(&a.resolution)),
+                    shadow_result = ?shadow.map(|s| describe(&s.resolution)),
+                    disagreements = n + 1,
+                    "shadow resolver disagrees with the active one (sampled)"
+                );
+            }
+        }
+    }
+
+    /// Runs the bucket's validators in order. Returns the value to store
+    /// (validators may replace it) and `name@version` of each validator
+    /// that ran.
+    pub async fn validate(
+        self: &Arc<Self>,
+        bucket: &str,
+        props: &BucketProps,
+        key: &[u8],
+        mut value: Vec<u8>,
+    ) -> Result<(Vec<u8>, Vec<String>)> {
+        let mut ran = Vec::with_capacity(props.validators.len());
+        for (i, configured) in props.validators.iter().enumerate() {
+            let slot = Slot::Validator(i);
+            let Some(chosen) = self.choose(bucket, slot, configured, props.version) else {
+                self.validator_failed(props, configured, "switched off after repeated failures")?;
+                continue;
+            };
+            let loaded = match self.loaded(&chosen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    self.validator_failed(props, &chosen, &e.to_string())?;
+                    continue;
+                }
+            };
+            let label = Arc::clone(&loaded.label);
+            match self.call_validator(loaded, bucket, key, &value, props.max_object_bytes as usize).await {
+                Ok(verdict) => {
+                    self.breakers.success(bucket, &label, props.version);
+                    self.remember(bucket, slot, &chosen);
+                    ran.push(label.to_string());
+                    match verdict {
+                        Verdict::Accept => {}
+                        Verdict::Replace(v) => value = v,
+                        Verdict::Reject(reason) => return Err(Error::Rejected { plugin: label.to_string(), reason }),
+                    }
+                }
+                Err(f) => {
+                    self.breakers.failure(bucket, &label, props.version, &f.to_string());
+                    tracing::warn!(bucket, "{f}");
+                    self.validator_failed(props, &chosen, &format!("{} ({})", f.message, f.reason.as_str()))?;
+                }
+            }
+        }
+        Ok((value, ran))
+    }
+
+    /// Applies the bucket's `validator_failure` policy.
+    fn validator_failed(&self, props: &BucketProps, plugin: &PluginRef, why: &str) -> Result<()> {
+        match props.validator_failure {
+            ValidatorFailure::Accept => Ok(()),
+            ValidatorFailure::Reject => Err(Error::Rejected {
+                plugin: plugin.to_string(),
+                reason: format!(
+                    "the validator failed ({why}), and the bucket rejects writes when a validator fails (validator_failure = reject)"
+                ),
+            }),
+        }
+    }
+
+    async fn call_validator(
+        &self,
+        loaded: Arc<Loaded>,
+        bucket: &str,
+        key: &[u8],
+        value: &[u8],
+        max_bytes: usize,
+    ) -> Result<Verdict, PluginFailure> {
+        if !loaded.offloaded() {
+            let slots = &self.runtime.slots;
+            match loaded.validate(|| Arc::clone(slots).try_acquire_owned().ok(), bucket, key, value, max_bytes) {
+                Ok(Some((verdict, took))) => {
+                    if took > INLINE_BUDGET {
+                        loaded.offload();
+                    }
+                    return Ok(verdict);
+                }
+                Ok(None) => {} // no free slot: wait for one below
+                Err(f) => {
+                    loaded.offload();
+                    return Err(f);
+                }
+            }
+        }
+        let slot = Arc::clone(&self.runtime.slots).acquire_owned().await.expect("the slot semaphore is never closed");
+        let (bucket, key, value) = (bucket.to_owned(), key.to_vec(), value.to_vec());
+        let task = tokio::task::spawn_blocking(move || {
+            loaded.validate(move || Some(slot), &bucket, &key, &value, max_bytes).map(|v| v.map(|(v, _)| v))
+        });
+        match task.await {
+            Ok(Ok(Some(v))) => Ok(v),
+            Ok(Ok(None)) => unreachable!("a slot was provided"),
+            Ok(Err(f)) => Err(f),
+            Err(e) => {
+                Err(PluginFailure { plugin: "?".into(), reason: FailureReason::Unusable, message: e.to_string() })
+            }
+        }
+    }
+}
+
+fn describe(r: &Resolution) -> String {
+    match r {
+        Resolution::Resolved(v) => format!("resolved({} bytes)", v.len()),
+        Resolution::Delete => "delete".into(),
+        Resolution::KeepSiblings => "keep-siblings".into(),
+    }
+}

@@ -1,0 +1,196 @@
+//! Deployed plugins: the manifest, the stored components, and the compiled
+//! ones in memory.
+//!
+//! A plugin is `(name, version, sha256, kind, bytes)`. A name@version is
+//! immutable: deploying it again with the same bytes is a no-op, with other
+//! bytes an error. Everything persists in the store's `Plugins` space:
+//!
+//! ```text
+//! manifest              {"format": 1, "plugins": [PluginInfo, ...]}
+//! bin/<name>@<version>  the component bytes
+//! ```
+//!
+//! Each entry carries a sequence number (a Lamport counter, like bucket
+//! properties), so a cluster can tell which node has the newer manifest.
+//! Compilation happens on first use after a restart; the engine's artifact
+//! cache makes that a file map rather than a compile.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::PluginInfo;
+use super::engine::Runtime;
+use super::loaded::Loaded;
+use super::package::Prepared;
+use crate::cluster::PluginRef;
+use crate::storage::{Space, Store};
+use crate::{Error, Result};
+
+const MANIFEST_KEY: &[u8] = b"manifest";
+const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    plugins: Vec<PluginInfo>,
+}
+
+fn bin_key(r: &PluginRef) -> Vec<u8> {
+    format!("bin/{r}").into_bytes()
+}
+
+/// Hex SHA-256 of plugin bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The registry of one node.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    runtime: Arc<Runtime>,
+    cache_dir: Option<PathBuf>,
+    manifest: ArcSwap<BTreeMap<PluginRef, PluginInfo>>,
+    /// Compiled plugins; an entry is added on first use and never replaced
+    /// (a name@version is immutable).
+    loaded: RwLock<HashMap<PluginRef, Arc<Loaded>>>,
+    /// Serialises manifest changes; never held across an await.
+    write: Mutex<()>,
+}
+
+impl Registry {
+    /// Loads the manifest persisted in `store`.
+    pub fn open(store: Arc<dyn Store>, runtime: Arc<Runtime>, cache_dir: Option<PathBuf>) -> Result<Self> {
+        let mut manifest = BTreeMap::new();
+        if let Some(bytes) = store.get(Space::Plugins, MANIFEST_KEY)? {
+            let m: Manifest = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Corruption(format!("plugin manifest does not decode: {e}")))?;
+            if m.format != MANIFEST_FORMAT {
+                return Err(Error::Corruption(format!("plugin manifest has unknown format {}", m.format)));
+            }
+            for p in m.plugins {
+                manifest.insert(p.plugin_ref(), p);
+            }
+        }
+        Ok(Self {
+            store,
+            runtime,
+            cache_dir,
+            manifest: ArcSwap::from_pointee(manifest),
+            loaded: RwLock::new(HashMap::new()),
+            write: Mutex::new(()),
+        })
+    }
+
+    /// Every deployed plugin.
+    pub fn list(&self) -> Vec<PluginInfo> {
+        self.manifest.load().values().cloned().collect()
+    }
+
+    /// The manifest entry of `r`.
+    pub fn info(&self, r: &PluginRef) -> Option<PluginInfo> {
+        self.manifest.load().get(r).cloned()
+    }
+
+    /// Highest sequence number in the manifest: a summary for gossip.
+    pub fn version(&self) -> u64 {
+        self.manifest.load().values().map(|p| p.seq).max().unwrap_or(0)
+    }
+
+    /// Compiles and links `prepared` as `r` without storing anything, so the
+    /// caller can try it (and refuse it) before it becomes visible.
+    pub fn load_candidate(&self, r: &PluginRef, prepared: &Prepared) -> Result<(PluginInfo, Arc<Loaded>)> {
+        let sha256 = sha256_hex(&prepared.component);
+        if let Some(existing) = self.info(r)
+            && existing.sha256 != sha256
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "{r} is already deployed with different bytes (sha256 {}); deploy the new build under a new version",
+                existing.sha256
+            )));
+        }
+        let info = PluginInfo {
+            name: r.name.clone(),
+            version: r.version.clone(),
+            sha256,
+            kind: prepared.kind,
+            size_bytes: prepared.component.len() as u64,
+            interface_version: prepared.interface_version.clone(),
+            deployed_at_ms: crate::now_ms(),
+            seq: 0,
+        };
+        if let Some(loaded) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(r) {
+            return Ok((loaded.info.clone(), Arc::clone(loaded)));
+        }
+        let (component, _) = self.runtime.compile(&prepared.component, self.cache_dir.as_deref())?;
+        let loaded = Arc::new(Loaded::new(Arc::clone(&self.runtime), info.clone(), &component)?);
+        Ok((info, loaded))
+    }
+
+    /// Stores a candidate and makes it visible. Idempotent for the same
+    /// bytes.
+    pub fn commit(&self, mut info: PluginInfo, component: &[u8], loaded: Arc<Loaded>) -> Result<PluginInfo> {
+        let r = info.plugin_ref();
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.manifest.load_full();
+        if let Some(existing) = current.get(&r) {
+            if existing.sha256 == info.sha256 {
+                return Ok(existing.clone());
+            }
+            return Err(Error::FailedPrecondition(format!("{r} is already deployed with different bytes")));
+        }
+        if info.seq == 0 {
+            info.seq = current.values().map(|p| p.seq).max().unwrap_or(0) + 1;
+        }
+        let mut next = (*current).clone();
+        next.insert(r.clone(), info.clone());
+        self.store.insert(Space::Plugins, &bin_key(&r), component)?;
+        let manifest = Manifest { format: MANIFEST_FORMAT, plugins: next.values().cloned().collect() };
+        self.store.insert(
+            Space::Plugins,
+            MANIFEST_KEY,
+            &serde_json::to_vec(&manifest).expect("manifest serializes"),
+        )?;
+        self.store.flush()?;
+        self.manifest.store(Arc::new(next));
+        self.loaded.write().unwrap_or_else(|p| p.into_inner()).entry(r).or_insert(loaded);
+        Ok(info)
+    }
+
+    /// The stored component of `r`, for peers that lack it.
+    pub fn component(&self, r: &PluginRef) -> Result<Option<Vec<u8>>> {
+        if self.info(r).is_none() {
+            return Ok(None);
+        }
+        Ok(self.store.get(Space::Plugins, &bin_key(r))?)
+    }
+
+    /// The compiled plugin `r`, if it is already compiled.
+    pub fn loaded_now(&self, r: &PluginRef) -> Option<Arc<Loaded>> {
+        self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(r).cloned()
+    }
+
+    /// The compiled plugin `r`, compiling it on first use (blocking).
+    pub fn get(&self, r: &PluginRef) -> Result<Arc<Loaded>> {
+        if let Some(l) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(r) {
+            return Ok(Arc::clone(l));
+        }
+        let info = self.info(r).ok_or_else(|| Error::NotFound(format!("plugin {r} is not deployed")))?;
+        let bytes = self
+            .store
+            .get(Space::Plugins, &bin_key(r))?
+            .ok_or_else(|| Error::Corruption(format!("plugin {r} is in the manifest but its bytes are missing")))?;
+        if sha256_hex(&bytes) != info.sha256 {
+            return Err(Error::Corruption(format!("stored bytes of plugin {r} do not match their sha256")));
+        }
+        let (component, cached) = self.runtime.compile(&bytes, self.cache_dir.as_deref())?;
+        tracing::debug!(plugin = %r, cached, "plugin loaded");
+        let loaded = Arc::new(Loaded::new(Arc::clone(&self.runtime), info, &component)?);
+        let mut map = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        Ok(Arc::clone(map.entry(r.clone()).or_insert(loaded)))
+    }
+}

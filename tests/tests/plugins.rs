@@ -1,0 +1,552 @@
+//! WebAssembly plugins end to end: every example plugin through gRPC, hot
+//! swaps under load, and misbehaving plugins contained.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use concord_client::{Client, ClientError, Context, SetBucketRequest};
+use concord_proto::v1 as pb;
+use concord_tests::{Server, ServerOptions, plugins};
+use serde_json::{Value, json};
+
+async fn deploy(c: &Client, path: &str, name: &str, version: &str) -> Result<pb::DeployPluginResponse, ClientError> {
+    deploy_with(c, path, name, version, false, &[]).await
+}
+
+async fn deploy_with(
+    c: &Client,
+    path: &str,
+    name: &str,
+    version: &str,
+    force: bool,
+    samples: &[&str],
+) -> Result<pb::DeployPluginResponse, ClientError> {
+    let wasm = std::fs::read(path).unwrap();
+    let req = pb::DeployPluginRequest {
+        name: name.into(),
+        version: version.into(),
+        wasm: wasm.into(),
+        force,
+        samples: samples.iter().map(|s| s.as_bytes().to_vec().into()).collect(),
+    };
+    Ok(c.admin().deploy_plugin(req).await?.into_inner())
+}
+
+async fn bind(c: &Client, req: SetBucketRequest) {
+    c.set_bucket(req).await.unwrap();
+}
+
+fn resolver(bucket: &str, plugin: &str) -> SetBucketRequest {
+    SetBucketRequest { name: bucket.into(), resolver: Some(plugin.into()), ..Default::default() }
+}
+
+fn validators(bucket: &str, list: &[&str]) -> SetBucketRequest {
+    SetBucketRequest {
+        name: bucket.into(),
+        validators: Some(pb::ValidatorList { validators: list.iter().map(|s| s.to_string()).collect() }),
+        ..Default::default()
+    }
+}
+
+/// Writes `values` as concurrent siblings (no context).
+async fn siblings(c: &Client, bucket: &str, key: &[u8], values: &[&[u8]]) {
+    for v in values {
+        c.put(bucket, key, v, &Context::none()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn cart_never_loses_an_added_item_under_concurrent_writers() {
+    let server = Server::start().await.unwrap();
+    let c = server.client().await;
+    deploy_with(&c, plugins::CART, "cart", "1.0.0", false, &[r#"{"items":{"a":1}}"#, r#"{"items":{"b":2}}"#])
+        .await
+        .unwrap();
+    bind(&c, resolver("carts", "cart@1.0.0")).await;
+
+    // Eight shoppers add items to one cart at once, each reading the cart
+    // and writing back its copy plus one item: a classic lost-update race.
+    let mut tasks = Vec::new();
+    for shopper in 0..8u32 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..6u32 {
+                let read = c.get("carts", b"cart-1").await.unwrap();
+                let mut cart: BTreeMap<String, u64> = match read.values().first() {
+                    Some(v) => serde_json::from_slice::<Value>(v).unwrap()["items"]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                        .collect(),
+                    None => BTreeMap::new(),
+                };
+                cart.insert(format!("s{shopper}-item{n}"), 1);
+                let body = serde_json::to_vec(&json!({ "items": cart })).unwrap();
+                c.put("carts", b"cart-1", &body, &read.context).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let read = c.get("carts", b"cart-1").await.unwrap();
+    assert_eq!(read.values().len(), 1, "the resolver merges to one cart");
+    let cart: Value = serde_json::from_slice(read.values()[0]).unwrap();
+    let items: BTreeSet<&str> = cart["items"].as_object().unwrap().keys().map(String::as_str).collect();
+    for shopper in 0..8 {
+        for n in 0..6 {
+            let item = format!("s{shopper}-item{n}");
+            assert!(items.contains(item.as_str()), "{item} was lost; cart is {cart}");
+        }
+    }
+    if read.siblings.len() > 1 || read.resolved_by.is_some() {
+        assert_eq!(read.resolved_by.as_deref(), Some("cart@1.0.0"));
+    }
+}
+
+#[tokio::test]
+async fn lww_picks_the_latest_and_counter_sums_across_siblings() {
+    let server = Server::start().await.unwrap();
+    let c = server.client().await;
+    deploy(&c, plugins::LWW, "lww", "1.0.0").await.unwrap();
+    deploy_with(&c, plugins::COUNTER, "counter", "1.0.0", false, &[r#"{"p":{"a":1}}"#, r#"{"p":{"b":2},"n":{"a":1}}"#])
+        .await
+        .unwrap();
+    bind(&c, resolver("profiles", "lww@1.0.0")).await;
+    bind(&c, resolver("counters", "counter@1.0.0")).await;
+
+    c.put("profiles", b"ada", b"first", &Context::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    c.put("profiles", b"ada", b"second", &Context::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    c.put("profiles", b"ada", b"latest", &Context::none()).await.unwrap();
+    let r = c.get("profiles", b"ada").await.unwrap();
+    assert_eq!(r.values(), vec![&b"latest"[..]]);
+    assert_eq!(r.resolved_by.as_deref(), Some("lww@1.0.0"));
+    // The context covers every sibling: a write with it leaves one.
+    let w = c.put("profiles", b"ada", b"after", &r.context).await.unwrap();
+    assert_eq!(w.sibling_count, 1);
+
+    // Two clients increment from the same base concurrently.
+    let base = c.put("counters", b"hits", br#"{"p":{"base":5}}"#, &Context::none()).await.unwrap().context;
+    c.put("counters", b"hits", br#"{"p":{"base":5,"web-1":3}}"#, &base).await.unwrap();
+    c.put("counters", b"hits", br#"{"p":{"base":5,"web-2":2},"n":{"web-2":1}}"#, &base).await.unwrap();
+    let r = c.get("counters", b"hits").await.unwrap();
+    assert_eq!(r.resolved_by.as_deref(), Some("counter@1.0.0"));
+    let v: Value = serde_json::from_slice(r.values()[0]).unwrap();
+    let sum = |m: &Value| m.as_object().map_or(0, |o| o.values().map(|x| x.as_i64().unwrap()).sum::<i64>());
+    assert_eq!(sum(&v["p"]) - sum(&v["n"]), 5 + 3 + 2 - 1, "{v}");
+
+    // The write-back leaves one sibling for later reads.
+    let mut one = false;
+    for _ in 0..100 {
+        let raw = pb::kv_client::KvClient::connect(format!("http://{}", server.addr))
+            .await
+            .unwrap()
+            .get(pb::GetRequest { bucket: "counters".into(), key: b"hits".to_vec().into(), options: None })
+            .await
+            .unwrap()
+            .into_inner();
+        if raw.resolved_by.is_empty() && raw.siblings.len() == 1 {
+            one = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(one, "the resolved counter was written back");
+}
+
+#[tokio::test]
+async fn validators_reject_with_the_plugins_reason_and_write_nothing() {
+    let server = Server::start().await.unwrap();
+    let c = server.client().await;
+    deploy(&c, plugins::JSON_SCHEMA, "json-schema", "1.0.0").await.unwrap();
+    deploy(&c, plugins::MAX_SIZE, "max-size", "1.0.0").await.unwrap();
+    bind(&c, validators("users", &["max-size@1.0.0", "json-schema@1.0.0"])).await;
+
+    let ok = br#"{"name":"Ada","email":"ada@example.com"}"#;
+    let w = c.put("users", b"u1", ok, &Context::none()).await.unwrap();
+    assert_eq!(w.validated_by, vec!["max-size@1.0.0", "json-schema@1.0.0"]);
+
+    let e = c.put("users", b"u2", br#"{"name":"Bob"}"#, &Context::none()).await.unwrap_err();
+    let ClientError::InvalidArgument(msg) = &e else { panic!("expected INVALID_ARGUMENT, got {e}") };
+    assert!(msg.contains("json-schema@1.0.0") && msg.contains("missing required field \"email\""), "{msg}");
+    assert!(!c.get("users", b"u2").await.unwrap().found, "a rejected write wrote nothing");
+
+    let big = format!(r#"{{"name":"{}","email":"x"}}"#, "n".repeat(2000));
+    let e = c.put("users", b"u1", big.as_bytes(), &Context::none()).await.unwrap_err();
+    assert!(e.to_string().contains("max-size@1.0.0") && e.to_string().contains("at most 1024"), "{e}");
+    assert_eq!(c.get("users", b"u1").await.unwrap().values(), vec![&ok[..]], "u1 is unchanged");
+
+    // Binding mistakes are refused.
+    let e = c.set_bucket(validators("users", &["lww@9"])).await.unwrap_err();
+    assert!(e.to_string().contains("lww@9 is not deployed"), "{e}");
+    deploy(&c, plugins::LWW, "lww", "1.0.0").await.unwrap();
+    let e = c.set_bucket(validators("users", &["lww@1.0.0"])).await.unwrap_err();
+    assert!(e.to_string().contains("is a resolver, not a validator"), "{e}");
+    let e = c.set_bucket(resolver("users", "max-size@1.0.0")).await.unwrap_err();
+    assert!(e.to_string().contains("is a validator, not a resolver"), "{e}");
+}
+
+#[tokio::test]
+async fn deploys_are_checked_and_survive_restarts() {
+    let mut server = Server::start().await.unwrap();
+    let c = server.client().await;
+
+    // A core module and a component of the same plugin both deploy.
+    let core = std::fs::read(plugins::LWW).unwrap();
+    let component = concord::plugins::package::prepare(&core).unwrap().component;
+    let r = c
+        .admin()
+        .deploy_plugin(pb::DeployPluginRequest {
+            name: "lww-component".into(),
+            version: "1".into(),
+            wasm: component.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.plugin.unwrap().kind, pb::PluginKind::Resolver as i32);
+    let first = deploy(&c, plugins::LWW, "lww", "1.0.0").await.unwrap().plugin.unwrap();
+    assert_eq!(first.interface_version, "0.1.0");
+    // Same bytes again: a no-op. Other bytes under the same version: refused.
+    assert_eq!(deploy(&c, plugins::LWW, "lww", "1.0.0").await.unwrap().plugin.unwrap().sha256, first.sha256);
+    let e = deploy(&c, plugins::CART, "lww", "1.0.0").await.unwrap_err();
+    assert!(matches!(e, ClientError::FailedPrecondition(_)) && e.to_string().contains("different bytes"), "{e}");
+
+    // Plugins that may not run are refused with the reason, and stored nowhere.
+    let e = deploy(&c, plugins::WASI_RESOLVER, "dice", "1").await.unwrap_err();
+    assert!(matches!(e, ClientError::InvalidArgument(_)) && e.to_string().contains("WASI"), "{e}");
+    let garbage = std::env::temp_dir().join(format!("concord-garbage-{}.wasm", std::process::id()));
+    std::fs::write(&garbage, b"definitely not wasm").unwrap();
+    let e = deploy(&c, garbage.to_str().unwrap(), "junk", "1").await.unwrap_err();
+    assert!(e.to_string().contains("not a WebAssembly module"), "{e}");
+    let e = deploy(&c, plugins::LWW, "bad name!", "1").await.unwrap_err();
+    assert!(e.to_string().contains("plugin name"), "{e}");
+
+    // A resolver that breaks the laws is refused unless forced.
+    let e = deploy(&c, plugins::CONCAT_RESOLVER, "concat", "1").await.unwrap_err();
+    assert!(e.to_string().contains("order-insensitive"), "{e}");
+    let forced = deploy_with(&c, plugins::CONCAT_RESOLVER, "concat", "1", true, &[]).await.unwrap();
+    assert!(!forced.warnings.is_empty());
+
+    let listed = |c: Client| async move {
+        let list = c.admin().list_plugins(pb::ListPluginsRequest {}).await.unwrap().into_inner().plugins;
+        list.into_iter().map(|p| format!("{}@{}", p.name, p.version)).collect::<BTreeSet<_>>()
+    };
+    let before = listed(c.clone()).await;
+    assert_eq!(before, ["concat@1", "lww-component@1", "lww@1.0.0"].map(String::from).into_iter().collect());
+
+    bind(&c, resolver("p", "lww@1.0.0")).await;
+    server.restart().await.unwrap();
+    let c = server.client().await;
+    assert_eq!(listed(c.clone()).await, before);
+    siblings(&c, "p", b"k", &[b"a", b"b"]).await;
+    assert_eq!(c.get("p", b"k").await.unwrap().resolved_by.as_deref(), Some("lww@1.0.0"));
+}
+
+#[tokio::test]
+async fn resolvers_swap_under_load_without_a_failed_request() {
+    // Reads resolve every time: write-back would collapse the siblings.
+    let server = Server::start_with(ServerOptions {
+        env: vec![("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.client().await;
+    deploy(&c, plugins::LWW, "lww", "1").await.unwrap();
+    deploy(&c, plugins::LWW, "lww", "2").await.unwrap();
+    bind(&c, resolver("hot", "lww@1")).await;
+    for k in 0..20u32 {
+        let key = format!("k{k}");
+        siblings(&c, "hot", key.as_bytes(), &[b"x", b"y", b"z"]).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..6)
+        .map(|i| {
+            let (c, stop, reads, failures) = (c.clone(), stop.clone(), reads.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("k{}", (n + i) % 20);
+                    n += 1;
+                    match c.get("hot", key.as_bytes()).await {
+                        Ok(r) if r.resolved_by.as_deref().is_some_and(|b| b.starts_with("lww@")) => {}
+                        Ok(r) => panic!("read was not resolved: {r:?}"),
+                        Err(e) => {
+                            eprintln!("read failed: {e}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for swap in 0..24 {
+        let version = if swap % 2 == 0 { "lww@2" } else { "lww@1" };
+        bind(&c, resolver("hot", version)).await;
+        // Every read that starts after the change returns uses the new version.
+        let r = c.get("hot", b"k0").await.unwrap();
+        assert_eq!(r.resolved_by.as_deref(), Some(version), "swap {swap}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert!(reads.load(Ordering::Relaxed) > 100, "the readers ran");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no request failed during 24 swaps");
+}
+
+async fn metrics_text(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn misbehaving_plugins_are_contained() {
+    let metrics_port = concord_tests::free_port();
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--metrics-listen".into(), format!("127.0.0.1:{metrics_port}")],
+        env: vec![
+            // Keep the test quick: a short deadline, and resolving every read.
+            ("CONCORD_PLUGINS__DEADLINE_MS".into(), "30".into()),
+            ("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.client().await;
+    let bad_resolvers = [
+        ("loop", plugins::LOOP_RESOLVER, "timeout"),
+        ("bomb", plugins::BOMB_RESOLVER, "memory"),
+        ("panic", plugins::PANIC_RESOLVER, "trap"),
+        ("malformed", plugins::MALFORMED_RESOLVER, "malformed"),
+        ("oversized", plugins::OVERSIZED_RESOLVER, "oversized"),
+    ];
+    for (name, path, _) in bad_resolvers {
+        // They fail every generated case, so only a forced deploy takes them.
+        deploy_with(&c, path, name, "1", true, &[]).await.unwrap();
+        bind(&c, resolver(name, &format!("{name}@1"))).await;
+        siblings(&c, name, b"k", &[b"one", b"two"]).await;
+    }
+    deploy(&c, plugins::LWW, "lww", "1").await.unwrap();
+    bind(&c, resolver("good", "lww@1")).await;
+    siblings(&c, "good", b"k", &[b"one", b"two"]).await;
+
+    for (name, _, _) in bad_resolvers {
+        for attempt in 0..6 {
+            // Siblings come back unresolved, and nothing is lost.
+            let r = c.get(name, b"k").await.unwrap_or_else(|e| panic!("{name} read {attempt} failed: {e}"));
+            assert_eq!(r.resolved_by, None, "{name}");
+            let got: BTreeSet<&[u8]> = r.values().into_iter().collect();
+            assert_eq!(got, [&b"one"[..], b"two"].into_iter().collect(), "{name}");
+            // Other buckets keep working in between.
+            let good = c.get("good", b"k").await.unwrap();
+            assert_eq!(good.resolved_by.as_deref(), Some("lww@1"));
+            c.put("plain", format!("{name}{attempt}").as_bytes(), b"v", &Context::none()).await.unwrap();
+        }
+    }
+
+    // Each kind of failure is counted by plugin, version and reason, and
+    // the breakers tripped and show in the cluster status.
+    let text = metrics_text(metrics_port).await;
+    for (name, _, reason) in bad_resolvers {
+        let needle = format!("concord_plugin_failures_total{{plugin=\"{name}\",version=\"1\",reason=\"{reason}\"}}");
+        assert!(
+            text.contains(&needle),
+            "metrics lack {needle}:\n{}",
+            text.lines().filter(|l| l.contains("plugin_failures")).collect::<Vec<_>>().join("\n")
+        );
+    }
+    let status = c.cluster_status().await.unwrap();
+    let tripped: BTreeSet<&str> = status.tripped_plugins.iter().map(|t| t.bucket.as_str()).collect();
+    for (name, _, _) in bad_resolvers {
+        assert!(tripped.contains(name), "breaker for {name} did not trip: {:?}", status.tripped_plugins);
+    }
+
+    // Validators: fail closed with a clear error by default, open on request.
+    deploy(&c, plugins::PANIC_VALIDATOR, "panicky", "1").await.unwrap();
+    deploy(&c, plugins::LOOP_VALIDATOR, "spinner", "1").await.unwrap();
+    deploy(&c, plugins::UTF8_VALIDATOR, "garbled", "1").await.unwrap();
+    for (plugin, reason) in [("panicky@1", "trap"), ("spinner@1", "timeout"), ("garbled@1", "malformed")] {
+        let closed = format!("closed-{}", &plugin[..plugin.len() - 2]);
+        bind(&c, validators(&closed, &[plugin])).await;
+        let e = c.put(&closed, b"k", b"v", &Context::none()).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, ClientError::InvalidArgument(_))
+                && msg.contains(plugin)
+                && msg.contains(reason)
+                && msg.contains("validator_failure"),
+            "{msg}"
+        );
+        assert!(!c.get(&closed, b"k").await.unwrap().found, "a fail-closed validator wrote nothing");
+
+        let open = format!("open-{}", &plugin[..plugin.len() - 2]);
+        c.set_bucket(SetBucketRequest {
+            name: open.clone(),
+            validators: Some(pb::ValidatorList { validators: vec![plugin.into()] }),
+            validator_failure: Some(pb::ValidatorFailure::Accept as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.put(&open, b"k", b"v", &Context::none()).await.unwrap();
+        assert!(c.get(&open, b"k").await.unwrap().found, "a fail-open validator let the write through");
+    }
+    // Still healthy.
+    c.put("plain", b"after", b"v", &Context::none()).await.unwrap();
+    assert_eq!(c.get("good", b"k").await.unwrap().resolved_by.as_deref(), Some("lww@1"));
+}
+
+#[tokio::test]
+async fn a_tripped_resolver_falls_back_to_the_version_that_worked() {
+    let server = Server::start_with(ServerOptions {
+        env: vec![("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.client().await;
+    deploy(&c, plugins::LWW, "policy", "1").await.unwrap();
+    deploy_with(&c, plugins::PANIC_RESOLVER, "policy", "2", true, &[]).await.unwrap();
+    bind(&c, resolver("b", "policy@1")).await;
+    siblings(&c, "b", b"k", &[b"a", b"b"]).await;
+    assert_eq!(c.get("b", b"k").await.unwrap().resolved_by.as_deref(), Some("policy@1"));
+    // A bad rollout: v2 panics. After a few failures it is switched off and
+    // reads are resolved by v1 again.
+    bind(&c, resolver("b", "policy@2")).await;
+    let mut by = Vec::new();
+    for _ in 0..8 {
+        by.push(c.get("b", b"k").await.unwrap().resolved_by);
+    }
+    assert_eq!(by[0], None, "v2 failed; siblings were kept");
+    assert_eq!(by.last().unwrap().as_deref(), Some("policy@1"), "{by:?}");
+    let status = c.cluster_status().await.unwrap();
+    assert_eq!(status.tripped_plugins.len(), 1);
+    assert_eq!(status.tripped_plugins[0].plugin, "policy@2");
+    assert!(status.tripped_plugins[0].reason.contains("trap"), "{:?}", status.tripped_plugins);
+}
+
+#[tokio::test]
+async fn sibling_budget_and_write_time_resolution_use_the_resolver() {
+    let server = Server::start().await.unwrap();
+    let c = server.client().await;
+    deploy_with(&c, plugins::CART, "cart", "1", false, &[r#"{"items":{"a":1}}"#]).await.unwrap();
+    c.set_bucket(SetBucketRequest {
+        name: "tight".into(),
+        max_siblings: Some(2),
+        resolver: Some("cart@1".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    siblings(&c, "tight", b"k", &[br#"{"items":{"a":1}}"#, br#"{"items":{"b":1}}"#]).await;
+    // A third concurrent write would pass the budget: the resolver merges
+    // the stored siblings and the new value into one.
+    let w = c.put("tight", b"k", br#"{"items":{"c":1}}"#, &Context::none()).await.unwrap();
+    assert_eq!(w.sibling_count, 1);
+    assert_eq!(w.resolved_by.as_deref(), Some("cart@1"));
+    let r = c.get("tight", b"k").await.unwrap();
+    assert_eq!(r.values(), vec![&br#"{"items":{"a":1,"b":1,"c":1}}"#[..]]);
+
+    c.set_bucket(SetBucketRequest {
+        name: "eager".into(),
+        resolver: Some("cart@1".into()),
+        resolve_on: Some(pb::ResolveOn::Write as i32),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.put("eager", b"k", br#"{"items":{"x":1}}"#, &Context::none()).await.unwrap();
+    let w = c.put("eager", b"k", br#"{"items":{"y":2}}"#, &Context::none()).await.unwrap();
+    assert_eq!((w.sibling_count, w.resolved_by.as_deref()), (1, Some("cart@1")));
+}
+
+#[tokio::test]
+async fn the_shadow_resolver_is_compared_but_never_applied() {
+    let metrics_port = concord_tests::free_port();
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--metrics-listen".into(), format!("127.0.0.1:{metrics_port}")],
+        env: vec![("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.client().await;
+    deploy(&c, plugins::LWW, "lww", "1").await.unwrap();
+    deploy_with(&c, plugins::CONCAT_RESOLVER, "concat", "1", true, &[]).await.unwrap();
+    c.set_bucket(SetBucketRequest {
+        name: "s".into(),
+        resolver: Some("lww@1".into()),
+        shadow_resolver: Some("concat@1".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    siblings(&c, "s", b"k", &[b"aa", b"bb"]).await;
+    for _ in 0..5 {
+        let r = c.get("s", b"k").await.unwrap();
+        assert_eq!(r.resolved_by.as_deref(), Some("lww@1"), "the shadow is never applied");
+        assert_eq!(r.values(), vec![&b"bb"[..]]);
+    }
+    let mut found = false;
+    for _ in 0..50 {
+        let text = metrics_text(metrics_port).await;
+        if text.contains("concord_shadow_resolutions_total{bucket=\"s\",plugin=\"concat@1\",outcome=\"disagree\"} 5") {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(found, "five disagreements were counted");
+}
+
+#[tokio::test]
+async fn verify_passes_the_examples_and_catches_an_order_sensitive_resolver() {
+    use std::process::Command;
+    let run = |args: &[&str]| {
+        let out = Command::new(concord_tests::concord_bin()).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for (plugin, samples) in [
+        (plugins::LWW, None),
+        (plugins::CART, Some(format!("{root}/plugins/cart/samples.json"))),
+        (plugins::COUNTER, Some(format!("{root}/plugins/counter/samples.json"))),
+    ] {
+        let mut args = vec!["plugin", "verify", plugin, "--cases", "300"];
+        if let Some(s) = &samples {
+            args.extend(["--samples", s]);
+        }
+        let (ok, out) = run(&args);
+        assert!(ok && out.starts_with("ok: 300 sibling sets"), "{plugin}: {out}");
+    }
+    let (ok, out) = run(&["plugin", "verify", plugins::CONCAT_RESOLVER]);
+    assert!(!ok && out.contains("order-insensitive"), "{out}");
+
+    // `plugin test` runs a fixture locally.
+    let fixture = std::env::temp_dir().join(format!("concord-fixture-{}.json", std::process::id()));
+    std::fs::write(&fixture, r#"{"siblings":[{"value":"{\"items\":{\"a\":1}}"},{"value":"{\"items\":{\"b\":2}}"}]}"#)
+        .unwrap();
+    let (ok, out) = run(&["plugin", "test", plugins::CART, "--siblings", fixture.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), r#"resolved: {"items":{"a":1,"b":2}}"#);
+    let (ok, out) = run(&["plugin", "test", plugins::JSON_SCHEMA, "--value", r#"{"name":"x"}"#]);
+    assert!(ok && out.contains("reject: missing required field \"email\""), "{out}");
+}
