@@ -93,6 +93,11 @@ pub struct BenchArgs {
     /// Write every key once before the run (default: on unless the workload is `write`).
     #[arg(long)]
     load: Option<bool>,
+    /// Siblings each key gets in the load phase: that many concurrent
+    /// writes (no context). Use with workload c to measure reads of
+    /// conflicted keys (and their resolvers).
+    #[arg(long, default_value_t = 1)]
+    siblings: u32,
     /// Threads of the load generator's runtime. One thread leaves the most
     /// CPU to a server on the same machine.
     #[arg(long, default_value_t = 1)]
@@ -276,13 +281,20 @@ async fn load_keys(shared: &Arc<Shared>) -> anyhow::Result<()> {
             let next = Arc::clone(&next);
             tokio::spawn(async move {
                 let client = shared.clients[id % shared.clients.len()].clone();
-                let value = vec![7u8; shared.args.value_size];
+                let mut value = vec![7u8; shared.args.value_size];
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     if k >= keys {
                         return Ok::<(), ClientError>(());
                     }
-                    shared.update(&client, k, &value).await?;
+                    if shared.args.siblings <= 1 {
+                        shared.update(&client, k, &value).await?;
+                        continue;
+                    }
+                    for s in 0..shared.args.siblings {
+                        value[0] = s as u8;
+                        client.put(&shared.args.bucket, &key_bytes(k), &value, &Context::none()).await?;
+                    }
                 }
             })
         })
@@ -319,6 +331,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.value_size + 14 > 1024 * 1024 {
         bail!("--value-size is too large");
+    }
+    if args.siblings == 0 || args.siblings > 1024 {
+        bail!("--siblings must be between 1 and 1024");
     }
     if args.keys > 50_000_000 {
         bail!("--keys is limited to 50,000,000 (the benchmark keeps a context per key in memory)");

@@ -143,19 +143,28 @@ impl Runtime {
             .max_component_instance_size(256 << 10)
             .max_core_instance_size(256 << 10)
             .max_unused_warm_slots(64)
-            // Resetting a slot by madvise is cheaper than memset for our
-            // small, mostly untouched memories.
-            .linear_memory_keep_resident(0);
+            // Reset a freed slot by finding its dirty pages (PAGEMAP_SCAN,
+            // Linux 6.7+) and zeroing just those, instead of unmapping the
+            // whole memory: the next instance then starts without page
+            // faults, and no madvise (with its TLB shootdown) is needed.
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(64 << 10);
         let mut c = Config::new();
         c.wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
             .consume_fuel(config.fuel > 0)
-            // Reserve exactly the cap per memory (plus a guard): many slots
-            // fit in the address space, at the price of explicit bounds
-            // checks in compiled code.
+            // Reserve exactly the cap per memory, bounds-check explicitly and
+            // use no guard pages or trap signals. Besides fitting many slots
+            // in the address space, this lets a reused slot keep its pages
+            // read/write: with guard pages, every instance whose guest grew
+            // its memory would mprotect the growth away again, and each
+            // such mprotect is a TLB shootdown across all cores (measured:
+            // it cut resolved reads to a quarter under load).
             .memory_reservation(memory as u64)
-            .memory_guard_size(2 << 20)
+            .memory_guard_size(0)
+            .signals_based_traps(false)
             .max_wasm_stack(1 << 20);
         let engine = Engine::new(&c).map_err(|e| Error::Internal(format!("cannot create the plugin engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);

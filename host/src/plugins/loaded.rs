@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram};
@@ -52,9 +52,12 @@ pub struct Loaded {
     kind: Kind,
     calls: Counter,
     duration: Histogram,
-    /// Set once a call failed or ran long: from then on calls run on the
-    /// blocking pool, not on request threads.
+    /// Set once a call failed or calls ran long on average: from then on
+    /// calls run on the blocking pool, not on request threads.
     offloaded: AtomicBool,
+    /// Moving average of inline call times, in nanoseconds. An average, so
+    /// one call that was merely descheduled does not move the plugin.
+    avg_nanos: AtomicU64,
 }
 
 impl Loaded {
@@ -72,7 +75,26 @@ impl Loaded {
         let kind_label = info.kind.as_str();
         let calls = metrics::counter!("concord_plugin_calls_total", "plugin" => info.name.clone(), "version" => info.version.clone(), "kind" => kind_label);
         let duration = metrics::histogram!("concord_plugin_call_duration_seconds", "kind" => kind_label);
-        Ok(Self { info, label, runtime, kind, calls, duration, offloaded: AtomicBool::new(false) })
+        Ok(Self {
+            info,
+            label,
+            runtime,
+            kind,
+            calls,
+            duration,
+            offloaded: AtomicBool::new(false),
+            avg_nanos: AtomicU64::new(0),
+        })
+    }
+
+    /// Records how long an inline call took; returns true when the average
+    /// has passed `budget` (the plugin should then move off request threads).
+    pub fn note_inline(&self, took: Duration, budget: Duration) -> bool {
+        let took = took.as_nanos().min(u64::MAX as u128) as u64;
+        let prev = self.avg_nanos.load(Ordering::Relaxed);
+        let avg = if prev == 0 { took } else { prev - prev / 8 + took / 8 };
+        self.avg_nanos.store(avg, Ordering::Relaxed);
+        avg > budget.as_nanos() as u64
     }
 
     /// Whether calls must run on the blocking pool.

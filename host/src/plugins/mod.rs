@@ -17,9 +17,10 @@
 //! [`Plugins`] ties them together for the request paths. Where a call runs:
 //! a plugin starts out running on the request's own thread (a call takes
 //! microseconds and a thread hop would cost more than the call). A plugin
-//! that ever fails or takes longer than [`INLINE_BUDGET`] is moved for good
-//! to tokio's blocking pool, so a plugin that loops costs at most one
-//! deadline on a request thread, never a stalled node.
+//! that ever fails, or whose calls take longer than [`INLINE_BUDGET`] on
+//! average, is moved for good to tokio's blocking pool, so a plugin that
+//! loops costs at most one deadline on a request thread, never a stalled
+//! node.
 
 mod bindings;
 pub mod breaker;
@@ -49,7 +50,8 @@ use crate::cluster::{BucketProps, PluginRef, ValidatorFailure};
 use crate::storage::Store;
 use crate::{Error, Result};
 
-/// A call that takes longer than this moves its plugin off request threads.
+/// A plugin whose inline calls average longer than this moves off request
+/// threads.
 pub const INLINE_BUDGET: Duration = Duration::from_millis(1);
 
 /// Resolver or validator.
@@ -416,10 +418,13 @@ impl Plugins {
             && let Ok(slot) = Arc::clone(&self.runtime.slots).try_acquire_owned()
         {
             let result = loaded.resolve(slot, bucket, key, siblings, max_bytes);
-            if result.as_ref().is_ok_and(|(_, took)| *took <= INLINE_BUDGET) {
-                return result.map(|(r, _)| r);
+            let slow = match &result {
+                Ok((_, took)) => loaded.note_inline(*took, INLINE_BUDGET),
+                Err(_) => true,
+            };
+            if slow {
+                loaded.offload();
             }
-            loaded.offload();
             return result.map(|(r, _)| r);
         }
         let slot = Arc::clone(&self.runtime.slots).acquire_owned().await.expect("the slot semaphore is never closed");
@@ -597,7 +602,7 @@ impl Plugins {
             let slots = &self.runtime.slots;
             match loaded.validate(|| Arc::clone(slots).try_acquire_owned().ok(), bucket, key, value, max_bytes) {
                 Ok(Some((verdict, took))) => {
-                    if took > INLINE_BUDGET {
+                    if loaded.note_inline(took, INLINE_BUDGET) {
                         loaded.offload();
                     }
                     return Ok(verdict);
