@@ -113,7 +113,7 @@ impl Node {
         );
         let objects = Arc::new(ObjectStore::new(Arc::clone(&engine), durability, dir.incarnation(), node_id.clone()));
         let buckets = Arc::new(Buckets::load(Arc::clone(&engine), config.bucket_defaults()?, &node_id)?);
-        let ring = Arc::new(ArcSwap::from_pointee(Ring::single(&node_id, config.partitions)));
+        let ring = Arc::new(ArcSwap::from_pointee(Ring::single(&node_id, &config.zone, config.partitions)));
         let plugins = Plugins::open(
             Arc::clone(&engine),
             Some(crate::plugins::engine::cache_dir(dir.path())),
