@@ -80,7 +80,7 @@ proptest! {
     }
 
     #[test]
-    fn claims_move_little(q in prop::sample::select(vec![16u32, 64, 128]), changes in prop::collection::vec(change(), 1..25)) {
+    fn claims_move_little(q in prop::sample::select(vec![64u32, 128, 256]), changes in prop::collection::vec(change(), 1..25)) {
         play(q, false, &changes, |before, after| {
             let s0 = before.members().len();
             let s1 = after.members().len();
