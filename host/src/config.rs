@@ -39,6 +39,11 @@ pub struct Config {
     pub seeds: Vec<String>,
     /// Failure domain (rack, data center) used to spread replicas.
     pub zone: String,
+    /// Period of a gossip round, in milliseconds. A stopped node is marked
+    /// down after roughly four rounds.
+    pub gossip_interval_ms: u64,
+    /// Nodes gossip only with nodes of the same cluster name.
+    pub cluster_name: String,
     /// When writes are durable: `periodic` (default) or `fsync`.
     pub durability: DurabilityMode,
     /// Flush period in `periodic` mode, in milliseconds.
@@ -90,6 +95,8 @@ impl Default for Config {
             metrics_listen: None,
             seeds: Vec::new(),
             zone: "default".into(),
+            gossip_interval_ms: 500,
+            cluster_name: "concord".into(),
             durability: DurabilityMode::Periodic,
             flush_interval_ms: 10,
             group_commit_max_delay_us: 1_000,
@@ -144,6 +151,12 @@ impl Config {
         }
         if self.request_timeout_ms == 0 {
             return Err(Error::invalid("request_timeout_ms must be at least 1"));
+        }
+        if !(10..=60_000).contains(&self.gossip_interval_ms) {
+            return Err(Error::invalid("gossip_interval_ms must be between 10 and 60000"));
+        }
+        if self.cluster_name.is_empty() || self.cluster_name.len() > 64 {
+            return Err(Error::invalid("cluster_name must be 1 to 64 characters"));
         }
         if self.zone.is_empty() {
             return Err(Error::invalid("zone must not be empty"));

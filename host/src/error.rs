@@ -75,6 +75,11 @@ pub enum Error {
     /// A bug or an environment failure (disk full, I/O error).
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// The error a peer returned while coordinating a forwarded request;
+    /// passed on to the client unchanged.
+    #[error("{}", .0.message())]
+    Remote(tonic::Status),
 }
 
 impl Error {

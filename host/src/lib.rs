@@ -11,7 +11,8 @@
 //! | [`ring`] | partitions, ownership and preference lists (pure) |
 //! | [`storage`] | the engine seam, object codec, durability, data directory |
 //! | [`plugins`] | WebAssembly resolvers and validators: engine, registry, calls |
-//! | [`cluster`] | state shared with peers: bucket properties |
+//! | [`cluster`] | state shared with peers: membership (gossip), ring changes, bucket properties, metadata sync |
+//! | [`net`] | every node-to-node call, and the fault rules tests use |
 //! | [`coordinator`] | the get / put / delete paths and quorums |
 //! | [`api`] | the gRPC services |
 //! | [`node`] | wiring, background workers, shutdown |
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod config;
 pub mod coordinator;
 mod error;
+pub mod net;
 pub mod node;
 pub mod plugins;
 pub mod ring;

@@ -5,66 +5,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use concord_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::{AdminService, KvService};
-use crate::cluster::Buckets;
+use crate::api::{AdminService, InternalService, KvService};
+use crate::cluster::{Buckets, Cluster, Membership, MembershipConfig, load_ring, load_seeds};
 use crate::config::Config;
 use crate::coordinator::Coordinator;
+use crate::net::{Faults, Net};
 use crate::plugins::Plugins;
 use crate::ring::Ring;
 use crate::storage::{DataDir, Durability, ObjectStore, SledStore, Store};
 use crate::{Error, Result};
-
-/// Facts about this node that status calls report.
-pub struct NodeInfo {
-    /// This node's id.
-    pub node_id: String,
-    /// Address clients and peers use.
-    pub address: SocketAddr,
-    /// Failure domain.
-    pub zone: String,
-    /// Current ring.
-    pub ring: Arc<ArcSwap<Ring>>,
-}
-
-impl NodeInfo {
-    /// The `ClusterStatus` answer.
-    pub fn status(&self, buckets: &Buckets, plugins: &Plugins) -> pb::ClusterStatusResponse {
-        let ring = self.ring.load();
-        pb::ClusterStatusResponse {
-            nodes: vec![pb::NodeStatus {
-                node_id: self.node_id.clone(),
-                address: self.address.to_string(),
-                zone: self.zone.clone(),
-                status: "up".into(),
-                phi: None,
-                partitions: ring.partitions(),
-                ring_epoch: ring.epoch(),
-                buckets_version: buckets.version(),
-                plugins_version: plugins.registry().version(),
-                is_self: true,
-            }],
-            partitions: ring.partitions(),
-            ring_epoch: ring.epoch(),
-            tripped_plugins: plugins
-                .tripped()
-                .into_iter()
-                .map(|t| pb::PluginBreaker {
-                    bucket: t.bucket,
-                    plugin: t.plugin.to_string(),
-                    reason: t.reason,
-                    tripped_at_ms: t.at_ms,
-                })
-                .collect(),
-        }
-    }
-}
 
 /// How long a shutdown waits for open connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,6 +31,8 @@ pub struct Node {
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<()>>,
     workers: Vec<JoinHandle<()>>,
+    cluster: Arc<Cluster>,
+    faults: Arc<Faults>,
     /// Flushed and closed after the server stops.
     engine: Arc<dyn Store>,
     objects: Arc<ObjectStore>,
@@ -86,6 +43,7 @@ pub struct Node {
 impl Node {
     /// Opens the data directory, starts the workers and begins serving on
     /// `config.listen` (port 0 picks a free port; see [`Node::local_addr`]).
+    /// Gossip uses UDP on the same port number.
     pub async fn start(config: Config) -> Result<Node> {
         config.validate()?;
         // Metric handles made before the recorder is installed are no-ops, so
@@ -98,10 +56,12 @@ impl Node {
             .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", config.listen)))?
             .with_nodelay(Some(true));
         let bound = incoming.local_addr().map_err(Error::internal)?;
-        let advertised = match config.advertise {
-            Some(a) => a,
-            None => bound,
-        };
+        let advertised = config.advertise.unwrap_or(bound);
+        if advertised.ip().is_unspecified() {
+            return Err(Error::invalid(format!(
+                "the node listens on {bound}; set --advertise to the address other nodes and clients can reach"
+            )));
+        }
         let dir = DataDir::open(&config.data_dir, config.node_id.as_deref(), &advertised.to_string())?;
         let node_id = dir.node_id().to_owned();
         let engine: Arc<dyn Store> = Arc::new(SledStore::open(&dir.db_path(), config.cache_mb << 20)?);
@@ -113,25 +73,70 @@ impl Node {
         );
         let objects = Arc::new(ObjectStore::new(Arc::clone(&engine), durability, dir.incarnation(), node_id.clone()));
         let buckets = Arc::new(Buckets::load(Arc::clone(&engine), config.bucket_defaults()?, &node_id)?);
-        let ring = Arc::new(ArcSwap::from_pointee(Ring::single(&node_id, &config.zone, config.partitions)));
         let plugins = Plugins::open(
             Arc::clone(&engine),
             Some(crate::plugins::engine::cache_dir(dir.path())),
             config.plugins.clone(),
         )?;
+        let ring = match load_ring(&*engine)? {
+            Some(r) => r,
+            None => Ring::single(&node_id, &config.zone, config.partitions),
+        };
+        if ring.partitions() != config.partitions && ring.members().len() > 1 {
+            tracing::warn!(
+                configured = config.partitions,
+                ring = ring.partitions(),
+                "the cluster's ring has a different partition count than configured; the ring's count is used"
+            );
+        }
+
+        let (stop, stopped) = watch::channel(false);
+        let faults = Arc::new(Faults::default());
+        let net = Arc::new(Net::new(Arc::clone(&faults)));
+        let mut seeds = config.seeds.clone();
+        for s in load_seeds(&*engine)? {
+            if !seeds.contains(&s) {
+                seeds.push(s);
+            }
+        }
+        let gossip_interval = Duration::from_millis(config.gossip_interval_ms);
+        let membership = Membership::start(
+            MembershipConfig {
+                node_id: node_id.clone(),
+                listen: bound,
+                advertise: advertised,
+                zone: config.zone.clone(),
+                seeds,
+                gossip_interval,
+                cluster_name: config.cluster_name.clone(),
+                initial: vec![("status".into(), "joining".into()), ("meta:ring".into(), ring.digest())],
+            },
+            Arc::clone(&faults),
+            stopped.clone(),
+        )
+        .await?;
+        let cluster = Cluster::new(
+            node_id.clone(),
+            config.zone.clone(),
+            advertised,
+            ring,
+            Arc::clone(&engine),
+            membership,
+            Arc::clone(&buckets),
+            Arc::clone(&plugins),
+            net,
+            gossip_interval,
+        );
         let coordinator = Coordinator::new(
             node_id.clone(),
             Arc::clone(&objects),
             Arc::clone(&buckets),
-            Arc::clone(&ring),
+            Arc::clone(&cluster),
             Arc::clone(&plugins),
             Duration::from_millis(config.request_timeout_ms),
         );
-        let info =
-            Arc::new(NodeInfo { node_id: node_id.clone(), address: advertised, zone: config.zone.clone(), ring });
-
-        let (stop, stopped) = watch::channel(false);
-        let workers = vec![spawn_storage_gauge(Arc::clone(&engine), stopped.clone())];
+        let workers =
+            vec![spawn_storage_gauge(Arc::clone(&engine), stopped.clone()), cluster.spawn_worker(stopped.clone())];
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<pb::kv_server::KvServer<KvService>>().await;
@@ -145,11 +150,22 @@ impl Node {
             .build_v1alpha()
             .map_err(Error::internal)?;
 
+        let internal = InternalService::new(
+            Arc::clone(&coordinator),
+            Arc::clone(&objects),
+            Arc::clone(&cluster),
+            Arc::clone(&plugins),
+        );
         let router = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(pb::kv_server::KvServer::new(KvService::new(coordinator)))
-            .add_service(pb::admin_server::AdminServer::new(AdminService::new(buckets, plugins, info)))
+            .add_service(pb::admin_server::AdminServer::new(AdminService::new(buckets, plugins, Arc::clone(&cluster))))
+            .add_service(
+                pb::internal_server::InternalServer::new(internal)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
@@ -160,11 +176,18 @@ impl Node {
                     let _ = shutdown.wait_for(|s| *s).await;
                 })
                 .await
-                .map_err(|e| Error::Internal(format!("gRPC server failed: {e}")))?;
-            Ok(())
+                .map_err(|e| Error::Internal(format!("gRPC server failed: {e}")))
         });
-        tracing::info!(node_id = %node_id, addr = %bound, durability = ?config.durability, data_dir = %config.data_dir.display(), "concord node serving");
-        Ok(Node { addr: bound, node_id, stop, server, workers, engine, objects, dir })
+        tracing::info!(
+            node_id = %node_id,
+            addr = %bound,
+            advertise = %advertised,
+            zone = %config.zone,
+            durability = ?config.durability,
+            data_dir = %config.data_dir.display(),
+            "concord node serving"
+        );
+        Ok(Node { addr: bound, node_id, stop, server, workers, cluster, faults, engine, objects, dir })
     }
 
     /// The address the gRPC server is bound to.
@@ -177,6 +200,17 @@ impl Node {
         &self.node_id
     }
 
+    /// The cluster state (ring, membership) as this node sees it.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The fault rules this node's outgoing traffic obeys (for tests:
+    /// dropping, delaying or partitioning links).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
     /// Stops serving, lets in-flight requests finish (for up to
     /// [`DRAIN_TIMEOUT`]) and flushes storage.
     pub async fn shutdown(self) -> Result<()> {
@@ -184,6 +218,7 @@ impl Node {
         for w in self.workers {
             let _ = w.await;
         }
+        self.cluster.shutdown();
         let mut server = self.server;
         let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
             Ok(joined) => joined.map_err(Error::internal).and_then(|r| r),
@@ -197,6 +232,7 @@ impl Node {
         // The services (and their handles on the store) are gone; the last
         // handle is ours. Dropping the object store joins its durability
         // worker, then the engine flushes, then the lock goes.
+        drop(self.cluster);
         drop(self.objects);
         let flushed = self.engine.flush();
         drop(self.engine);

@@ -7,8 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::admin_status;
 use crate::cluster::buckets::validate_bucket_name;
-use crate::cluster::{BucketChange, BucketProps, Buckets, PluginRef, ResolveOn, ValidatorFailure};
-use crate::node::NodeInfo;
+use crate::cluster::{BucketChange, BucketProps, Buckets, Cluster, PluginRef, ResolveOn, ValidatorFailure};
 use crate::plugins::{PluginInfo, PluginKind, Plugins};
 use crate::{Error, Result};
 
@@ -16,13 +15,13 @@ use crate::{Error, Result};
 pub struct AdminService {
     buckets: Arc<Buckets>,
     plugins: Arc<Plugins>,
-    info: Arc<NodeInfo>,
+    cluster: Arc<Cluster>,
 }
 
 impl AdminService {
     /// Wires the service.
-    pub fn new(buckets: Arc<Buckets>, plugins: Arc<Plugins>, info: Arc<NodeInfo>) -> Self {
-        Self { buckets, plugins, info }
+    pub fn new(buckets: Arc<Buckets>, plugins: Arc<Plugins>, cluster: Arc<Cluster>) -> Self {
+        Self { buckets, plugins, cluster }
     }
 
     /// Refuses a change that binds a plugin that is not deployed, or one of
@@ -123,15 +122,22 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Ok(Response::new(self.info.status(&self.buckets, &self.plugins)))
+        Ok(Response::new(self.cluster.status()))
     }
 
-    async fn join(&self, _: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
-        Err(Status::unimplemented("this node runs without clustering"))
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let seed = request.into_inner().seed;
+        if seed.trim().is_empty() {
+            return Err(Status::invalid_argument("give the address of a node of the cluster to join"));
+        }
+        let members = self.cluster.join(seed.trim()).await.map_err(admin_status)?;
+        Ok(Response::new(pb::JoinResponse { members: members as u32 }))
     }
 
-    async fn leave(&self, _: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveResponse>, Status> {
-        Err(Status::unimplemented("this node runs without clustering"))
+    async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveResponse>, Status> {
+        let node = request.into_inner().node_id;
+        self.cluster.leave(Some(&node)).await.map_err(admin_status)?;
+        Ok(Response::new(pb::LeaveResponse {}))
     }
 
     async fn set_bucket(&self, request: Request<pb::SetBucketRequest>) -> Result<Response<pb::BucketProps>, Status> {

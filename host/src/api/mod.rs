@@ -1,15 +1,17 @@
-//! The gRPC services: `Kv` for data, `Admin` for operators, plus health and
-//! reflection. Each handler is a thin adapter: check the input, call the
+//! The gRPC services: `Kv` for data, `Admin` for operators, `Internal`
+//! between nodes, plus health and reflection. Each handler is a thin adapter: check the input, call the
 //! coordinator (or the bucket table), convert the answer. Checks happen
 //! here, before anything is written, so bad input changes nothing.
 
 mod admin;
 mod convert;
+mod internal;
 mod kv;
 mod status;
 
 pub use admin::AdminService;
 pub use convert::sibling_to_proto;
+pub use internal::InternalService;
 pub use kv::KvService;
 pub use status::{admin_status, to_status};
 

@@ -29,6 +29,7 @@ pub fn to_status(e: Error, bucket: &str, key: &[u8]) -> Status {
         Error::FailedPrecondition(m) => Status::failed_precondition(m),
         e @ Error::Corruption(_) => Status::data_loss(e.to_string()),
         e @ Error::Internal(_) => Status::internal(e.to_string()),
+        Error::Remote(status) => status,
     }
 }
 

@@ -67,6 +67,17 @@ enum Command {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Like other command-line tools, end quietly when the reader of our
+        // output goes away (`concord get ... | head -1`) instead of
+        // panicking. Not for servers: a client hanging up on a socket must
+        // never kill the node.
+        #[cfg(unix)]
+        // SAFETY: sets a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::runtime(&args).and_then(|rt| rt.block_on(bench::run(args))),

@@ -331,6 +331,36 @@ impl Buckets {
         self.table.load().values().map(|p| p.version).max().unwrap_or(0)
     }
 
+    /// A digest that differs whenever two nodes' tables differ.
+    pub fn digest(&self) -> String {
+        let table = self.table.load();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (name, p) in table.iter() {
+            h.update(name.as_bytes());
+            h.update(&p.version.to_le_bytes());
+            h.update(p.updated_by.as_bytes());
+        }
+        let version = table.values().map(|p| p.version).max().unwrap_or(0);
+        format!("{version}:{:016x}", h.digest())
+    }
+
+    /// The configured buckets, encoded for a peer.
+    pub fn export(&self) -> Vec<u8> {
+        let table = self.table.load();
+        let buckets = table.iter().map(|(k, v)| (k.clone(), (**v).clone())).collect();
+        serde_json::to_vec(&Persisted { format: BUCKETS_FORMAT, buckets }).expect("bucket table serializes")
+    }
+
+    /// Merges a table exported by a peer. Returns how many buckets changed.
+    pub fn import(&self, bytes: &[u8]) -> Result<usize> {
+        let p: Persisted = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Corruption(format!("a peer's bucket table does not decode: {e}")))?;
+        if p.format != BUCKETS_FORMAT {
+            return Err(Error::Corruption(format!("a peer's bucket table has unknown format {}", p.format)));
+        }
+        self.merge(p.buckets)
+    }
+
     /// Applies `change` to `name` and persists it. Nothing changes on error.
     pub fn set(&self, name: &str, change: BucketChange) -> Result<Arc<BucketProps>> {
         validate_bucket_name(name)?;

@@ -2,24 +2,42 @@
 //! and back.
 //!
 //! A coordinator takes a request that [`crate::api`] has already checked
-//! (names, sizes, context token), finds the key's replicas on the ring,
-//! applies the write or gathers the reads, waits for the quorum the request
-//! asked for, and reports honestly which replicas answered.
+//! (names, sizes, context token, validators), finds the key's replicas on
+//! the ring, and talks to them through [`crate::net`]:
+//!
+//! * **put/delete** must be coordinated by a replica, because the new
+//!   sibling's dot names the coordinating replica. A node that is not one
+//!   forwards the write to the first live replica. The coordinator applies
+//!   the write locally, sends the resulting object to the other replicas in
+//!   parallel (they merge it), and answers once the requested number have
+//!   acknowledged. Stragglers finish in the background.
+//! * **get** can be coordinated by any node: it asks every replica, merges
+//!   the first `r` answers, and answers. Replicas that answered with less
+//!   than the merged object get it back in the background (read repair),
+//!   including those that answer after the reply. Siblings left after the
+//!   merge go to the bucket's resolver, if any.
+//!
+//! Every request runs under one deadline; peer calls get what is left of it.
+//! Fewer answers than needed is [`Error::Unavailable`], saying how many of
+//! how many answered and why the others did not.
 
 pub mod quorum;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use concord_proto::v1 as pb;
+use metrics::Counter;
+use tokio::sync::mpsc;
 
 pub use quorum::{Consistency, Needed, QuorumSpec};
 
-use crate::causal::{Content, Dot, Object, Sibling, VersionVector};
-use crate::cluster::{BucketProps, Buckets, ResolveOn};
+use crate::causal::{Content, Dot, Object, Sibling, VersionVector, decode_context, encode_context};
+use crate::cluster::{BucketProps, Buckets, Cluster, ResolveOn};
 use crate::plugins::{Plugins, Resolution};
-use crate::ring::{NodeId, Ring};
+use crate::ring::NodeId;
 use crate::storage::ObjectStore;
+use crate::storage::codec::{decode_object, encode_object};
 use crate::{Error, Result};
 
 /// A read, checked.
@@ -78,14 +96,66 @@ pub struct WriteOutcome {
     pub resolved_by: Option<Arc<str>>,
 }
 
+/// Metric handles of the request paths.
+struct Metrics {
+    forwarded: Counter,
+    read_quorum_failures: Counter,
+    write_quorum_failures: Counter,
+    read_repairs: Counter,
+}
+
 /// Coordinates requests on one node.
 pub struct Coordinator {
     node_id: NodeId,
     objects: Arc<ObjectStore>,
     buckets: Arc<Buckets>,
-    ring: Arc<ArcSwap<Ring>>,
+    cluster: Arc<Cluster>,
     plugins: Arc<Plugins>,
     default_timeout: Duration,
+    metrics: Metrics,
+}
+
+/// Counts answers against what a request needs.
+struct Tally {
+    needed: Needed,
+    /// The coordinator's zone (for `LOCAL_QUORUM`).
+    zone: String,
+    ok: Vec<NodeId>,
+    local_ok: usize,
+    failures: Vec<String>,
+    total: usize,
+}
+
+impl Tally {
+    fn new(needed: Needed, zone: &str, total: usize) -> Self {
+        Self { needed, zone: zone.to_owned(), ok: Vec::new(), local_ok: 0, failures: Vec::new(), total }
+    }
+
+    fn ok(&mut self, node: NodeId, zone: Option<&str>) {
+        if zone == Some(self.zone.as_str()) {
+            self.local_ok += 1;
+        }
+        self.ok.push(node);
+    }
+
+    fn satisfied(&self) -> bool {
+        // Every replica asked is a primary, so `primaries` is met with `ok`.
+        let counted = if self.needed.local_only { self.local_ok } else { self.ok.len() };
+        counted >= self.needed.total && self.ok.len() >= self.needed.primaries
+    }
+
+    fn answered(&self) -> usize {
+        self.ok.len() + self.failures.len()
+    }
+
+    fn unavailable(&self, op: &'static str) -> Error {
+        let detail = if self.failures.is_empty() {
+            "; the others did not answer before the deadline".to_owned()
+        } else {
+            format!("; {}", self.failures.join("; "))
+        };
+        Error::Unavailable { op, needed: self.needed.total, got: self.ok.len(), total: self.total, detail }
+    }
 }
 
 impl Coordinator {
@@ -94,11 +164,17 @@ impl Coordinator {
         node_id: NodeId,
         objects: Arc<ObjectStore>,
         buckets: Arc<Buckets>,
-        ring: Arc<ArcSwap<Ring>>,
+        cluster: Arc<Cluster>,
         plugins: Arc<Plugins>,
         default_timeout: Duration,
     ) -> Arc<Self> {
-        Arc::new(Self { node_id, objects, buckets, ring, plugins, default_timeout })
+        let metrics = Metrics {
+            forwarded: metrics::counter!("concord_forwarded_requests_total"),
+            read_quorum_failures: metrics::counter!("concord_quorum_failures_total", "op" => "read"),
+            write_quorum_failures: metrics::counter!("concord_quorum_failures_total", "op" => "write"),
+            read_repairs: metrics::counter!("concord_read_repairs_total"),
+        };
+        Arc::new(Self { node_id, objects, buckets, cluster, plugins, default_timeout, metrics })
     }
 
     /// The bucket table requests are checked against.
@@ -116,34 +192,189 @@ impl Coordinator {
         self.plugins.validate(bucket, &props, key, value).await
     }
 
-    /// Reads a key from its replicas.
-    pub async fn get(self: &Arc<Self>, req: ReadRequest) -> Result<ReadOutcome> {
-        let deadline = req.timeout.unwrap_or(self.default_timeout);
-        with_deadline(deadline, self.get_inner(req)).await
+    /// The replicas of a key and what a request of `op` needs from them.
+    fn plan(
+        &self,
+        op: &'static str,
+        spec: QuorumSpec,
+        props: &BucketProps,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<(u32, Vec<NodeId>, Needed)> {
+        let ring = self.cluster.ring();
+        let partition = ring.partition_of(bucket, key);
+        let replicas = ring.preference_list(partition, props.n as usize);
+        let members = self.cluster.members();
+        let zone = self.cluster.zone();
+        let local =
+            replicas.iter().filter(|r| if **r == self.node_id { true } else { members.zone(r) == Some(zone) }).count();
+        let default = if op == "read" { props.r() } else { props.w() };
+        let needed = quorum::needed(op, spec, props.n, default, replicas.len(), local)?;
+        Ok((partition, replicas, needed))
     }
 
-    async fn get_inner(self: &Arc<Self>, req: ReadRequest) -> Result<ReadOutcome> {
+    fn zone_of(&self, node: &str) -> Option<String> {
+        if node == self.node_id {
+            return Some(self.cluster.zone().to_owned());
+        }
+        self.cluster.members().zone(node).map(str::to_owned)
+    }
+
+    /// Reads a key from its replicas.
+    pub async fn get(self: &Arc<Self>, req: ReadRequest) -> Result<ReadOutcome> {
+        let timeout = req.timeout.unwrap_or(self.default_timeout);
+        let deadline = Instant::now() + timeout;
+        with_deadline(timeout, self.get_inner(req, deadline)).await
+    }
+
+    async fn get_inner(self: &Arc<Self>, req: ReadRequest, deadline: Instant) -> Result<ReadOutcome> {
         let props = self.buckets.get(&req.bucket);
-        let (partition, replicas) = self.replicas(&props, &req.bucket, &req.key);
-        quorum::needed("read", req.quorum, props.n, props.r(), replicas.len(), replicas.len())?;
-        let object = self.objects.read(partition, &req.bucket, &req.key)?.unwrap_or_default();
-        let mut out = ReadOutcome { object, replicas: vec![self.node_id.clone()], resolved: None };
+        let (partition, replicas, needed) = self.plan("read", req.quorum, &props, &req.bucket, &req.key)?;
+        let mut tally = Tally::new(needed, self.cluster.zone(), replicas.len());
+        let mut answers: Vec<(NodeId, Option<Object>)> = Vec::with_capacity(replicas.len());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for r in &replicas {
+            if *r == self.node_id {
+                let _ = tx.send((r.clone(), self.objects.read(partition, &req.bucket, &req.key)));
+            } else {
+                self.spawn_remote_read(r.clone(), &req, deadline, tx.clone());
+            }
+        }
+        drop(tx);
+        while !tally.satisfied() && tally.answered() < replicas.len() {
+            let Some((node, answer)) = rx.recv().await else { break };
+            match answer {
+                Ok(object) => {
+                    tally.ok(node.clone(), self.zone_of(&node).as_deref());
+                    answers.push((node, object));
+                }
+                Err(e) => tally.failures.push(format!("{node}: {e}")),
+            }
+        }
+        if !tally.satisfied() {
+            self.metrics.read_quorum_failures.increment(1);
+            return Err(tally.unavailable("read"));
+        }
+        let merged = answers.iter().filter_map(|(_, o)| o.as_ref()).fold(Object::new(), |acc, o| acc.merged(o));
+        self.repair_in_background(partition, &req, merged.clone(), answers.clone(), rx);
+        let mut out = ReadOutcome { object: merged, replicas: tally.ok, resolved: None };
         if let Some((content, by)) = self.resolve_siblings(&req, &props, &out.object).await {
             if self.plugins.runtime().config().write_back_resolved {
-                match self.write_back(partition, &req, &out.object, content.clone()) {
+                match self.write_back(partition, &replicas, &req, &out.object, content.clone(), deadline).await {
                     // Hand out the written-back object only if nothing else
                     // slipped in: its context must not cover a sibling the
                     // reader has not seen.
-                    Ok(written) if written.siblings().len() == 1 => out.object = written,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "writing back a resolved value failed; the next read resolves again")
-                    }
+                    Some(written) if written.siblings().len() == 1 => out.object = written,
+                    _ => {}
                 }
             }
             out.resolved = Some((content, by));
         }
         Ok(out)
+    }
+
+    fn spawn_remote_read(
+        &self,
+        node: NodeId,
+        req: &ReadRequest,
+        deadline: Instant,
+        tx: mpsc::UnboundedSender<(NodeId, Result<Option<Object>>)>,
+    ) {
+        let cluster = Arc::clone(&self.cluster);
+        let epoch = cluster.ring().epoch();
+        let key = pb::ObjectKey { bucket: req.bucket.clone(), key: req.key.clone().into() };
+        tokio::spawn(async move {
+            let result = async {
+                let addr = cluster.addr_of(&node).ok_or_else(|| Error::internal("address unknown"))?;
+                let started = Instant::now();
+                let r = cluster
+                    .net()
+                    .replica_read(
+                        addr,
+                        remaining(deadline),
+                        pb::ReplicaReadRequest { keys: vec![key], ring_epoch: epoch },
+                    )
+                    .await;
+                metrics::histogram!("concord_replica_request_duration_seconds", "peer" => node.clone(), "op" => "read")
+                    .record(started.elapsed().as_secs_f64());
+                let r = r.map_err(|e| Error::Remote(tonic::Status::unavailable(e.to_string())))?;
+                let bytes = r.results.into_iter().next().map(|r| r.object).unwrap_or_default();
+                if bytes.is_empty() { Ok(None) } else { Ok(Some(decode_object(&bytes)?)) }
+            }
+            .await;
+            let _ = tx.send((node, result));
+        });
+    }
+
+    /// Sends the merged object to replicas that answered with less, now and
+    /// as late answers arrive.
+    fn repair_in_background(
+        self: &Arc<Self>,
+        partition: u32,
+        req: &ReadRequest,
+        merged: Object,
+        answers: Vec<(NodeId, Option<Object>)>,
+        mut late: mpsc::UnboundedReceiver<(NodeId, Result<Option<Object>>)>,
+    ) {
+        if merged.context().is_empty() && answers.iter().all(|(_, o)| o.is_none()) && late.is_closed() {
+            return;
+        }
+        let this = Arc::clone(self);
+        let (bucket, key) = (req.bucket.clone(), req.key.clone());
+        tokio::spawn(async move {
+            let stale = |o: &Option<Object>| o.as_ref() != Some(&merged);
+            let mut targets: Vec<NodeId> = answers.iter().filter(|(_, o)| stale(o)).map(|(n, _)| n.clone()).collect();
+            while let Some((node, answer)) = late.recv().await {
+                if let Ok(o) = answer
+                    && stale(&o)
+                {
+                    targets.push(node);
+                }
+            }
+            if merged.siblings().is_empty() && merged.context().is_empty() {
+                return;
+            }
+            for node in targets {
+                this.metrics.read_repairs.increment(1);
+                if node == this.node_id {
+                    if let Err(e) = this.objects.merge(partition, &bucket, &key, &merged) {
+                        tracing::debug!(error = %e, "local read repair failed");
+                    }
+                } else {
+                    this.send_object(&node, &bucket, &key, &merged, Duration::from_secs(5)).await.ok();
+                }
+            }
+        });
+    }
+
+    /// Sends an object to one replica, which merges it.
+    async fn send_object(
+        &self,
+        node: &str,
+        bucket: &str,
+        key: &[u8],
+        object: &Object,
+        timeout: Duration,
+    ) -> Result<()> {
+        let addr = self.cluster.addr_of(node).ok_or_else(|| Error::internal(format!("address of {node} unknown")))?;
+        let req = pb::ReplicaWriteRequest {
+            writes: vec![pb::ReplicaWrite {
+                key: Some(pb::ObjectKey { bucket: bucket.to_owned(), key: key.to_vec().into() }),
+                object: encode_object(object).into(),
+                hint_for: String::new(),
+            }],
+            ring_epoch: self.cluster.ring().epoch(),
+        };
+        let started = Instant::now();
+        let r = self.cluster.net().replica_write(addr, timeout, req).await;
+        metrics::histogram!("concord_replica_request_duration_seconds", "peer" => node.to_owned(), "op" => "write")
+            .record(started.elapsed().as_secs_f64());
+        let r = r.map_err(|e| Error::Remote(tonic::Status::unavailable(e.to_string())))?;
+        match r.results.into_iter().next() {
+            Some(res) if res.error.is_empty() => Ok(()),
+            Some(res) => Err(Error::Internal(res.error)),
+            None => Err(Error::internal("empty replica answer")),
+        }
     }
 
     /// Runs the bucket's resolver on a read's siblings (and its shadow, in
@@ -167,23 +398,74 @@ impl Coordinator {
     }
 
     /// Stores a resolved value over the siblings it merged, so later reads
-    /// find one sibling. The resolution is deterministic, so losing this
-    /// write only means a later read resolves again: it is not waited on
-    /// for durability.
-    fn write_back(&self, partition: u32, req: &ReadRequest, read: &Object, content: Content) -> Result<Object> {
-        self.objects.update(partition, &req.bucket, &req.key, read.context(), content, crate::now_ms(), usize::MAX)
+    /// find one sibling. On a replica this is a local write spread to the
+    /// other replicas in the background; elsewhere it is an ordinary put
+    /// in the background. The resolution is deterministic, so losing this
+    /// write only means a later read resolves again.
+    async fn write_back(
+        self: &Arc<Self>,
+        partition: u32,
+        replicas: &[NodeId],
+        req: &ReadRequest,
+        read: &Object,
+        content: Content,
+        deadline: Instant,
+    ) -> Option<Object> {
+        if replicas.contains(&self.node_id) {
+            let written = self
+                .objects
+                .update(partition, &req.bucket, &req.key, read.context(), content, crate::now_ms(), usize::MAX)
+                .map_err(|e| tracing::debug!(error = %e, "writing back a resolved value failed"))
+                .ok()?;
+            for r in replicas.iter().filter(|r| **r != self.node_id) {
+                let (this, r, bucket, key, object) =
+                    (Arc::clone(self), r.clone(), req.bucket.clone(), req.key.clone(), written.clone());
+                tokio::spawn(async move { this.send_object(&r, &bucket, &key, &object, remaining(deadline)).await });
+            }
+            return Some(written);
+        }
+        let write = WriteRequest {
+            bucket: req.bucket.clone(),
+            key: req.key.clone(),
+            content,
+            context: read.context().clone(),
+            quorum: QuorumSpec::default(),
+            timeout: None,
+        };
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = this.put(write).await {
+                tracing::debug!(error = %e, "writing back a resolved value failed; the next read resolves again");
+            }
+        });
+        None
     }
 
     /// Writes a value or a tombstone.
     pub async fn put(self: &Arc<Self>, req: WriteRequest) -> Result<WriteOutcome> {
-        let deadline = req.timeout.unwrap_or(self.default_timeout);
-        with_deadline(deadline, self.put_inner(req)).await
+        let timeout = req.timeout.unwrap_or(self.default_timeout);
+        let deadline = Instant::now() + timeout;
+        with_deadline(timeout, self.put_inner(req, deadline, false)).await
     }
 
-    async fn put_inner(self: &Arc<Self>, req: WriteRequest) -> Result<WriteOutcome> {
+    /// Coordinates a write another node forwarded here; never forwards it.
+    pub async fn put_forwarded(self: &Arc<Self>, req: WriteRequest) -> Result<WriteOutcome> {
+        let timeout = req.timeout.unwrap_or(self.default_timeout);
+        let deadline = Instant::now() + timeout;
+        with_deadline(timeout, self.put_inner(req, deadline, true)).await
+    }
+
+    async fn put_inner(
+        self: &Arc<Self>,
+        req: WriteRequest,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<WriteOutcome> {
         let props = self.buckets.get(&req.bucket);
-        let (partition, replicas) = self.replicas(&props, &req.bucket, &req.key);
-        quorum::needed("write", req.quorum, props.n, props.w(), replicas.len(), replicas.len())?;
+        let (partition, replicas, needed) = self.plan("write", req.quorum, &props, &req.bucket, &req.key)?;
+        if !replicas.contains(&self.node_id) && !forwarded {
+            return self.forward(req, &replicas, deadline).await;
+        }
         let max_siblings = props.max_siblings as usize;
         let now = crate::now_ms();
         let update = |context: &VersionVector, content: Content| {
@@ -216,8 +498,118 @@ impl Coordinator {
                 resolved_by = Some(r.by);
             }
         }
-        self.objects.sync().await?;
-        Ok(WriteOutcome { object, acked_by: vec![self.node_id.clone()], sloppy: false, resolved_by })
+        let acked_by = self.replicate(&req, &replicas, needed, &object, deadline).await?;
+        Ok(WriteOutcome { object, acked_by, sloppy: false, resolved_by })
+    }
+
+    /// Makes the local write durable and sends it to the other replicas;
+    /// returns once enough have acknowledged. The rest finish in the
+    /// background.
+    async fn replicate(
+        self: &Arc<Self>,
+        req: &WriteRequest,
+        replicas: &[NodeId],
+        needed: Needed,
+        object: &Object,
+        deadline: Instant,
+    ) -> Result<Vec<NodeId>> {
+        let mut tally = Tally::new(needed, self.cluster.zone(), replicas.len());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for r in replicas.iter().filter(|r| **r != self.node_id) {
+            let (this, r, tx) = (Arc::clone(self), r.clone(), tx.clone());
+            let (bucket, key, object) = (req.bucket.clone(), req.key.clone(), object.clone());
+            tokio::spawn(async move {
+                let result = this.send_object(&r, &bucket, &key, &object, remaining(deadline)).await;
+                let _ = tx.send((r, result));
+            });
+        }
+        drop(tx);
+        match self.objects.sync().await {
+            Ok(()) => tally.ok(self.node_id.clone(), Some(self.cluster.zone())),
+            Err(e) => tally.failures.push(format!("{}: {e}", self.node_id)),
+        }
+        while !tally.satisfied() && tally.answered() < replicas.len() {
+            let Some((node, result)) = rx.recv().await else { break };
+            match result {
+                Ok(()) => {
+                    let zone = self.zone_of(&node);
+                    tally.ok(node, zone.as_deref());
+                }
+                Err(e) => tally.failures.push(format!("{node}: {e}")),
+            }
+        }
+        if !tally.satisfied() {
+            self.metrics.write_quorum_failures.increment(1);
+            return Err(tally.unavailable("write"));
+        }
+        Ok(tally.ok)
+    }
+
+    /// Hands a write to the first replica that takes it.
+    async fn forward(
+        self: &Arc<Self>,
+        req: WriteRequest,
+        replicas: &[NodeId],
+        deadline: Instant,
+    ) -> Result<WriteOutcome> {
+        self.metrics.forwarded.increment(1);
+        let members = self.cluster.members();
+        let mut failures = Vec::new();
+        // Live replicas first, in preference order; then the rest, in case
+        // gossip is behind.
+        let mut order: Vec<&NodeId> = replicas.iter().filter(|r| members.is_live(r)).collect();
+        order.extend(replicas.iter().filter(|r| !members.is_live(r)));
+        for r in order {
+            let Some(addr) = self.cluster.addr_of(r) else { continue };
+            let fwd = pb::ForwardWriteRequest {
+                key: Some(pb::ObjectKey { bucket: req.bucket.clone(), key: req.key.clone().into() }),
+                value: req.content.value().map(|v| v.to_vec()).unwrap_or_default().into(),
+                tombstone: req.content.is_tombstone(),
+                context: encode_context(&req.context, &req.bucket, &req.key).into(),
+                consistency: match req.quorum.consistency {
+                    Consistency::Default => pb::Consistency::Default,
+                    Consistency::One => pb::Consistency::One,
+                    Consistency::Quorum => pb::Consistency::Quorum,
+                    Consistency::All => pb::Consistency::All,
+                    Consistency::LocalQuorum => pb::Consistency::LocalQuorum,
+                } as i32,
+                count: req.quorum.count,
+                primaries: req.quorum.primaries,
+                timeout_ms: remaining(deadline).as_millis().clamp(1, u32::MAX as u128) as u32,
+            };
+            let answer = self
+                .cluster
+                .net()
+                .call(addr, remaining(deadline), |mut c| async move { c.forward_write(fwd).await })
+                .await;
+            match answer {
+                Ok(r) => {
+                    return Ok(WriteOutcome {
+                        object: decode_object(&r.object)?,
+                        acked_by: r.acked_by,
+                        sloppy: r.sloppy,
+                        resolved_by: (!r.resolved_by.is_empty()).then(|| r.resolved_by.into()),
+                    });
+                }
+                // The replica handled it and said no (its own quorum failure
+                // included): that is the answer. Transport failures, which
+                // tonic also reports as UNAVAILABLE, move on to the next.
+                Err(crate::net::NetError::Status { status, .. })
+                    if !matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+                        || status.message().starts_with("write needed") =>
+                {
+                    return Err(Error::Remote(status));
+                }
+                Err(e) => failures.push(format!("{r}: {e}")),
+            }
+        }
+        Err(Error::Unavailable {
+            op: "write",
+            needed: 1,
+            got: 0,
+            total: replicas.len(),
+            detail: format!("; no replica of this key took the write: {}", failures.join("; ")),
+        })
     }
 
     /// Resolves `stored`'s siblings together with the write that would push
@@ -251,16 +643,50 @@ impl Coordinator {
         context.merge(&req.context);
         Some((content, context, r.by))
     }
+}
 
-    fn replicas(&self, props: &BucketProps, bucket: &str, key: &[u8]) -> (u32, Vec<NodeId>) {
-        let ring = self.ring.load();
-        let partition = ring.partition_of(bucket, key);
-        (partition, ring.preference_list(partition, props.n as usize))
+/// A forwarded write, decoded.
+pub fn write_from_forward(req: pb::ForwardWriteRequest) -> Result<WriteRequest> {
+    let key = req.key.ok_or_else(|| Error::invalid("forwarded write without a key"))?;
+    let context = decode_context(&req.context, &key.bucket, &key.key).map_err(|e| Error::invalid(e.to_string()))?;
+    let consistency = match pb::Consistency::try_from(req.consistency) {
+        Ok(pb::Consistency::One) => Consistency::One,
+        Ok(pb::Consistency::Quorum) => Consistency::Quorum,
+        Ok(pb::Consistency::All) => Consistency::All,
+        Ok(pb::Consistency::LocalQuorum) => Consistency::LocalQuorum,
+        _ => Consistency::Default,
+    };
+    Ok(WriteRequest {
+        bucket: key.bucket,
+        key: key.key.to_vec(),
+        content: if req.tombstone { Content::Tombstone } else { Content::Value(req.value.to_vec()) },
+        context,
+        quorum: QuorumSpec { consistency, count: req.count, primaries: req.primaries },
+        timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms.into())),
+    })
+}
+
+/// A write's outcome, encoded for the node that forwarded it.
+pub fn forward_reply(out: WriteOutcome) -> pb::ForwardWriteResponse {
+    pb::ForwardWriteResponse {
+        object: encode_object(&out.object).into(),
+        acked_by: out.acked_by,
+        sloppy: out.sloppy,
+        resolved_by: out.resolved_by.map(|b| b.to_string()).unwrap_or_default(),
     }
 }
 
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))
+}
+
+/// Extra time the whole request gets over its peer calls, so that a quorum
+/// that is not reached in time reports UNAVAILABLE (with who answered)
+/// rather than a bare deadline.
+const GRACE: Duration = Duration::from_millis(100);
+
 async fn with_deadline<T>(deadline: Duration, f: impl Future<Output = Result<T>>) -> Result<T> {
-    match tokio::time::timeout(deadline, f).await {
+    match tokio::time::timeout(deadline + GRACE, f).await {
         Ok(r) => r,
         Err(_) => Err(Error::Timeout(deadline.as_millis() as u64)),
     }

@@ -36,6 +36,9 @@ pub struct Needed {
     pub total: usize,
     /// Of those, answers needed from primary replicas.
     pub primaries: usize,
+    /// Only answers from replicas in the coordinator's zone count
+    /// (`LOCAL_QUORUM`).
+    pub local_only: bool,
 }
 
 /// Resolves a request's quorum.
@@ -86,7 +89,8 @@ pub fn needed(
             detail: format!("; the cluster offers only {replicas} replicas for this key"),
         });
     }
-    Ok(Needed { total: total.max(primaries), primaries })
+    let local_only = spec.count == 0 && spec.consistency == Consistency::LocalQuorum;
+    Ok(Needed { total: total.max(primaries), primaries, local_only })
 }
 
 #[cfg(test)]
@@ -116,7 +120,9 @@ mod tests {
             (spec(Default, 1, 2), 3, 2, 3, 3, (2, 2)), // pw raises w
         ];
         for (s, n, d, replicas, local, (total, primaries)) in ok {
-            assert_eq!(needed("write", s, n, d, replicas, local).unwrap(), Needed { total, primaries }, "{s:?}");
+            let got = needed("write", s, n, d, replicas, local).unwrap();
+            assert_eq!((got.total, got.primaries), (total, primaries), "{s:?}");
+            assert_eq!(got.local_only, s.consistency == LocalQuorum && s.count == 0);
         }
     }
 

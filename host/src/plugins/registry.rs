@@ -101,6 +101,54 @@ impl Registry {
         self.manifest.load().values().map(|p| p.seq).max().unwrap_or(0)
     }
 
+    /// A digest that differs whenever two nodes' manifests differ.
+    pub fn digest(&self) -> String {
+        let manifest = self.manifest.load();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (r, p) in manifest.iter() {
+            h.update(r.to_string().as_bytes());
+            h.update(p.sha256.as_bytes());
+        }
+        format!("{}:{:016x}", manifest.len(), h.digest())
+    }
+
+    /// The manifest, encoded for a peer.
+    pub fn export(&self) -> Vec<u8> {
+        let m = Manifest { format: MANIFEST_FORMAT, plugins: self.list() };
+        serde_json::to_vec(&m).expect("manifest serializes")
+    }
+
+    /// Entries of a peer's exported manifest that this node lacks.
+    pub fn missing(&self, exported: &[u8]) -> Result<Vec<PluginInfo>> {
+        let m: Manifest = serde_json::from_slice(exported)
+            .map_err(|e| Error::Corruption(format!("a peer's plugin manifest does not decode: {e}")))?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(Error::Corruption(format!("a peer's plugin manifest has unknown format {}", m.format)));
+        }
+        let mine = self.manifest.load();
+        Ok(m.plugins.into_iter().filter(|p| !mine.contains_key(&p.plugin_ref())).collect())
+    }
+
+    /// Adds a plugin fetched from a peer, after checking its bytes against
+    /// the manifest entry's sha256 and compiling it.
+    pub fn add_remote(&self, info: PluginInfo, component: &[u8]) -> Result<PluginInfo> {
+        let r = info.plugin_ref();
+        if sha256_hex(component) != info.sha256 {
+            return Err(Error::Corruption(format!(
+                "bytes of plugin {r} fetched from a peer do not match their sha256"
+            )));
+        }
+        let prepared = super::package::prepare(component)?;
+        if prepared.kind != info.kind {
+            return Err(Error::Corruption(format!(
+                "plugin {r} from a peer is not the {} its manifest says",
+                info.kind.as_str()
+            )));
+        }
+        let (_, loaded) = self.load_candidate(&r, &prepared)?;
+        self.commit(info, &prepared.component, loaded)
+    }
+
     /// Compiles and links `prepared` as `r` without storing anything, so the
     /// caller can try it (and refuse it) before it becomes visible.
     pub fn load_candidate(&self, r: &PluginRef, prepared: &Prepared) -> Result<(PluginInfo, Arc<Loaded>)> {

@@ -209,8 +209,7 @@ fn zone_near(owners: &[Option<NodeId>], p: usize, zone: &str, members: &BTreeMap
 fn claim(current: &[NodeId], members: &BTreeMap<NodeId, Member>, n: usize) -> Vec<NodeId> {
     let q = current.len();
     let targets = targets(q, current, members);
-    let mut owners: Vec<Option<NodeId>> =
-        current.iter().map(|o| members.contains_key(o).then(|| o.clone())).collect();
+    let mut owners: Vec<Option<NodeId>> = current.iter().map(|o| members.contains_key(o).then(|| o.clone())).collect();
     let mut counts: BTreeMap<NodeId, usize> = members.keys().map(|m| (m.clone(), 0)).collect();
     for o in owners.iter().flatten() {
         *counts.get_mut(o).expect("owner is a member") += 1;
@@ -261,7 +260,7 @@ fn claim(current: &[NodeId], members: &BTreeMap<NodeId, Member>, n: usize) -> Ve
 /// never. (Below that, preference lists still pick distinct nodes; they just
 /// walk further.)
 pub fn spacing_possible(q: usize, s: usize, n: usize) -> bool {
-    s > n || (s == n && q % n == 0)
+    s > n || (s == n && q.is_multiple_of(n))
 }
 
 /// Whether partition `p`'s owner also owns one of the `n - 1` partitions
@@ -307,7 +306,11 @@ fn repair_spacing(owners: &mut [NodeId], n: usize) {
     let local = |owners: &[NodeId], a: usize, b: usize| {
         // Windows overlap when a and b are close: count globally then.
         let close = (1..2 * n as isize).any(|d| at(a, d, q) == b || at(a, -d, q) == b);
-        if close { spacing_violations(owners, n) } else { violations_around(owners, a, n) + violations_around(owners, b, n) }
+        if close {
+            spacing_violations(owners, n)
+        } else {
+            violations_around(owners, a, n) + violations_around(owners, b, n)
+        }
     };
     // Greedy phase.
     'greedy: for _ in 0..q * 2 {
@@ -326,9 +329,10 @@ fn repair_spacing(owners: &mut [NodeId], n: usize) {
         break;
     }
     // Search phase: xorshift seeded from the layout.
-    let mut state = owners.iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, o| {
-        o.bytes().fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-    }) | 1;
+    let mut state = owners
+        .iter()
+        .fold(0x9e37_79b9_7f4a_7c15u64, |h, o| o.bytes().fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)))
+        | 1;
     let mut next = move |bound: usize| {
         state ^= state << 13;
         state ^= state >> 7;

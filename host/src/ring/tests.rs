@@ -181,7 +181,12 @@ fn movement_report() {
                 if !spacing_possible(q as usize, s0, TARGET_N) && spacing_possible(q as usize, s1, TARGET_N) {
                     return;
                 }
-                let must: usize = before.members().keys().filter(|m| !after.is_member(m)).map(|m| before.owned_by(m)).sum::<usize>()
+                let must: usize = before
+                    .members()
+                    .keys()
+                    .filter(|m| !after.is_member(m))
+                    .map(|m| before.owned_by(m))
+                    .sum::<usize>()
                     + after.members().keys().filter(|m| !before.is_member(m)).map(|m| after.owned_by(m)).sum::<usize>();
                 worst = worst.max(moved(before, after) as i64 - must as i64);
             });

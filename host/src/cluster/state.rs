@@ -1,0 +1,511 @@
+//! The cluster as this node sees it: the ring, membership, and the worker
+//! that keeps cluster metadata converged and the ring in step with
+//! membership.
+//!
+//! **Metadata** (ring, bucket properties, plugin manifest) is small and
+//! versioned. Nodes gossip only digests of it; a node that sees a live peer
+//! with another digest fetches the peer's copy over gRPC and merges it: the
+//! superseding ring wins, bucket properties merge by version, and missing
+//! plugins are fetched, checked against their sha256 and compiled. Merges
+//! are commutative, so every live node ends with the same metadata within
+//! a few gossip rounds.
+//!
+//! **Ring changes** are made by one node at a time, the *claimant*: the
+//! live ring member with the smallest id that is not leaving (as in Riak).
+//! It acts only when every live peer already agrees on the ring, so changes
+//! never race each other. It adds live nodes that are joining (or up but not
+//! in the ring), and removes nodes that are leaving or that an operator
+//! asked to remove while they are down. Every other node just adopts the
+//! rings it learns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use concord_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::buckets::Buckets;
+use super::membership::{Members, Membership, Status};
+use crate::net::Net;
+use crate::plugins::Plugins;
+use crate::ring::{Member, NodeId, Ring};
+use crate::storage::{Space, Store};
+use crate::{Error, Result};
+
+const RING_KEY: &[u8] = b"ring";
+const SEEDS_KEY: &[u8] = b"seeds";
+const RING_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct PersistedRing {
+    format: u32,
+    ring: Ring,
+}
+
+/// Loads the ring persisted in `store`, if any.
+pub fn load_ring(store: &dyn Store) -> Result<Option<Ring>> {
+    let Some(bytes) = store.get(Space::Meta, RING_KEY)? else { return Ok(None) };
+    decode_ring(&bytes).map(Some)
+}
+
+fn decode_ring(bytes: &[u8]) -> Result<Ring> {
+    let p: PersistedRing =
+        serde_json::from_slice(bytes).map_err(|e| Error::Corruption(format!("ring does not decode: {e}")))?;
+    if p.format != RING_FORMAT {
+        return Err(Error::Corruption(format!("ring has unknown format {}", p.format)));
+    }
+    Ok(p.ring)
+}
+
+fn encode_ring(ring: &Ring) -> Vec<u8> {
+    serde_json::to_vec(&PersistedRing { format: RING_FORMAT, ring: ring.clone() }).expect("ring serializes")
+}
+
+/// Seeds a node learned through `cluster join`, kept for its next start.
+pub fn load_seeds(store: &dyn Store) -> Result<Vec<String>> {
+    Ok(match store.get(Space::Meta, SEEDS_KEY)? {
+        Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        None => Vec::new(),
+    })
+}
+
+/// The cluster state of one node.
+pub struct Cluster {
+    node_id: NodeId,
+    zone: String,
+    advertise: SocketAddr,
+    ring: ArcSwap<Ring>,
+    store: Arc<dyn Store>,
+    membership: Membership,
+    buckets: Arc<Buckets>,
+    plugins: Arc<Plugins>,
+    net: Arc<Net>,
+    /// Set once this node was asked to leave.
+    leaving: AtomicBool,
+    gossip_interval: Duration,
+    /// Serialises ring changes (adopting, claiming). Never held across an
+    /// await.
+    ring_write: std::sync::Mutex<()>,
+}
+
+impl Cluster {
+    /// Wires the cluster state; [`Cluster::spawn_worker`] starts it moving.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node_id: NodeId,
+        zone: String,
+        advertise: SocketAddr,
+        ring: Ring,
+        store: Arc<dyn Store>,
+        membership: Membership,
+        buckets: Arc<Buckets>,
+        plugins: Arc<Plugins>,
+        net: Arc<Net>,
+        gossip_interval: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node_id,
+            zone,
+            advertise,
+            ring: ArcSwap::from_pointee(ring),
+            store,
+            membership,
+            buckets,
+            plugins,
+            net,
+            leaving: AtomicBool::new(false),
+            gossip_interval,
+            ring_write: std::sync::Mutex::new(()),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// This node's zone.
+    pub fn zone(&self) -> &str {
+        &self.zone
+    }
+
+    /// The current ring.
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.load_full()
+    }
+
+    /// The latest membership snapshot.
+    pub fn members(&self) -> Arc<Members> {
+        self.membership.view()
+    }
+
+    /// The peer calls.
+    pub fn net(&self) -> &Arc<Net> {
+        &self.net
+    }
+
+    /// Address of `node`: from gossip, or our own.
+    pub fn addr_of(&self, node: &str) -> Option<SocketAddr> {
+        if node == self.node_id {
+            return Some(self.advertise);
+        }
+        self.membership.view().addr(node)
+    }
+
+    fn own_status(&self, ring: &Ring) -> Status {
+        if self.leaving.load(Ordering::Relaxed) {
+            Status::Leaving
+        } else if ring.is_member(&self.node_id) {
+            Status::Up
+        } else {
+            Status::Joining
+        }
+    }
+
+    /// Replaces the ring if `ring` supersedes it (or unconditionally with
+    /// `force`). Returns whether it changed.
+    pub fn adopt_ring(&self, ring: Ring, force: bool) -> Result<bool> {
+        let _guard = self.ring_write.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.ring.load();
+        if !force && !ring.supersedes(&current) {
+            return Ok(false);
+        }
+        if ring == **current {
+            return Ok(false);
+        }
+        self.store.insert(Space::Meta, RING_KEY, &encode_ring(&ring))?;
+        self.store.flush()?;
+        tracing::info!(
+            epoch = ring.epoch(),
+            claimant = ring.claimant(),
+            members = ring.members().len(),
+            owned_here = ring.owned_by(&self.node_id),
+            "ring changed"
+        );
+        self.ring.store(Arc::new(ring));
+        Ok(true)
+    }
+
+    /// Publishes this node's status and metadata digests in gossip.
+    async fn publish(&self) {
+        let ring = self.ring();
+        self.membership.set("status", self.own_status(&ring).as_str()).await;
+        self.membership.set("meta:ring", &ring.digest()).await;
+        self.membership.set("meta:buckets", &self.buckets.digest()).await;
+        self.membership.set("meta:plugins", &self.plugins.registry().digest()).await;
+    }
+
+    /// This node's metadata, for a peer.
+    pub fn metadata(&self) -> pb::ClusterMetadata {
+        pb::ClusterMetadata {
+            ring: encode_ring(&self.ring()).into(),
+            buckets: self.buckets.export().into(),
+            plugins: self.plugins.registry().export().into(),
+        }
+    }
+
+    /// Merges a peer's metadata; missing plugins are fetched from `from`.
+    async fn merge_metadata(&self, md: pb::ClusterMetadata, from: SocketAddr) -> Result<()> {
+        self.adopt_ring(decode_ring(&md.ring)?, false)?;
+        let changed = self.buckets.import(&md.buckets)?;
+        if changed > 0 {
+            tracing::info!(changed, peer = %from, "bucket properties updated from a peer");
+        }
+        for info in self.plugins.registry().missing(&md.plugins)? {
+            let r = info.plugin_ref();
+            let req = pb::FetchPluginRequest { name: r.name.clone(), version: r.version.clone() };
+            let fetched = self
+                .net
+                .call(from, Duration::from_secs(10), |mut c| async move { c.fetch_plugin(req).await })
+                .await
+                .map_err(|e| Error::Internal(format!("fetching plugin {r}: {e}")))?;
+            let plugins = Arc::clone(&self.plugins);
+            let bytes = fetched.wasm.to_vec();
+            // Compiling blocks; keep it off the async workers.
+            tokio::task::spawn_blocking(move || plugins.registry().add_remote(info, &bytes))
+                .await
+                .map_err(Error::internal)??;
+            tracing::info!(plugin = %r, peer = %from, "plugin fetched from a peer");
+        }
+        Ok(())
+    }
+
+    /// One round of the worker: publish, sync metadata with peers whose
+    /// digests differ, and claim if this node is the claimant.
+    async fn round(&self, last_fetch: &mut HashMap<NodeId, Instant>) {
+        self.publish().await;
+        let members = self.members();
+        let me = members.peers.get(&self.node_id).cloned();
+        let mut agree = true;
+        for peer in members.peers.values().filter(|p| p.live && p.node_id != self.node_id) {
+            let mine = me.as_ref().map(|m| &m.meta);
+            if mine == Some(&peer.meta) || peer.meta.ring.is_empty() {
+                continue;
+            }
+            if peer.meta.ring != self.ring().digest() {
+                agree = false;
+            }
+            let due = last_fetch.get(&peer.node_id).is_none_or(|t| t.elapsed() >= self.gossip_interval);
+            if !due {
+                continue;
+            }
+            last_fetch.insert(peer.node_id.clone(), Instant::now());
+            let fetched = self
+                .net
+                .call(peer.addr, self.gossip_interval.max(Duration::from_secs(2)), |mut c| async move {
+                    c.fetch_metadata(pb::FetchMetadataRequest {}).await
+                })
+                .await;
+            match fetched {
+                Ok(md) => {
+                    if let Err(e) = self.merge_metadata(md, peer.addr).await {
+                        tracing::warn!(peer = %peer.node_id, error = %e, "merging a peer's metadata failed");
+                    }
+                }
+                Err(e) => tracing::debug!(peer = %peer.node_id, error = %e, "fetching a peer's metadata failed"),
+            }
+        }
+        if agree {
+            self.claim(&members);
+        }
+        self.publish().await;
+    }
+
+    /// Who makes ring changes: the live ring member with the smallest id
+    /// that is not leaving.
+    fn claimant(&self, ring: &Ring, members: &Members) -> Option<NodeId> {
+        ring.members()
+            .keys()
+            .find(|m| {
+                if **m == self.node_id {
+                    return !self.leaving.load(Ordering::Relaxed);
+                }
+                members.peers.get(*m).is_some_and(|p| p.live && p.status != Status::Leaving)
+            })
+            .cloned()
+    }
+
+    /// If this node is the claimant, brings the ring in step with
+    /// membership.
+    fn claim(&self, members: &Members) {
+        let ring = self.ring();
+        if self.claimant(&ring, members).as_deref() != Some(self.node_id.as_str()) {
+            return;
+        }
+        let mut desired: BTreeMap<NodeId, Member> = ring.members().clone();
+        for peer in members.peers.values() {
+            if !peer.live {
+                continue;
+            }
+            match peer.status {
+                Status::Leaving => {
+                    desired.remove(&peer.node_id);
+                }
+                Status::Joining | Status::Up => {
+                    desired.entry(peer.node_id.clone()).or_insert_with(|| Member { zone: peer.zone.clone() });
+                }
+            }
+            for removed in &peer.removals {
+                if !members.is_live(removed) {
+                    desired.remove(removed);
+                }
+            }
+        }
+        if desired.is_empty() || &desired == ring.members() {
+            return;
+        }
+        let next = ring.claim(&desired, &self.node_id);
+        match self.adopt_ring(next, false) {
+            Ok(true) => tracing::info!(members = desired.len(), "claimed a new ring"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "storing a claimed ring failed"),
+        }
+    }
+
+    /// Runs the cluster worker until `stopped`.
+    pub fn spawn_worker(self: &Arc<Self>, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut last_fetch = HashMap::new();
+            loop {
+                this.round(&mut last_fetch).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(this.gossip_interval) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+            }
+        })
+    }
+
+    /// Joins the cluster `seed` belongs to: adopts its ring, remembers the
+    /// seed, and gossips with it until it appears. Returns the number of
+    /// members this node then sees.
+    pub async fn join(&self, seed: &str) -> Result<usize> {
+        let seed_addr: SocketAddr = tokio::net::lookup_host(seed)
+            .await
+            .map_err(|e| Error::invalid(format!("cannot resolve seed {seed}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::invalid(format!("seed {seed} resolves to no address")))?;
+        if seed_addr == self.advertise {
+            return Err(Error::invalid("a node cannot join itself"));
+        }
+        let ring = self.ring();
+        if ring.members().keys().any(|m| *m != self.node_id) {
+            return Err(Error::FailedPrecondition(format!(
+                "this node is already in a cluster of {} nodes; leave it first",
+                ring.members().len()
+            )));
+        }
+        let md = self
+            .net
+            .call(seed_addr, Duration::from_secs(5), |mut c| async move {
+                c.fetch_metadata(pb::FetchMetadataRequest {}).await
+            })
+            .await
+            .map_err(|e| Error::Unavailable {
+                op: "join",
+                needed: 1,
+                got: 0,
+                total: 1,
+                detail: format!("; cannot reach seed {seed}: {e}"),
+            })?;
+        self.adopt_ring(decode_ring(&md.ring)?, true)?;
+        self.merge_metadata(md, seed_addr).await?;
+        let mut seeds = load_seeds(&*self.store)?;
+        if !seeds.contains(&seed.to_owned()) {
+            seeds.push(seed.to_owned());
+            self.store.insert(Space::Meta, SEEDS_KEY, &serde_json::to_vec(&seeds).expect("seeds serialize"))?;
+            self.store.flush()?;
+        }
+        self.publish().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.membership.gossip_with(seed_addr)?;
+            self.membership.refresh_now().await;
+            let members = self.members();
+            if members.peers.values().any(|p| p.addr == seed_addr && p.live) {
+                return Ok(members.peers.len());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(10_000));
+            }
+            tokio::time::sleep(self.gossip_interval / 2).await;
+        }
+    }
+
+    /// Asks `node` (this node when `None`) to leave the ring. A live node is
+    /// asked through its own Admin service; a down node is marked for
+    /// removal in gossip, and the claimant drops it.
+    pub async fn leave(&self, node: Option<&str>) -> Result<()> {
+        let target = node.filter(|n| !n.is_empty()).unwrap_or(&self.node_id);
+        if target == self.node_id {
+            self.leaving.store(true, Ordering::Relaxed);
+            self.publish().await;
+            tracing::info!("leaving the ring");
+            return Ok(());
+        }
+        let members = self.members();
+        let known = members.peers.contains_key(target) || self.ring().is_member(target);
+        if !known {
+            return Err(Error::NotFound(format!("node {target} is not a member of this cluster")));
+        }
+        if let Some(peer) = members.peers.get(target).filter(|p| p.live) {
+            let req = pb::LeaveRequest { node_id: target.to_owned() };
+            let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", peer.addr))
+                .await
+                .map_err(|e| Error::Internal(format!("cannot reach {target}: {e}")))?;
+            admin
+                .leave(req)
+                .await
+                .map_err(|s| Error::Internal(format!("{target} refused to leave: {}", s.message())))?;
+            return Ok(());
+        }
+        self.membership.set(&format!("remove:{target}"), "1").await;
+        tracing::info!(node = target, "asked the claimant to remove a down node");
+        Ok(())
+    }
+
+    /// The `ClusterStatus` answer.
+    pub fn status(&self) -> pb::ClusterStatusResponse {
+        let ring = self.ring();
+        let members = self.members();
+        let mut nodes: BTreeMap<NodeId, pb::NodeStatus> = BTreeMap::new();
+        for peer in members.peers.values() {
+            let is_self = peer.node_id == self.node_id;
+            let status = if is_self {
+                self.own_status(&ring).as_str()
+            } else if !peer.live {
+                "down"
+            } else {
+                peer.status.as_str()
+            };
+            let parse = |d: &str| d.split(':').next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            nodes.insert(
+                peer.node_id.clone(),
+                pb::NodeStatus {
+                    node_id: peer.node_id.clone(),
+                    address: peer.addr.to_string(),
+                    zone: peer.zone.clone(),
+                    status: status.into(),
+                    phi: peer.phi,
+                    partitions: ring.owned_by(&peer.node_id) as u32,
+                    ring_epoch: if is_self { ring.epoch() } else { parse(&peer.meta.ring) },
+                    buckets_version: if is_self { self.buckets.version() } else { parse(&peer.meta.buckets) },
+                    plugins_version: if is_self {
+                        self.plugins.registry().list().len() as u64
+                    } else {
+                        parse(&peer.meta.plugins)
+                    },
+                    is_self,
+                },
+            );
+        }
+        // Ring members gossip has never heard from.
+        for (m, info) in ring.members() {
+            nodes.entry(m.clone()).or_insert_with(|| pb::NodeStatus {
+                node_id: m.clone(),
+                address: String::new(),
+                zone: info.zone.clone(),
+                status: "down".into(),
+                phi: None,
+                partitions: ring.owned_by(m) as u32,
+                ring_epoch: 0,
+                buckets_version: 0,
+                plugins_version: 0,
+                is_self: false,
+            });
+        }
+        pb::ClusterStatusResponse {
+            nodes: nodes.into_values().collect(),
+            partitions: ring.partitions(),
+            ring_epoch: ring.epoch(),
+            tripped_plugins: self
+                .plugins
+                .tripped()
+                .into_iter()
+                .map(|t| pb::PluginBreaker {
+                    bucket: t.bucket,
+                    plugin: t.plugin.to_string(),
+                    reason: t.reason,
+                    tripped_at_ms: t.at_ms,
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops gossip.
+    pub fn shutdown(&self) {
+        self.membership.shutdown();
+    }
+
+    /// Membership, for the node's own use.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+}
