@@ -199,6 +199,148 @@ impl Server {
     }
 }
 
+/// Several nodes in this test process, talking over loopback, each with its
+/// own fault rules. Stopped nodes keep their data directory, so they can be
+/// started again.
+pub struct LocalCluster {
+    nodes: Vec<Option<concord::Node>>,
+    /// Each node's gRPC address.
+    pub addrs: Vec<SocketAddr>,
+    configs: Vec<concord::Config>,
+    _tmp: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    /// Starts `n` nodes seeded with each other and waits until every one
+    /// holds a ring of all `n` with every node up.
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        Self::start_with(n, |_, _| {}).await
+    }
+
+    /// Like [`LocalCluster::start`], letting `tweak(i, config)` adjust each
+    /// node's config.
+    pub async fn start_with(n: usize, tweak: impl Fn(usize, &mut concord::Config)) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+        let mut configs = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut c = concord::Config {
+                listen: *addr,
+                data_dir: tmp.path().join(format!("node{i}")),
+                node_id: Some(format!("n{i}")),
+                seeds: addrs.iter().filter(|a| *a != addr).map(ToString::to_string).collect(),
+                gossip_interval_ms: 100,
+                request_timeout_ms: 2_000,
+                ..Default::default()
+            };
+            tweak(i, &mut c);
+            configs.push(c);
+        }
+        let mut nodes = Vec::new();
+        for c in &configs {
+            nodes.push(Some(concord::Node::start(c.clone()).await?));
+        }
+        let cluster = Self { nodes, addrs, configs, _tmp: tmp };
+        cluster.wait_for_ring(n).await?;
+        Ok(cluster)
+    }
+
+    /// Node `i` (panics if it is stopped).
+    pub fn node(&self, i: usize) -> &concord::Node {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    /// A client of node `i`.
+    pub async fn client(&self, i: usize) -> Client {
+        Client::connect(&self.addrs[i].to_string()).await.expect("connecting to a test node")
+    }
+
+    /// Waits until every running node holds a ring of `members` nodes and
+    /// sees every running node up.
+    pub async fn wait_for_ring(&self, members: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let running: Vec<&concord::Node> = self.nodes.iter().flatten().collect();
+            let ok = running.iter().all(|n| {
+                let status = n.cluster().status();
+                n.cluster().ring().members().len() == members
+                    && running.iter().all(|m| status.nodes.iter().any(|s| s.node_id == m.node_id() && s.status == "up"))
+            });
+            let same_ring = running.windows(2).all(|w| w[0].cluster().ring() == w[1].cluster().ring());
+            if ok && same_ring {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let views: Vec<String> = running
+                    .iter()
+                    .map(|n| {
+                        format!("{}: ring {:?}", n.node_id(), n.cluster().ring().members().keys().collect::<Vec<_>>())
+                    })
+                    .collect();
+                bail!("the cluster did not settle on {members} members: {views:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Cuts node `i` off from every other node, in both directions (gRPC
+    /// and gossip): calls hang until their deadline.
+    pub fn isolate(&self, i: usize) {
+        for (j, addr) in self.addrs.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            if let Some(n) = &self.nodes[j] {
+                n.faults().set(self.addrs[i], concord::net::Fault::Drop);
+            }
+            self.node(i).faults().set(*addr, concord::net::Fault::Drop);
+        }
+    }
+
+    /// Removes every fault rule.
+    pub fn heal(&self) {
+        for n in self.nodes.iter().flatten() {
+            n.faults().clear_all();
+        }
+    }
+
+    /// Stops node `i` cleanly.
+    pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(n) = self.nodes[i].take() {
+            n.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped node `i` again with its data.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i] = Some(concord::Node::start(self.configs[i].clone()).await?);
+        Ok(())
+    }
+
+    /// Adds a node seeded with the existing ones; returns its index.
+    pub async fn add_node(&mut self) -> anyhow::Result<usize> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let i = self.configs.len();
+        let mut c = self.configs[0].clone();
+        c.listen = addr;
+        c.node_id = Some(format!("n{i}"));
+        c.data_dir = self._tmp.path().join(format!("node{i}"));
+        c.seeds = self.addrs.iter().map(ToString::to_string).collect();
+        self.nodes.push(Some(concord::Node::start(c.clone()).await?));
+        self.addrs.push(addr);
+        self.configs.push(c);
+        Ok(i)
+    }
+
+    /// Stops every running node.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            let _ = self.stop(i).await;
+        }
+    }
+}
+
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
     if !status.success() {

@@ -11,10 +11,54 @@ pub enum ClusterCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Make the node at --endpoint join the cluster SEED_ADDR belongs to.
+    Join {
+        /// Address of any node of the cluster to join.
+        seed: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a node from the ring (the node at --endpoint when NODE is not given).
+    Leave {
+        /// Id of the node to remove; a down node is removed by the claimant.
+        node: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
+        ClusterCommand::Join { seed, target } => {
+            let mut admin = connect(&target).await?.admin();
+            let r = admin
+                .join(concord_proto::v1::JoinRequest { seed: seed.clone() })
+                .await
+                .map_err(concord_client::ClientError::from)?
+                .into_inner();
+            if target.json {
+                println!("{}", json!({"joined": seed, "members": r.members}));
+            } else {
+                println!(
+                    "joined the cluster of {seed}; {} members known; the claimant will add this node to the ring",
+                    r.members
+                );
+            }
+        }
+        ClusterCommand::Leave { node, target } => {
+            let mut admin = connect(&target).await?.admin();
+            let node_id = node.clone().unwrap_or_default();
+            admin
+                .leave(concord_proto::v1::LeaveRequest { node_id })
+                .await
+                .map_err(concord_client::ClientError::from)?;
+            let who = node.unwrap_or_else(|| format!("the node at {}", target.endpoint));
+            if target.json {
+                println!("{}", json!({"leaving": who}));
+            } else {
+                println!("{who} is leaving the ring; `concord cluster status` shows when it is out");
+            }
+        }
         ClusterCommand::Status { target } => {
             let s = connect(&target).await?.cluster_status().await?;
             if target.json {

@@ -7,6 +7,7 @@
 mod bench;
 mod bucket;
 mod cluster;
+mod dev;
 mod kv;
 mod output;
 mod plugin;
@@ -45,6 +46,8 @@ pub struct Target {
 enum Command {
     /// Run a node.
     Serve(serve::ServeArgs),
+    /// Run a local cluster of several nodes, to try things out.
+    Dev(dev::DevArgs),
     /// Write a value.
     Put(kv::PutArgs),
     /// Read a key: every sibling and the context to write back with.
@@ -67,7 +70,7 @@ enum Command {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
         // Like other command-line tools, end quietly when the reader of our
         // output goes away (`concord get ... | head -1`) instead of
         // panicking. Not for servers: a client hanging up on a socket must
@@ -80,6 +83,7 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Dev(args) => dev::run(args),
         Command::Bench(args) => bench::runtime(&args).and_then(|rt| rt.block_on(bench::run(args))),
         command => client_runtime().and_then(|rt| {
             rt.block_on(async move {
@@ -90,7 +94,7 @@ pub fn main() -> ExitCode {
                     Command::Bucket(c) => bucket::run(c).await,
                     Command::Cluster(c) => cluster::run(c).await,
                     Command::Plugin(c) => plugin::run(c).await,
-                    Command::Serve(_) | Command::Bench(_) => unreachable!("handled above"),
+                    Command::Serve(_) | Command::Dev(_) | Command::Bench(_) => unreachable!("handled above"),
                 }
             })
         }),

@@ -1,0 +1,242 @@
+//! Several nodes in one process, talking over loopback through their fault
+//! layers: quorums, partitions, forwarding, metadata convergence, and ring
+//! changes on join and leave.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use concord_client::{ClientError, Consistency, Context, ReadOptions, SetBucketRequest, WriteOptions};
+use concord_proto::v1 as pb;
+use concord_tests::{LocalCluster, plugins};
+
+fn w(n: u32) -> WriteOptions {
+    WriteOptions { w: n, ..Default::default() }
+}
+
+fn r(n: u32) -> ReadOptions {
+    ReadOptions { r: n, ..Default::default() }
+}
+
+/// Retries `check` until it passes or `secs` pass.
+async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_reads_see_quorum_writes_from_any_node() {
+    let cluster = LocalCluster::start(3).await.unwrap();
+    let clients = [cluster.client(0).await, cluster.client(1).await, cluster.client(2).await];
+    for i in 0..60u32 {
+        let key = format!("k{i}");
+        let writer = &clients[i as usize % 3];
+        let put = writer.put_with("rw", key.as_bytes(), &i.to_le_bytes(), &Context::none(), w(2)).await.unwrap();
+        assert!(put.acked_by.len() >= 2, "{:?}", put.acked_by);
+        // R + W > N: any other node reads the write.
+        let reader = &clients[(i as usize + 1) % 3];
+        let got = reader.get_with("rw", key.as_bytes(), r(2)).await.unwrap();
+        assert_eq!(got.values(), vec![&i.to_le_bytes()[..]], "{key}");
+        assert!(got.replicas.len() >= 2);
+    }
+    // Replicas converge: a read of ALL finds each value everywhere.
+    let all =
+        clients[0].get_with("rw", b"k7", ReadOptions { consistency: Consistency::All, ..Default::default() }).await;
+    assert_eq!(all.unwrap().replicas.len(), 3);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_minority_cannot_reach_w_and_says_so() {
+    let cluster = LocalCluster::start(3).await.unwrap();
+    let minority = cluster.client(2).await;
+    cluster.isolate(2);
+    let opts = WriteOptions { w: 2, pw: 2, timeout: Some(Duration::from_millis(800)), ..Default::default() };
+    let e = minority.put_with("p", b"k", b"v", &Context::none(), opts).await.unwrap_err();
+    let ClientError::Unavailable(msg) = &e else { panic!("expected UNAVAILABLE, got {e}") };
+    assert!(msg.contains("write needed 2 of 3 replicas, 1 answered"), "{msg}");
+    let e = minority
+        .get_with("p", b"k", ReadOptions { r: 2, timeout: Some(Duration::from_millis(800)), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, ClientError::Unavailable(m) if m.contains("read needed 2 of 3 replicas, 1 answered")), "{e}");
+
+    // The majority side keeps going with QUORUM reads and writes.
+    let majority = cluster.client(0).await;
+    let quorum = WriteOptions { consistency: Consistency::Quorum, ..Default::default() };
+    for i in 0..20u32 {
+        let key = format!("q{i}");
+        let put = majority.put_with("p", key.as_bytes(), b"ok", &Context::none(), quorum).await.unwrap();
+        assert!(!put.acked_by.iter().any(|n| n == "n2"), "the isolated node acked: {:?}", put.acked_by);
+        let got = cluster
+            .client(1)
+            .await
+            .get_with("p", key.as_bytes(), ReadOptions { consistency: Consistency::Quorum, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(got.values(), vec![&b"ok"[..]]);
+    }
+    // The majority sees the isolated node as down.
+    eventually(10, "n0 marks n2 down", || async {
+        cluster.node(0).cluster().status().nodes.iter().any(|n| n.node_id == "n2" && n.status == "down")
+    })
+    .await;
+
+    // Healed, the isolated node comes back up, and reads repair it.
+    cluster.heal();
+    eventually(10, "n0 marks n2 up", || async {
+        cluster.node(0).cluster().status().nodes.iter().any(|n| n.node_id == "n2" && n.status == "up")
+    })
+    .await;
+    let all = ReadOptions { consistency: Consistency::All, ..Default::default() };
+    let got = minority.get_with("p", b"q3", all).await.unwrap();
+    assert_eq!(got.values(), vec![&b"ok"[..]]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_non_replica_are_forwarded() {
+    let cluster = LocalCluster::start(3).await.unwrap();
+    let c = cluster.client(0).await;
+    c.set_bucket(SetBucketRequest { name: "single".into(), n: Some(1), ..Default::default() }).await.unwrap();
+    // Wait until every node has the bucket's n=1.
+    eventually(10, "n=1 reaches every node", || async {
+        let mut ok = true;
+        for i in 0..3 {
+            ok &= cluster.client(i).await.get_bucket("single").await.unwrap().n == 1;
+        }
+        ok
+    })
+    .await;
+    let mut owners = BTreeSet::new();
+    for i in 0..30u32 {
+        let key = format!("k{i}");
+        let put =
+            cluster.client(i as usize % 3).await.put("single", key.as_bytes(), b"v", &Context::none()).await.unwrap();
+        assert_eq!(put.acked_by.len(), 1);
+        owners.insert(put.acked_by[0].clone());
+        // Any node reads it back from its one replica.
+        let got = cluster.client((i as usize + 2) % 3).await.get("single", key.as_bytes()).await.unwrap();
+        assert_eq!(got.replicas, put.acked_by);
+        assert!(got.found);
+    }
+    assert_eq!(owners.len(), 3, "keys spread over all three owners");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_and_plugin_changes_reach_every_node() {
+    let cluster = LocalCluster::start(3).await.unwrap();
+    let c0 = cluster.client(0).await;
+    c0.set_bucket(SetBucketRequest { name: "conf".into(), max_siblings: Some(9), ..Default::default() }).await.unwrap();
+    let wasm = std::fs::read(plugins::LWW).unwrap();
+    c0.admin()
+        .deploy_plugin(pb::DeployPluginRequest {
+            name: "lww".into(),
+            version: "1".into(),
+            wasm: wasm.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 1..3 {
+        let c = cluster.client(i).await;
+        eventually(10, "the bucket change and the plugin reach every node", || {
+            let c = c.clone();
+            async move {
+                let props = c.get_bucket("conf").await.unwrap();
+                let plugins = c.admin().list_plugins(pb::ListPluginsRequest {}).await.unwrap().into_inner().plugins;
+                props.max_siblings == 9 && plugins.iter().any(|p| p.name == "lww")
+            }
+        })
+        .await;
+    }
+    // Bind on another node; every node resolves with the fetched plugin.
+    let c2 = cluster.client(2).await;
+    c2.set_bucket(SetBucketRequest { name: "conf".into(), resolver: Some("lww@1".into()), ..Default::default() })
+        .await
+        .unwrap();
+    let c1 = cluster.client(1).await;
+    eventually(10, "the binding reaches node 1", || async { c1.get_bucket("conf").await.unwrap().resolver == "lww@1" })
+        .await;
+    c1.put("conf", b"k", b"a", &Context::none()).await.unwrap();
+    c1.put("conf", b"k", b"b", &Context::none()).await.unwrap();
+    let got = c1.get("conf", b"k").await.unwrap();
+    assert_eq!(got.resolved_by.as_deref(), Some("lww@1"));
+    assert_eq!(got.values(), vec![&b"b"[..]]);
+    cluster.shutdown().await;
+}
+
+fn owned(status: &pb::ClusterStatusResponse) -> Vec<(String, u32)> {
+    status.nodes.iter().filter(|n| n.partitions > 0).map(|n| (n.node_id.clone(), n.partitions)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_and_leaving_rebalance_the_ring() {
+    let mut cluster = LocalCluster::start(3).await.unwrap();
+    let c = cluster.client(0).await;
+    for i in 0..20u32 {
+        c.put("j", format!("k{i}").as_bytes(), b"v", &Context::none()).await.unwrap();
+    }
+    let new = cluster.add_node().await.unwrap();
+    cluster.wait_for_ring(4).await.unwrap();
+    let status = c.cluster_status().await.unwrap();
+    assert_eq!(owned(&status).iter().map(|(_, p)| *p).collect::<Vec<_>>(), vec![16, 16, 16, 16], "{status:?}");
+    // The new owner is reachable and writable.
+    let newcomer = cluster.client(new).await;
+    for i in 0..20u32 {
+        let key = format!("new{i}");
+        newcomer.put_with("j", key.as_bytes(), b"v", &Context::none(), w(3)).await.unwrap();
+        assert!(c.get_with("j", key.as_bytes(), r(3)).await.unwrap().found);
+    }
+
+    // n1 leaves: its partitions go to the other three.
+    c.admin().leave(pb::LeaveRequest { node_id: "n1".into() }).await.unwrap();
+    eventually(15, "n1 is out of the ring", || async {
+        let s = c.cluster_status().await.unwrap();
+        let mut parts: Vec<u32> = owned(&s).iter().map(|(_, p)| *p).collect();
+        parts.sort();
+        s.nodes.iter().any(|n| n.node_id == "n1" && n.status == "leaving" && n.partitions == 0)
+            && parts == vec![21, 21, 22]
+    })
+    .await;
+    // Writes keep succeeding at W=3 on the three remaining owners.
+    c.put_with("j", b"after-leave", b"v", &Context::none(), w(3)).await.unwrap();
+    // Leaving an unknown node is refused.
+    let e = c.admin().leave(pb::LeaveRequest { node_id: "nobody".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_spread_replicas_and_local_quorum_counts_the_local_zone() {
+    let cluster =
+        LocalCluster::start_with(4, |i, c| c.zone = if i < 2 { "east".into() } else { "west".into() }).await.unwrap();
+    let c = cluster.client(0).await;
+    c.set_bucket(SetBucketRequest { name: "z".into(), n: Some(2), ..Default::default() }).await.unwrap();
+    eventually(10, "n=2 reaches every node", || async {
+        let mut ok = true;
+        for i in 0..4 {
+            ok &= cluster.client(i).await.get_bucket("z").await.unwrap().n == 2;
+        }
+        ok
+    })
+    .await;
+    for i in 0..20u32 {
+        let put = c.put_with("z", format!("k{i}").as_bytes(), b"v", &Context::none(), w(2)).await.unwrap();
+        let zones: BTreeSet<&str> =
+            put.acked_by.iter().map(|n| if n == "n0" || n == "n1" { "east" } else { "west" }).collect();
+        assert_eq!(zones.len(), 2, "two replicas, one per zone: {:?}", put.acked_by);
+    }
+    // LOCAL_QUORUM waits for a majority of the replicas in this zone (one).
+    let local = WriteOptions { consistency: Consistency::LocalQuorum, ..Default::default() };
+    let put = c.put_with("z", b"local", b"v", &Context::none(), local).await.unwrap();
+    assert!(!put.acked_by.is_empty());
+    cluster.shutdown().await;
+}
