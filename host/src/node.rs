@@ -92,7 +92,7 @@ impl Node {
 
         let (stop, stopped) = watch::channel(false);
         let faults = Arc::new(Faults::default());
-        let net = Arc::new(Net::new(Arc::clone(&faults)));
+        let net = Net::new(Arc::clone(&faults));
         let mut seeds = config.seeds.clone();
         for s in load_seeds(&*engine)? {
             if !seeds.contains(&s) {

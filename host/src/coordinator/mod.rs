@@ -281,24 +281,15 @@ impl Coordinator {
         tx: mpsc::UnboundedSender<(NodeId, Result<Option<Object>>)>,
     ) {
         let cluster = Arc::clone(&self.cluster);
-        let epoch = cluster.ring().epoch();
         let key = pb::ObjectKey { bucket: req.bucket.clone(), key: req.key.clone().into() };
         tokio::spawn(async move {
             let result = async {
                 let addr = cluster.addr_of(&node).ok_or_else(|| Error::internal("address unknown"))?;
                 let started = Instant::now();
-                let r = cluster
-                    .net()
-                    .replica_read(
-                        addr,
-                        remaining(deadline),
-                        pb::ReplicaReadRequest { keys: vec![key], ring_epoch: epoch },
-                    )
-                    .await;
+                let r = cluster.net().replica_read_one(addr, key, deadline).await;
                 metrics::histogram!("concord_replica_request_duration_seconds", "peer" => node.clone(), "op" => "read")
                     .record(started.elapsed().as_secs_f64());
-                let r = r.map_err(|e| Error::Remote(tonic::Status::unavailable(e.to_string())))?;
-                let bytes = r.results.into_iter().next().map(|r| r.object).unwrap_or_default();
+                let bytes = r.map_err(|e| Error::Remote(tonic::Status::unavailable(e)))?;
                 if bytes.is_empty() { Ok(None) } else { Ok(Some(decode_object(&bytes)?)) }
             }
             .await;
@@ -356,25 +347,30 @@ impl Coordinator {
         object: &Object,
         timeout: Duration,
     ) -> Result<()> {
+        self.send_encoded(node, bucket, key, encode_object(object).into(), Instant::now() + timeout).await
+    }
+
+    /// Sends an encoded object to one replica (batched with other writes to
+    /// the same peer), which merges it.
+    async fn send_encoded(
+        &self,
+        node: &str,
+        bucket: &str,
+        key: &[u8],
+        object: bytes::Bytes,
+        deadline: Instant,
+    ) -> Result<()> {
         let addr = self.cluster.addr_of(node).ok_or_else(|| Error::internal(format!("address of {node} unknown")))?;
-        let req = pb::ReplicaWriteRequest {
-            writes: vec![pb::ReplicaWrite {
-                key: Some(pb::ObjectKey { bucket: bucket.to_owned(), key: key.to_vec().into() }),
-                object: encode_object(object).into(),
-                hint_for: String::new(),
-            }],
-            ring_epoch: self.cluster.ring().epoch(),
+        let write = pb::ReplicaWrite {
+            key: Some(pb::ObjectKey { bucket: bucket.to_owned(), key: key.to_vec().into() }),
+            object,
+            hint_for: String::new(),
         };
         let started = Instant::now();
-        let r = self.cluster.net().replica_write(addr, timeout, req).await;
+        let r = self.cluster.net().replica_write_one(addr, write, deadline).await;
         metrics::histogram!("concord_replica_request_duration_seconds", "peer" => node.to_owned(), "op" => "write")
             .record(started.elapsed().as_secs_f64());
-        let r = r.map_err(|e| Error::Remote(tonic::Status::unavailable(e.to_string())))?;
-        match r.results.into_iter().next() {
-            Some(res) if res.error.is_empty() => Ok(()),
-            Some(res) => Err(Error::Internal(res.error)),
-            None => Err(Error::internal("empty replica answer")),
-        }
+        r.map_err(|e| Error::Remote(tonic::Status::unavailable(e)))
     }
 
     /// Runs the bucket's resolver on a read's siblings (and its shadow, in
@@ -515,11 +511,13 @@ impl Coordinator {
     ) -> Result<Vec<NodeId>> {
         let mut tally = Tally::new(needed, self.cluster.zone(), replicas.len());
         let (tx, mut rx) = mpsc::unbounded_channel();
+        // Encoded once, shared by every replica's request.
+        let encoded: bytes::Bytes = encode_object(object).into();
         for r in replicas.iter().filter(|r| **r != self.node_id) {
             let (this, r, tx) = (Arc::clone(self), r.clone(), tx.clone());
-            let (bucket, key, object) = (req.bucket.clone(), req.key.clone(), object.clone());
+            let (bucket, key, encoded) = (req.bucket.clone(), req.key.clone(), encoded.clone());
             tokio::spawn(async move {
-                let result = this.send_object(&r, &bucket, &key, &object, remaining(deadline)).await;
+                let result = this.send_encoded(&r, &bucket, &key, encoded, deadline).await;
                 let _ = tx.send((r, result));
             });
         }

@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
@@ -92,16 +92,152 @@ fn describe(status: &tonic::Status) -> String {
     if out.is_empty() { format!("{:?}", status.code()) } else { out }
 }
 
+/// Replica calls that are batched per peer: many items, one RPC.
+trait Batched: Send + 'static {
+    /// One queued request.
+    type Item: Send + 'static;
+    /// Its answer.
+    type Out: Send + 'static;
+    /// Metric name of the batch sizes.
+    const METRIC: &'static str;
+    /// Sends one batch; answers come back in item order.
+    fn call(
+        net: Arc<Net>,
+        addr: SocketAddr,
+        timeout: Duration,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<Result<Self::Out, String>>, String>> + Send;
+}
+
+/// Batched `ReplicaWrite`.
+struct Writes;
+
+impl Batched for Writes {
+    type Item = pb::ReplicaWrite;
+    type Out = ();
+    const METRIC: &'static str = "concord_replica_write_batch_size";
+
+    async fn call(
+        net: Arc<Net>,
+        addr: SocketAddr,
+        timeout: Duration,
+        writes: Vec<pb::ReplicaWrite>,
+    ) -> Result<Vec<Result<(), String>>, String> {
+        let resp = net.replica_write(addr, timeout, pb::ReplicaWriteRequest { writes, ring_epoch: 0 }).await;
+        let resp = resp.map_err(|e| e.to_string())?;
+        Ok(resp.results.into_iter().map(|r| if r.error.is_empty() { Ok(()) } else { Err(r.error) }).collect())
+    }
+}
+
+/// Batched `ReplicaRead`.
+struct Reads;
+
+impl Batched for Reads {
+    type Item = pb::ObjectKey;
+    type Out = bytes::Bytes;
+    const METRIC: &'static str = "concord_replica_read_batch_size";
+
+    async fn call(
+        net: Arc<Net>,
+        addr: SocketAddr,
+        timeout: Duration,
+        keys: Vec<pb::ObjectKey>,
+    ) -> Result<Vec<Result<bytes::Bytes, String>>, String> {
+        let resp = net.replica_read(addr, timeout, pb::ReplicaReadRequest { keys, ring_epoch: 0 }).await;
+        let resp = resp.map_err(|e| e.to_string())?;
+        Ok(resp.results.into_iter().map(|r| Ok(r.object)).collect())
+    }
+}
+
+/// One item waiting for its peer's next batch.
+struct Pending<B: Batched> {
+    item: B::Item,
+    deadline: Instant,
+    done: tokio::sync::oneshot::Sender<Result<B::Out, String>>,
+}
+
+type Queue<B> = tokio::sync::mpsc::UnboundedSender<Pending<B>>;
+
+/// Most items in one batch.
+const MAX_BATCH: usize = 128;
+/// Batches in flight to one peer at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
 /// Calls to peers.
 pub struct Net {
     faults: Arc<Faults>,
     channels: Mutex<HashMap<SocketAddr, InternalClient<Channel>>>,
+    /// Per peer, the queues of its batching tasks (see [`Net::replica_write_one`]).
+    write_queues: Mutex<HashMap<SocketAddr, Queue<Writes>>>,
+    read_queues: Mutex<HashMap<SocketAddr, Queue<Reads>>>,
+    /// For the batching tasks, which must not keep the net alive.
+    me: Weak<Net>,
 }
 
 impl Net {
     /// A net with the given fault rules (empty in production).
-    pub fn new(faults: Arc<Faults>) -> Self {
-        Self { faults, channels: Mutex::new(HashMap::new()) }
+    pub fn new(faults: Arc<Faults>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            faults,
+            channels: Mutex::new(HashMap::new()),
+            write_queues: Mutex::new(HashMap::new()),
+            read_queues: Mutex::new(HashMap::new()),
+            me: me.clone(),
+        })
+    }
+
+    /// Sends one replica write to `addr` as part of a batch: writes queued
+    /// for the same peer while earlier batches are in flight go together in
+    /// one call, so under load a peer gets a fraction of the calls it would
+    /// get with one call per write. Returns the peer's answer for this write.
+    pub async fn replica_write_one(
+        &self,
+        addr: SocketAddr,
+        write: pb::ReplicaWrite,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        self.enqueue::<Writes>(&self.write_queues, addr, write, deadline).await
+    }
+
+    /// Reads one object's copy on `addr` as part of a batch (as
+    /// [`Net::replica_write_one`]). Empty bytes mean the replica has none.
+    pub async fn replica_read_one(
+        &self,
+        addr: SocketAddr,
+        key: pb::ObjectKey,
+        deadline: Instant,
+    ) -> Result<bytes::Bytes, String> {
+        self.enqueue::<Reads>(&self.read_queues, addr, key, deadline).await
+    }
+
+    async fn enqueue<B: Batched>(
+        &self,
+        queues: &Mutex<HashMap<SocketAddr, Queue<B>>>,
+        addr: SocketAddr,
+        item: B::Item,
+        deadline: Instant,
+    ) -> Result<B::Out, String> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let mut pending = Pending::<B> { item, deadline, done };
+        {
+            let mut queues = queues.lock().expect("batch queue map lock");
+            loop {
+                let tx = queues.entry(addr).or_insert_with(|| {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(run_batcher::<B>(self.me.clone(), addr, rx));
+                    tx
+                });
+                match tx.send(pending) {
+                    Ok(()) => break,
+                    // The task ended (it does not while the net lives): start over.
+                    Err(failed) => {
+                        pending = failed.0;
+                        queues.remove(&addr);
+                    }
+                }
+            }
+        }
+        wait.await.unwrap_or_else(|_| Err("the peer's request queue stopped".into()))
     }
 
     /// The fault rules this net obeys.
@@ -167,6 +303,52 @@ impl Net {
         req: pb::ReplicaWriteRequest,
     ) -> Result<pb::ReplicaWriteResponse, NetError> {
         self.call(addr, deadline, |mut c| async move { c.replica_write(req).await }).await
+    }
+}
+
+/// Collects queued items for one peer into batches and sends them, up to
+/// [`BATCHES_IN_FLIGHT`] at once. Items that arrive while batches are in
+/// flight wait for the next one, so batches grow with load on their own.
+async fn run_batcher<B: Batched>(
+    net: Weak<Net>,
+    addr: SocketAddr,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending<B>>,
+) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let sizes = metrics::histogram!(B::METRIC);
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        sizes.record(batch.len() as f64);
+        let Some(net) = net.upgrade() else { return };
+        tokio::spawn(async move {
+            let deadline = batch.iter().map(|p| p.deadline).max().expect("a batch is never empty");
+            let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let (items, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.done)).unzip();
+            match B::call(net, addr, timeout, items).await {
+                Ok(results) => {
+                    let mut results = results.into_iter();
+                    for w in waiters {
+                        let r = results
+                            .next()
+                            .unwrap_or_else(|| Err("the peer answered fewer items than it was sent".into()));
+                        let _ = w.send(r);
+                    }
+                }
+                Err(e) => {
+                    for w in waiters {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 }
 
