@@ -240,3 +240,31 @@ async fn zones_spread_replicas_and_local_quorum_counts_the_local_zone() {
     assert!(!put.acked_by.is_empty());
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_way_cuts_and_slow_links_are_contained() {
+    let cluster = LocalCluster::start(3).await.unwrap();
+    let c0 = cluster.client(0).await;
+    // n0 cannot send to n2, but n2 still reaches n0.
+    cluster.node(0).faults().set(cluster.addrs[2], concord::net::Fault::Drop);
+    let all = WriteOptions { w: 3, timeout: Some(Duration::from_millis(600)), ..Default::default() };
+    let e = c0.put_with("oneway", b"k", b"v", &Context::none(), all).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Unavailable(m) if m.contains("write needed 3 of 3 replicas, 2 answered")), "{e}");
+    let c2 = cluster.client(2).await;
+    let put = c2.put_with("oneway", b"k2", b"v", &Context::none(), w(3)).await.unwrap();
+    assert_eq!(put.acked_by.len(), 3, "the other direction still works");
+    cluster.heal();
+
+    // A slow replica does not slow W=2 writes: the coordinator answers at
+    // two acks and the third finishes in the background.
+    cluster.node(0).faults().set(cluster.addrs[2], concord::net::Fault::Delay(Duration::from_millis(700)));
+    let put = c0.put_with("slow", b"k", b"v", &Context::none(), w(2)).await.unwrap();
+    assert!(!put.acked_by.contains(&"n2".to_string()), "the reply did not wait for n2: {:?}", put.acked_by);
+    // The straggler's copy lands once the delay passes (an r=1 read at n2
+    // answers from n2's own copy first).
+    eventually(5, "the delayed replica receives the write", || async {
+        c2.get_with("slow", b"k", ReadOptions { r: 1, ..Default::default() }).await.map(|g| g.found).unwrap_or(false)
+    })
+    .await;
+    cluster.shutdown().await;
+}
