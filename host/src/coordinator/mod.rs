@@ -233,12 +233,13 @@ impl Coordinator {
         let mut tally = Tally::new(needed, self.cluster.zone(), replicas.len());
         let mut answers: Vec<(NodeId, Option<Object>)> = Vec::with_capacity(replicas.len());
         let (tx, mut rx) = mpsc::unbounded_channel();
-        for r in &replicas {
-            if *r == self.node_id {
-                let _ = tx.send((r.clone(), self.objects.read(partition, &req.bucket, &req.key)));
-            } else {
-                self.spawn_remote_read(r.clone(), &req, deadline, tx.clone());
-            }
+        // The local copy (a few microseconds) is read before the remote
+        // reads start, so it is always the first answer.
+        if replicas.contains(&self.node_id) {
+            let _ = tx.send((self.node_id.clone(), self.objects.read(partition, &req.bucket, &req.key)));
+        }
+        for r in replicas.iter().filter(|r| **r != self.node_id) {
+            self.spawn_remote_read(r.clone(), &req, deadline, tx.clone());
         }
         drop(tx);
         while !tally.satisfied() && tally.answered() < replicas.len() {
