@@ -12,8 +12,8 @@
 //! * *balance*: every member owns `floor(Q/S)` or `ceil(Q/S)` partitions;
 //! * *minimal movement*: balance moves exactly the partitions of members
 //!   that left plus the shares of members that joined; repairing spacing
-//!   can add swaps (over random histories at most 9 more moves of 16
-//!   partitions, 26 of 64, 43 of 128);
+//!   can add swaps (over random histories at most 10 more moves of 16
+//!   partitions, 14 of 64, 24 of 128);
 //! * *spacing*: any `N` consecutive partitions (the target `n` of the ring)
 //!   have distinct owners, spread over zones where zones exist, whenever the
 //!   membership allows it (at least `N + 1` members; or `N` members when `N`
@@ -24,7 +24,9 @@
 //! member above its share, choosing one where it owns nothing within
 //! `N - 1` positions (and, where possible, its zone is not there either).
 //! Spacing conflicts that remain are repaired by swapping the owners of two
-//! partitions, which keeps the counts and so the balance.
+//! partitions, which keeps the counts and so the balance. Last, swaps that
+//! hand partitions back to their previous owners without breaking spacing
+//! undo the moves the repair did not need.
 
 use std::collections::BTreeMap;
 
@@ -251,8 +253,53 @@ fn claim(current: &[NodeId], members: &BTreeMap<NodeId, Member>, n: usize) -> Ve
     let mut owners: Vec<NodeId> = owners.into_iter().map(|o| o.expect("every partition assigned")).collect();
     if spacing_possible(q, members.len(), n) {
         repair_spacing(&mut owners, n);
+        restore_owners(&mut owners, current, n);
     }
     owners
+}
+
+/// Undoes moves that spacing repair made but did not need: swaps that give
+/// partitions back to their previous owners without adding violations.
+/// Repair walks across plateaus of equally good layouts, and on a tight
+/// membership (say four members for `n = 3`) that walk can reshuffle most
+/// of the ring; this pass brings the movement back down.
+fn restore_owners(owners: &mut [NodeId], previous: &[NodeId], n: usize) {
+    let q = owners.len();
+    let mut improved = true;
+    while improved {
+        improved = false;
+        for a in 0..q {
+            if owners[a] == previous[a] {
+                continue;
+            }
+            for b in 0..q {
+                // After the swap `a` is back with its previous owner; `b`
+                // must not lose its own previous owner in exchange.
+                if owners[b] != previous[a] || owners[b] == previous[b] {
+                    continue;
+                }
+                let before = violations_near_pair(owners, a, b, n);
+                owners.swap(a, b);
+                if violations_near_pair(owners, a, b, n) <= before {
+                    improved = true;
+                    break;
+                }
+                owners.swap(a, b);
+            }
+        }
+    }
+}
+
+/// Violations a swap of `a` and `b` can change. When the two are close
+/// their windows overlap, so everything is counted.
+fn violations_near_pair(owners: &[NodeId], a: usize, b: usize, n: usize) -> usize {
+    let q = owners.len();
+    let close = (1..2 * n as isize).any(|d| at(a, d, q) == b || at(a, -d, q) == b);
+    if close {
+        spacing_violations(owners, n)
+    } else {
+        violations_around(owners, a, n) + violations_around(owners, b, n)
+    }
 }
 
 /// Whether `s` members can own `q` partitions with any `n` consecutive ones
@@ -303,15 +350,7 @@ fn repair_spacing(owners: &mut [NodeId], n: usize) {
     if q < 2 || n < 2 {
         return;
     }
-    let local = |owners: &[NodeId], a: usize, b: usize| {
-        // Windows overlap when a and b are close: count globally then.
-        let close = (1..2 * n as isize).any(|d| at(a, d, q) == b || at(a, -d, q) == b);
-        if close {
-            spacing_violations(owners, n)
-        } else {
-            violations_around(owners, a, n) + violations_around(owners, b, n)
-        }
-    };
+    let local = |owners: &[NodeId], a: usize, b: usize| violations_near_pair(owners, a, b, n);
     // Greedy phase.
     'greedy: for _ in 0..q * 2 {
         let Some(a) = (0..q).find(|&p| violates(owners, p, n)) else { return };
