@@ -112,9 +112,11 @@ impl GetResult {
 /// The answer to a put or delete.
 #[derive(Clone, Debug)]
 pub struct WriteResult {
-    /// Context covering the new write.
+    /// Context covering the new write and every sibling in `siblings`: a
+    /// write with it replaces them all, so look at them first.
     pub context: Context,
-    /// Siblings after the write (only with [`WriteOptions::return_body`]).
+    /// Siblings after the write: always when the write left more than one,
+    /// otherwise only with [`WriteOptions::return_body`].
     pub siblings: Vec<Sibling>,
     /// Number of siblings after the write.
     pub sibling_count: u32,
@@ -177,7 +179,8 @@ pub enum ClientError {
     #[error("deadline exceeded: {0}")]
     Timeout(String),
     /// The key has too many siblings; merge these and write back with
-    /// `context`.
+    /// `context`. When they are too large to send with an error, both are
+    /// empty: read the key to get them.
     #[error("sibling limit of {limit} reached: merge the {} siblings and write back with the returned context", siblings.len())]
     SiblingLimit {
         /// The bucket's `max_siblings`.
@@ -346,8 +349,8 @@ impl Client {
         let r = self.kv.clone().delete(req).await?.into_inner();
         Ok(WriteResult {
             context: Context(r.context),
-            siblings: Vec::new(),
-            sibling_count: 0,
+            sibling_count: r.siblings.len().max(1) as u32,
+            siblings: r.siblings.into_iter().map(Sibling::from).collect(),
             acked_by: r.acked_by,
             sloppy: r.sloppy,
             resolved_by: None,

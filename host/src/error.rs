@@ -39,6 +39,11 @@ pub enum Error {
         detail: String,
     },
 
+    /// The node cannot serve this right now but will soon (a plugin still
+    /// being fetched, a ring change in progress). Retry.
+    #[error("{0}")]
+    NotReady(String),
+
     /// The request's deadline passed before it finished.
     #[error("deadline exceeded after {0} ms")]
     Timeout(u64),

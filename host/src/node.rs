@@ -229,13 +229,19 @@ impl Node {
                 Ok(())
             }
         };
-        // The services (and their handles on the store) are gone; the last
-        // handle is ours. Dropping the object store joins its durability
-        // worker, then the engine flushes, then the lock goes.
+        // The services are gone. Background tasks (read repair, write-back)
+        // may still hold the store for a moment; the engine flush below
+        // covers everything written so far, then the lock goes.
         drop(self.cluster);
-        drop(self.objects);
+        // If a background task still holds the store it could write after
+        // the final flush; then the run does not count as clean.
+        let sole = Arc::try_unwrap(self.objects).map(drop).is_ok();
         let flushed = self.engine.flush();
         drop(self.engine);
+        // Only a run that ended with everything flushed keeps its actor id.
+        if flushed.is_ok() && sole {
+            self.dir.mark_clean()?;
+        }
         drop(self.dir);
         served?;
         flushed.map_err(Error::from)

@@ -31,8 +31,12 @@ async fn key_value_semantics() {
     assert_eq!(r.values(), vec![&b"v1"[..]]);
     assert_eq!(r.replicas.len(), 1);
 
-    // Concurrent writes (no context) become siblings.
-    c.put("b", b"k", b"v2", &Context::none()).await.unwrap();
+    // Concurrent writes (no context) become siblings. The reply's context
+    // covers both, so the reply shows both.
+    let second = c.put("b", b"k", b"v2", &Context::none()).await.unwrap();
+    assert_eq!(second.sibling_count, 2);
+    let shown: BTreeSet<Vec<u8>> = second.siblings.iter().map(|s| s.value.clone()).collect();
+    assert_eq!(shown, set(&[b"v1", b"v2"]), "a reply whose context covers siblings lists them");
     assert_eq!(values(&c, "b", b"k").await, set(&[b"v1", b"v2"]));
 
     // Writing with the read's context supersedes both.

@@ -5,6 +5,7 @@ use std::time::Duration;
 use concord_proto::v1 as pb;
 
 use crate::causal::Sibling;
+use crate::coordinator::wire::consistency_from_proto;
 use crate::coordinator::{Consistency, QuorumSpec};
 
 /// A stored sibling as the API shows it.
@@ -18,14 +19,7 @@ pub fn sibling_to_proto(s: &Sibling) -> pb::Sibling {
 }
 
 fn consistency(raw: i32) -> Result<Consistency, String> {
-    match pb::Consistency::try_from(raw) {
-        Ok(pb::Consistency::Default) => Ok(Consistency::Default),
-        Ok(pb::Consistency::One) => Ok(Consistency::One),
-        Ok(pb::Consistency::Quorum) => Ok(Consistency::Quorum),
-        Ok(pb::Consistency::All) => Ok(Consistency::All),
-        Ok(pb::Consistency::LocalQuorum) => Ok(Consistency::LocalQuorum),
-        Err(_) => Err(format!("unknown consistency level {raw}")),
-    }
+    consistency_from_proto(raw).map_err(|e| e.to_string())
 }
 
 fn timeout(ms: u32) -> Option<Duration> {

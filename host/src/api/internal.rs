@@ -49,12 +49,19 @@ impl pb::internal_server::Internal for InternalService {
     ) -> Result<Response<pb::ReplicaReadResponse>, Status> {
         let ring = self.cluster.ring();
         let mut results = Vec::new();
+        // A batch mixes unrelated requests: each key succeeds or fails alone.
         for k in request.into_inner().keys {
-            let k = Self::key(Some(k)).map_err(admin_status)?;
-            let partition = ring.partition_of(&k.bucket, &k.key);
-            let object = self.objects.read(partition, &k.bucket, &k.key).map_err(admin_status)?;
-            results
-                .push(pb::ReplicaReadResult { object: object.map(|o| encode_object(&o).into()).unwrap_or_default() });
+            let read = Self::key(Some(k)).and_then(|k| {
+                let partition = ring.partition_of(&k.bucket, &k.key);
+                self.objects.read(partition, &k.bucket, &k.key)
+            });
+            results.push(match read {
+                Ok(object) => pb::ReplicaReadResult {
+                    object: object.map(|o| encode_object(&o).into()).unwrap_or_default(),
+                    error: String::new(),
+                },
+                Err(e) => pb::ReplicaReadResult { object: Default::default(), error: e.to_string() },
+            });
         }
         Ok(Response::new(pb::ReplicaReadResponse { results }))
     }

@@ -121,7 +121,9 @@ impl pb::kv_server::Kv for KvService {
         let reply = result.map_err(|e| to_status(e, &req.bucket, &req.key)).map(|(out, validated_by)| {
             Response::new(pb::PutResponse {
                 context: encode_context(out.object.context(), &req.bucket, &req.key).into(),
-                siblings: if return_body {
+                // The context covers every stored sibling, so a writer is
+                // always shown them when there is more than its own.
+                siblings: if return_body || out.object.siblings().len() > 1 {
                     out.object.siblings().iter().map(sibling_to_proto).collect()
                 } else {
                     Vec::new()
@@ -151,10 +153,16 @@ impl pb::kv_server::Kv for KvService {
         }
         .await;
         let reply = result.map_err(|e| to_status(e, &req.bucket, &req.key)).map(|out| {
+            let siblings = if out.object.siblings().len() > 1 {
+                out.object.siblings().iter().map(sibling_to_proto).collect()
+            } else {
+                Vec::new()
+            };
             Response::new(pb::DeleteResponse {
                 context: encode_context(out.object.context(), &req.bucket, &req.key).into(),
                 acked_by: out.acked_by,
                 sloppy: out.sloppy,
+                siblings,
             })
         });
         observe(&self.metrics.delete, started, reply)

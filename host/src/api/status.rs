@@ -8,6 +8,9 @@ use crate::Error;
 use crate::causal::encode_context;
 use concord_proto::v1 as pb;
 
+/// Largest error details sent (in the `grpc-status-details-bin` trailer).
+const MAX_DETAILS: usize = 6 * 1024;
+
 /// The gRPC status for `e`. `bucket` and `key` name the object a
 /// [`Error::SiblingLimit`] refers to, so its context token can be minted.
 pub fn to_status(e: Error, bucket: &str, key: &[u8]) -> Status {
@@ -15,14 +18,25 @@ pub fn to_status(e: Error, bucket: &str, key: &[u8]) -> Status {
         Error::InvalidInput(m) => Status::invalid_argument(m),
         e @ Error::Rejected { .. } => Status::invalid_argument(e.to_string()),
         e @ Error::Unavailable { .. } => Status::unavailable(e.to_string()),
+        Error::NotReady(m) => Status::unavailable(m),
         e @ Error::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         Error::SiblingLimit { limit, siblings, object } => {
             let msg = Error::SiblingLimit { limit, siblings, object: object.clone() }.to_string();
-            let details = pb::SiblingLimitExceeded {
+            let mut details = pb::SiblingLimitExceeded {
                 limit: limit as u32,
                 siblings: object.siblings().iter().map(sibling_to_proto).collect(),
                 context: encode_context(object.context(), bucket, key).into(),
             };
+            // Details travel in a trailer, and peers cap trailers at a few
+            // KiB. Too big, and the siblings (and the context that covers
+            // them, which must not be used without them) are left out: the
+            // client reads the key to get both.
+            if details.encoded_len() > MAX_DETAILS {
+                details.siblings.clear();
+                details.context = Default::default();
+                let msg = format!("{msg}; the siblings are too large to include, so read the key to get them");
+                return Status::with_details(Code::FailedPrecondition, msg, details.encode_to_vec().into());
+            }
             Status::with_details(Code::FailedPrecondition, msg, details.encode_to_vec().into())
         }
         Error::NotFound(m) => Status::not_found(m),

@@ -40,7 +40,19 @@ pub struct PutArgs {
     /// Read the value from a file.
     #[arg(long)]
     file: Option<PathBuf>,
-    /// Context token from a previous get (replaces the siblings it covers).
+    #[command(flatten)]
+    write: WriteFlags,
+    /// Print the siblings after the write.
+    #[arg(long)]
+    return_body: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// What put and delete share: the context and the write quorum.
+#[derive(clap::Args)]
+pub struct WriteFlags {
+    /// Context token from a previous get: the write replaces the siblings it covers.
     #[arg(long)]
     context: Option<String>,
     /// Replicas that must acknowledge.
@@ -49,11 +61,6 @@ pub struct PutArgs {
     /// Named consistency level.
     #[arg(long, value_enum)]
     consistency: Option<Level>,
-    /// Print the siblings after the write.
-    #[arg(long)]
-    return_body: bool,
-    #[command(flatten)]
-    target: Target,
 }
 
 #[derive(clap::Args)]
@@ -74,15 +81,8 @@ pub struct GetArgs {
 pub struct DeleteArgs {
     bucket: String,
     key: String,
-    /// Context token from a previous get (deletes what it covers).
-    #[arg(long)]
-    context: Option<String>,
-    /// Replicas that must acknowledge.
-    #[arg(long, conflicts_with = "consistency")]
-    w: Option<u32>,
-    /// Named consistency level.
-    #[arg(long, value_enum)]
-    consistency: Option<Level>,
+    #[command(flatten)]
+    write: WriteFlags,
     #[command(flatten)]
     target: Target,
 }
@@ -94,12 +94,18 @@ fn context(token: Option<&str>) -> anyhow::Result<Context> {
     })
 }
 
-fn write_options(w: Option<u32>, consistency: Option<Level>, return_body: bool) -> WriteOptions {
-    WriteOptions {
-        w: w.unwrap_or(0),
-        consistency: consistency.map(Into::into).unwrap_or_default(),
-        return_body,
-        ..Default::default()
+impl WriteFlags {
+    fn context(&self) -> anyhow::Result<Context> {
+        context(self.context.as_deref())
+    }
+
+    fn options(&self, return_body: bool) -> WriteOptions {
+        WriteOptions {
+            w: self.w.unwrap_or(0),
+            consistency: self.consistency.map(Into::into).unwrap_or_default(),
+            return_body,
+            ..Default::default()
+        }
     }
 }
 
@@ -120,9 +126,9 @@ fn read_value(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
 
 pub async fn put(args: PutArgs) -> anyhow::Result<()> {
     let value = read_value(&args)?;
-    let ctx = context(args.context.as_deref())?;
+    let ctx = args.write.context()?;
     let client = connect(&args.target).await?;
-    let opts = write_options(args.w, args.consistency, args.return_body);
+    let opts = args.write.options(args.return_body);
     let r = client.put_with(&args.bucket, args.key.as_bytes(), &value, &ctx, opts).await?;
     if args.target.json {
         println!(
@@ -202,14 +208,28 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    let ctx = context(args.context.as_deref())?;
+    let ctx = args.write.context()?;
     let client = connect(&args.target).await?;
-    let opts = write_options(args.w, args.consistency, false);
+    let opts = args.write.options(false);
     let r = client.delete_with(&args.bucket, args.key.as_bytes(), &ctx, opts).await?;
     if args.target.json {
-        println!("{}", json!({"context": r.context.to_base64(), "acked_by": r.acked_by, "sloppy": r.sloppy}));
+        println!(
+            "{}",
+            json!({
+                "context": r.context.to_base64(),
+                "acked_by": r.acked_by,
+                "sloppy": r.sloppy,
+                "siblings": r.siblings.iter().map(sibling_json).collect::<Vec<_>>(),
+            })
+        );
     } else {
         println!("deleted, acked by {}", r.acked_by.join(", "));
+        if !r.siblings.is_empty() {
+            println!("concurrent writes remain beside the tombstone:");
+        }
+        for (i, s) in r.siblings.iter().enumerate() {
+            print_sibling(i, s);
+        }
         println!("context: {}", r.context.to_base64());
     }
     Ok(())

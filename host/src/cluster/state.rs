@@ -39,6 +39,7 @@ use crate::storage::{Space, Store};
 use crate::{Error, Result};
 
 const RING_KEY: &[u8] = b"ring";
+const LEAVING_KEY: &[u8] = b"leaving";
 const SEEDS_KEY: &[u8] = b"seeds";
 const RING_FORMAT: u32 = 1;
 
@@ -70,7 +71,8 @@ fn encode_ring(ring: &Ring) -> Vec<u8> {
 /// Seeds a node learned through `cluster join`, kept for its next start.
 pub fn load_seeds(store: &dyn Store) -> Result<Vec<String>> {
     Ok(match store.get(Space::Meta, SEEDS_KEY)? {
-        Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        Some(b) => serde_json::from_slice(&b)
+            .map_err(|e| Error::Corruption(format!("the remembered seed list does not decode: {e}")))?,
         None => Vec::new(),
     })
 }
@@ -114,12 +116,12 @@ impl Cluster {
             zone,
             advertise,
             ring: ArcSwap::from_pointee(ring),
+            leaving: AtomicBool::new(matches!(store.get(Space::Meta, LEAVING_KEY), Ok(Some(_)))),
             store,
             membership,
             buckets,
             plugins,
             net,
-            leaving: AtomicBool::new(false),
             gossip_interval,
             ring_write: std::sync::Mutex::new(()),
         })
@@ -210,29 +212,39 @@ impl Cluster {
         }
     }
 
-    /// Merges a peer's metadata; missing plugins are fetched from `from`.
+    /// Merges a peer's metadata. Missing plugins are fetched from `from`
+    /// and compiled *before* bucket properties are merged, so a binding
+    /// never reaches this node ahead of the plugin it names.
     async fn merge_metadata(&self, md: pb::ClusterMetadata, from: SocketAddr) -> Result<()> {
         self.adopt_ring(decode_ring(&md.ring)?, false)?;
+        for info in self.plugins.registry().missing(&md.plugins)? {
+            let r = info.plugin_ref();
+            if let Err(e) = self.fetch_plugin(info, from).await {
+                tracing::warn!(plugin = %r, peer = %from, error = %e, "fetching a plugin from a peer failed; retrying next round");
+            }
+        }
         let changed = self.buckets.import(&md.buckets)?;
         if changed > 0 {
             tracing::info!(changed, peer = %from, "bucket properties updated from a peer");
         }
-        for info in self.plugins.registry().missing(&md.plugins)? {
-            let r = info.plugin_ref();
-            let req = pb::FetchPluginRequest { name: r.name.clone(), version: r.version.clone() };
-            let fetched = self
-                .net
-                .call(from, Duration::from_secs(10), |mut c| async move { c.fetch_plugin(req).await })
-                .await
-                .map_err(|e| Error::Internal(format!("fetching plugin {r}: {e}")))?;
-            let plugins = Arc::clone(&self.plugins);
-            let bytes = fetched.wasm.to_vec();
-            // Compiling blocks; keep it off the async workers.
-            tokio::task::spawn_blocking(move || plugins.registry().add_remote(info, &bytes))
-                .await
-                .map_err(Error::internal)??;
-            tracing::info!(plugin = %r, peer = %from, "plugin fetched from a peer");
-        }
+        Ok(())
+    }
+
+    async fn fetch_plugin(&self, info: crate::plugins::PluginInfo, from: SocketAddr) -> Result<()> {
+        let r = info.plugin_ref();
+        let req = pb::FetchPluginRequest { name: r.name.clone(), version: r.version.clone() };
+        let fetched = self
+            .net
+            .call(from, Duration::from_secs(10), |mut c| async move { c.fetch_plugin(req).await })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let plugins = Arc::clone(&self.plugins);
+        let bytes = fetched.wasm.to_vec();
+        // Compiling blocks; keep it off the async workers.
+        tokio::task::spawn_blocking(move || plugins.registry().add_remote(info, &bytes))
+            .await
+            .map_err(Error::internal)??;
+        tracing::info!(plugin = %r, peer = %from, "plugin fetched from a peer");
         Ok(())
     }
 
@@ -273,6 +285,15 @@ impl Cluster {
         }
         if agree {
             self.claim(&members);
+        }
+        // Removal requests this node made are done once the ring has let the
+        // node go; dropping them keeps a later return of it from being
+        // undone.
+        if let Some(me) = &me {
+            let ring = self.ring();
+            for removed in me.removals.iter().filter(|r| !ring.is_member(r)) {
+                self.membership.delete(&format!("remove:{removed}")).await;
+            }
         }
         self.publish().await;
     }
@@ -356,11 +377,15 @@ impl Cluster {
             return Err(Error::invalid("a node cannot join itself"));
         }
         let ring = self.ring();
-        if ring.members().keys().any(|m| *m != self.node_id) {
+        if ring.is_member(&self.node_id) && ring.members().keys().any(|m| *m != self.node_id) {
             return Err(Error::FailedPrecondition(format!(
                 "this node is already in a cluster of {} nodes; leave it first",
                 ring.members().len()
             )));
+        }
+        // A node that left may join again.
+        if self.leaving.swap(false, Ordering::Relaxed) {
+            self.store.remove(Space::Meta, LEAVING_KEY)?;
         }
         let md = self
             .net
@@ -405,6 +430,9 @@ impl Cluster {
     pub async fn leave(&self, node: Option<&str>) -> Result<()> {
         let target = node.filter(|n| !n.is_empty()).unwrap_or(&self.node_id);
         if target == self.node_id {
+            // Remembered across restarts: a node that left stays out.
+            self.store.insert(Space::Meta, LEAVING_KEY, b"1")?;
+            self.store.flush()?;
             self.leaving.store(true, Ordering::Relaxed);
             self.publish().await;
             tracing::info!("leaving the ring");
@@ -417,14 +445,23 @@ impl Cluster {
         }
         if let Some(peer) = members.peers.get(target).filter(|p| p.live) {
             let req = pb::LeaveRequest { node_id: target.to_owned() };
-            let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", peer.addr))
-                .await
-                .map_err(|e| Error::Internal(format!("cannot reach {target}: {e}")))?;
-            admin
-                .leave(req)
-                .await
-                .map_err(|s| Error::Internal(format!("{target} refused to leave: {}", s.message())))?;
-            return Ok(());
+            let unreachable = |why: String| Error::Unavailable {
+                op: "leave",
+                needed: 1,
+                got: 0,
+                total: 1,
+                detail: format!("; cannot reach {target}: {why}"),
+            };
+            let call = async {
+                let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", peer.addr))
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                admin.leave(req).await.map_err(Error::Remote)
+            };
+            return match tokio::time::timeout(Duration::from_secs(5), call).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(unreachable("no answer within 5 s".into())),
+            };
         }
         self.membership.set(&format!("remove:{target}"), "1").await;
         tracing::info!(node = target, "asked the claimant to remove a down node");

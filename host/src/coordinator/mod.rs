@@ -22,6 +22,7 @@
 //! how many answered and why the others did not.
 
 pub mod quorum;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,13 +33,14 @@ use tokio::sync::mpsc;
 
 pub use quorum::{Consistency, Needed, QuorumSpec};
 
-use crate::causal::{Content, Dot, Object, Sibling, VersionVector, decode_context, encode_context};
+use crate::causal::{Content, Dot, Object, Sibling, VersionVector};
 use crate::cluster::{BucketProps, Buckets, Cluster, ResolveOn};
 use crate::plugins::{Plugins, Resolution};
 use crate::ring::NodeId;
 use crate::storage::ObjectStore;
 use crate::storage::codec::{decode_object, encode_object};
 use crate::{Error, Result};
+pub use wire::{forward_reply, write_from_forward};
 
 /// A read, checked.
 #[derive(Clone, Debug)]
@@ -382,23 +384,20 @@ impl Coordinator {
         props: &BucketProps,
         object: &Object,
     ) -> Option<(Content, Arc<str>)> {
-        if object.siblings().len() < 2 || (props.resolver.is_none() && props.shadow_resolver.is_none()) {
+        let has_resolver = props.resolver.is_some() || props.shadow_resolver.is_some();
+        if !has_resolver || object.live_siblings().nth(1).is_none() {
             return None;
         }
         let resolved = self.plugins.resolve(&req.bucket, props, &req.key, object.siblings()).await?;
-        let content = match resolved.resolution {
-            Resolution::Resolved(v) => Content::Value(v),
-            Resolution::Delete => Content::Tombstone,
-            Resolution::KeepSiblings => return None,
-        };
-        Some((content, resolved.by))
+        Some((content_of(resolved.resolution)?, resolved.by))
     }
 
     /// Stores a resolved value over the siblings it merged, so later reads
-    /// find one sibling. On a replica this is a local write spread to the
-    /// other replicas in the background; elsewhere it is an ordinary put
-    /// in the background. The resolution is deterministic, so losing this
-    /// write only means a later read resolves again.
+    /// find one sibling, and spreads it to the other replicas in the
+    /// background. Only a replica writes back, and only if its copy is
+    /// still what was read: concurrent readers of one conflict write it back
+    /// once. The resolution is deterministic, so a write-back that does not
+    /// happen only means a later read resolves again.
     async fn write_back(
         self: &Arc<Self>,
         partition: u32,
@@ -408,34 +407,21 @@ impl Coordinator {
         content: Content,
         deadline: Instant,
     ) -> Option<Object> {
-        if replicas.contains(&self.node_id) {
-            let written = self
-                .objects
-                .update(partition, &req.bucket, &req.key, read.context(), content, crate::now_ms(), usize::MAX)
-                .map_err(|e| tracing::debug!(error = %e, "writing back a resolved value failed"))
-                .ok()?;
-            for r in replicas.iter().filter(|r| **r != self.node_id) {
-                let (this, r, bucket, key, object) =
-                    (Arc::clone(self), r.clone(), req.bucket.clone(), req.key.clone(), written.clone());
-                tokio::spawn(async move { this.send_object(&r, &bucket, &key, &object, remaining(deadline)).await });
-            }
-            return Some(written);
+        if !replicas.contains(&self.node_id) {
+            return None;
         }
-        let write = WriteRequest {
-            bucket: req.bucket.clone(),
-            key: req.key.clone(),
-            content,
-            context: read.context().clone(),
-            quorum: QuorumSpec::default(),
-            timeout: None,
-        };
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            if let Err(e) = this.put(write).await {
-                tracing::debug!(error = %e, "writing back a resolved value failed; the next read resolves again");
-            }
-        });
-        None
+        let written = self
+            .objects
+            .replace_if_unchanged(partition, &req.bucket, &req.key, read, content, crate::now_ms())
+            .map_err(|e| tracing::debug!(error = %e, "writing back a resolved value failed"))
+            .ok()??;
+        let encoded: bytes::Bytes = encode_object(&written).into();
+        for r in replicas.iter().filter(|r| **r != self.node_id) {
+            let (this, r, bucket, key, encoded) =
+                (Arc::clone(self), r.clone(), req.bucket.clone(), req.key.clone(), encoded.clone());
+            tokio::spawn(async move { this.send_encoded(&r, &bucket, &key, encoded, deadline).await });
+        }
+        Some(written)
     }
 
     /// Writes a value or a tombstone.
@@ -460,7 +446,16 @@ impl Coordinator {
     ) -> Result<WriteOutcome> {
         let props = self.buckets.get(&req.bucket);
         let (partition, replicas, needed) = self.plan("write", req.quorum, &props, &req.bucket, &req.key)?;
-        if !replicas.contains(&self.node_id) && !forwarded {
+        if !replicas.contains(&self.node_id) {
+            if forwarded {
+                // The forwarder's ring and ours disagree: a ring change is
+                // under way. Counting our own ack would let a write reach
+                // "w" with fewer real replicas.
+                return Err(Error::NotReady(format!(
+                    "this node does not hold the key at ring epoch {}; the ring is changing, retry",
+                    self.cluster.ring().epoch()
+                )));
+            }
             return self.forward(req, &replicas, deadline).await;
         }
         let max_siblings = props.max_siblings as usize;
@@ -484,16 +479,10 @@ impl Coordinator {
         if props.resolve_on == ResolveOn::Write
             && object.siblings().len() > 1
             && let Some(r) = self.plugins.resolve(&req.bucket, &props, &req.key, object.siblings()).await
+            && let Some(content) = content_of(r.resolution)
         {
-            let content = match r.resolution {
-                Resolution::Resolved(v) => Some(Content::Value(v)),
-                Resolution::Delete => Some(Content::Tombstone),
-                Resolution::KeepSiblings => None,
-            };
-            if let Some(content) = content {
-                object = update(&object.context().clone(), content)?;
-                resolved_by = Some(r.by);
-            }
+            object = update(&object.context().clone(), content)?;
+            resolved_by = Some(r.by);
         }
         let acked_by = self.replicate(&req, &replicas, needed, &object, deadline).await?;
         Ok(WriteOutcome { object, acked_by, sloppy: false, resolved_by })
@@ -544,7 +533,10 @@ impl Coordinator {
         Ok(tally.ok)
     }
 
-    /// Hands a write to the first replica that takes it.
+    /// Hands a write to the first replica that takes it. Another replica
+    /// is tried only when the call provably never reached the previous one
+    /// (the connection failed): after a timeout the write may have been
+    /// applied, and applying it again elsewhere would duplicate it.
     async fn forward(
         self: &Arc<Self>,
         req: WriteRequest,
@@ -559,47 +551,35 @@ impl Coordinator {
         let mut order: Vec<&NodeId> = replicas.iter().filter(|r| members.is_live(r)).collect();
         order.extend(replicas.iter().filter(|r| !members.is_live(r)));
         for r in order {
-            let Some(addr) = self.cluster.addr_of(r) else { continue };
-            let fwd = pb::ForwardWriteRequest {
-                key: Some(pb::ObjectKey { bucket: req.bucket.clone(), key: req.key.clone().into() }),
-                value: req.content.value().map(|v| v.to_vec()).unwrap_or_default().into(),
-                tombstone: req.content.is_tombstone(),
-                context: encode_context(&req.context, &req.bucket, &req.key).into(),
-                consistency: match req.quorum.consistency {
-                    Consistency::Default => pb::Consistency::Default,
-                    Consistency::One => pb::Consistency::One,
-                    Consistency::Quorum => pb::Consistency::Quorum,
-                    Consistency::All => pb::Consistency::All,
-                    Consistency::LocalQuorum => pb::Consistency::LocalQuorum,
-                } as i32,
-                count: req.quorum.count,
-                primaries: req.quorum.primaries,
-                timeout_ms: remaining(deadline).as_millis().clamp(1, u32::MAX as u128) as u32,
+            let Some(addr) = self.cluster.addr_of(r) else {
+                failures.push(format!("{r}: address unknown"));
+                continue;
             };
+            // The replica gets less time than this call, so its own answer
+            // (a quorum failure, say) arrives before this call gives up.
+            let fwd = wire::forward_request(&req, remaining(deadline).saturating_sub(FORWARD_MARGIN));
             let answer = self
                 .cluster
                 .net()
                 .call(addr, remaining(deadline), |mut c| async move { c.forward_write(fwd).await })
                 .await;
             match answer {
-                Ok(r) => {
-                    return Ok(WriteOutcome {
-                        object: decode_object(&r.object)?,
-                        acked_by: r.acked_by,
-                        sloppy: r.sloppy,
-                        resolved_by: (!r.resolved_by.is_empty()).then(|| r.resolved_by.into()),
+                Ok(r) => return wire::outcome_from_reply(r),
+                Err(crate::net::NetError::Status { status, .. }) if crate::net::never_delivered(&status) => {
+                    failures.push(format!("{r}: {}", status.message()));
+                }
+                Err(crate::net::NetError::Status { status, .. }) => return Err(Error::Remote(status)),
+                Err(e @ crate::net::NetError::Timeout(_)) => {
+                    return Err(Error::Unavailable {
+                        op: "write",
+                        needed: 1,
+                        got: 0,
+                        total: replicas.len(),
+                        detail: format!(
+                            "; the replica it was handed to did not answer in time ({e}); it may have applied it"
+                        ),
                     });
                 }
-                // The replica handled it and said no (its own quorum failure
-                // included): that is the answer. Transport failures, which
-                // tonic also reports as UNAVAILABLE, move on to the next.
-                Err(crate::net::NetError::Status { status, .. })
-                    if !matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
-                        || status.message().starts_with("write needed") =>
-                {
-                    return Err(Error::Remote(status));
-                }
-                Err(e) => failures.push(format!("{r}: {e}")),
             }
         }
         Err(Error::Unavailable {
@@ -607,7 +587,7 @@ impl Coordinator {
             needed: 1,
             got: 0,
             total: replicas.len(),
-            detail: format!("; no replica of this key took the write: {}", failures.join("; ")),
+            detail: format!("; no replica of this key could be reached: {}", failures.join("; ")),
         })
     }
 
@@ -633,47 +613,25 @@ impl Coordinator {
             writer: self.node_id.clone(),
         });
         let r = self.plugins.resolve(&req.bucket, props, &req.key, &candidates).await?;
-        let content = match r.resolution {
-            Resolution::Resolved(v) => Content::Value(v),
-            Resolution::Delete => Content::Tombstone,
-            Resolution::KeepSiblings => return None,
-        };
+        let content = content_of(r.resolution)?;
         let mut context = stored.context().clone();
         context.merge(&req.context);
         Some((content, context, r.by))
     }
 }
 
-/// A forwarded write, decoded.
-pub fn write_from_forward(req: pb::ForwardWriteRequest) -> Result<WriteRequest> {
-    let key = req.key.ok_or_else(|| Error::invalid("forwarded write without a key"))?;
-    let context = decode_context(&req.context, &key.bucket, &key.key).map_err(|e| Error::invalid(e.to_string()))?;
-    let consistency = match pb::Consistency::try_from(req.consistency) {
-        Ok(pb::Consistency::One) => Consistency::One,
-        Ok(pb::Consistency::Quorum) => Consistency::Quorum,
-        Ok(pb::Consistency::All) => Consistency::All,
-        Ok(pb::Consistency::LocalQuorum) => Consistency::LocalQuorum,
-        _ => Consistency::Default,
-    };
-    Ok(WriteRequest {
-        bucket: key.bucket,
-        key: key.key.to_vec(),
-        content: if req.tombstone { Content::Tombstone } else { Content::Value(req.value.to_vec()) },
-        context,
-        quorum: QuorumSpec { consistency, count: req.count, primaries: req.primaries },
-        timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms.into())),
-    })
-}
-
-/// A write's outcome, encoded for the node that forwarded it.
-pub fn forward_reply(out: WriteOutcome) -> pb::ForwardWriteResponse {
-    pb::ForwardWriteResponse {
-        object: encode_object(&out.object).into(),
-        acked_by: out.acked_by,
-        sloppy: out.sloppy,
-        resolved_by: out.resolved_by.map(|b| b.to_string()).unwrap_or_default(),
+/// What a resolution means for the stored object: a value, a tombstone,
+/// or nothing (keep the siblings).
+fn content_of(r: Resolution) -> Option<Content> {
+    match r {
+        Resolution::Resolved(v) => Some(Content::Value(v)),
+        Resolution::Delete => Some(Content::Tombstone),
+        Resolution::KeepSiblings => None,
     }
 }
+
+/// Time a forwarded write leaves for the forwarder to hear the answer.
+const FORWARD_MARGIN: Duration = Duration::from_millis(50);
 
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))

@@ -73,11 +73,20 @@ pub fn needed(
             Consistency::One => 1,
             Consistency::Quorum => majority(replicas),
             Consistency::All => replicas,
-            Consistency::LocalQuorum => majority(local_replicas.max(1)),
+            Consistency::LocalQuorum => majority(local_replicas),
         }
     };
     if spec.primaries > bucket_n {
         return Err(Error::invalid(format!("p{letter}={} exceeds the bucket's n={bucket_n}", spec.primaries)));
+    }
+    if spec.count == 0 && spec.consistency == Consistency::LocalQuorum && local_replicas == 0 {
+        return Err(Error::Unavailable {
+            op,
+            needed: 1,
+            got: 0,
+            total: replicas,
+            detail: "; LOCAL_QUORUM: no replica of this key is in the coordinator's zone".into(),
+        });
     }
     let primaries = spec.primaries as usize;
     if total > replicas || primaries > replicas {
@@ -134,5 +143,7 @@ mod tests {
         assert!(matches!(e, Error::Unavailable { needed: 3, total: 1, .. }), "{e}");
         let e = needed("write", spec(Consistency::Default, 0, 4), 3, 2, 3, 3).unwrap_err().to_string();
         assert!(e.contains("pw=4"), "{e}");
+        let e = needed("write", spec(Consistency::LocalQuorum, 0, 0), 3, 2, 3, 0).unwrap_err().to_string();
+        assert!(e.contains("no replica of this key is in the coordinator's zone"), "{e}");
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! [`Net`] keeps one pooled tonic channel per peer address (HTTP/2 with
 //! keepalive and `TCP_NODELAY`), applies the caller's deadline to every call,
-//! and consults [`Faults`] first. Faults are how tests cut, slow or
-//! one-way-partition the links between chosen nodes; the gossip transport
-//! ([`FaultyUdp`]) obeys the same rules, so a partition cuts membership
-//! traffic too. In production the rule table is simply empty.
+//! batches replica reads and writes per peer, and consults [`Faults`] first.
+//! Faults are how tests cut, slow or one-way-partition the links between
+//! chosen nodes; the gossip transport ([`FaultyUdp`]) drops what the same
+//! rules drop (it does not delay), so a partition cuts membership traffic
+//! too. In production the rule table is simply empty.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -77,6 +78,13 @@ pub enum NetError {
     },
 }
 
+/// Whether a failed call provably never reached the peer's service: the
+/// connection itself failed. tonic reports those with the transport error
+/// as the status's source; statuses a peer sent have none.
+pub fn never_delivered(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && std::error::Error::source(status).is_some()
+}
+
 /// A status in one line: its message, and for transport failures the
 /// underlying cause ("tcp connect error: Connection refused").
 fn describe(status: &tonic::Status) -> String {
@@ -145,7 +153,7 @@ impl Batched for Reads {
     ) -> Result<Vec<Result<bytes::Bytes, String>>, String> {
         let resp = net.replica_read(addr, timeout, pb::ReplicaReadRequest { keys, ring_epoch: 0 }).await;
         let resp = resp.map_err(|e| e.to_string())?;
-        Ok(resp.results.into_iter().map(|r| Ok(r.object)).collect())
+        Ok(resp.results.into_iter().map(|r| if r.error.is_empty() { Ok(r.object) } else { Err(r.error) }).collect())
     }
 }
 
@@ -237,7 +245,10 @@ impl Net {
                 }
             }
         }
-        wait.await.unwrap_or_else(|_| Err("the peer's request queue stopped".into()))
+        match tokio::time::timeout_at(deadline.into(), wait).await {
+            Ok(answer) => answer.unwrap_or_else(|_| Err("the peer's request queue stopped".into())),
+            Err(_) => Err("no answer before the deadline".into()),
+        }
     }
 
     /// The fault rules this net obeys.
@@ -324,6 +335,12 @@ async fn run_batcher<B: Batched>(
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }
+        }
+        // Items whose caller has given up are not sent.
+        let now = Instant::now();
+        batch.retain(|p| p.deadline > now && !p.done.is_closed());
+        if batch.is_empty() {
+            continue;
         }
         sizes.record(batch.len() as f64);
         let Some(net) = net.upgrade() else { return };

@@ -70,6 +70,9 @@ impl Breakers {
         let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = states.get_mut(&key) {
             if s.props_version < props_version {
+                if s.tripped.is_some() {
+                    gauge(bucket, plugin).set(0.0);
+                }
                 states.remove(&key);
                 return;
             }
@@ -89,6 +92,9 @@ impl Breakers {
             tripped: None,
         });
         if s.props_version < props_version {
+            if s.tripped.is_some() {
+                gauge(bucket, plugin).set(0.0);
+            }
             *s = State { props_version, recent: VecDeque::with_capacity(WINDOW), consecutive: 0, tripped: None };
         }
         s.consecutive += 1;
@@ -104,8 +110,7 @@ impl Breakers {
                 reason: reason.to_owned(),
                 at_ms: crate::now_ms(),
             });
-            metrics::gauge!("concord_plugin_breaker_open", "bucket" => bucket.to_owned(), "plugin" => plugin.to_string())
-                .set(1.0);
+            gauge(bucket, plugin).set(1.0);
             tracing::warn!(bucket, plugin = %plugin, reason, "plugin switched off for this bucket after repeated failures");
         }
         trips
@@ -118,6 +123,10 @@ impl Breakers {
         out.sort_by(|a, b| (&a.bucket, &a.plugin).cmp(&(&b.bucket, &b.plugin)));
         out
     }
+}
+
+fn gauge(bucket: &str, plugin: &Arc<str>) -> metrics::Gauge {
+    metrics::gauge!("concord_plugin_breaker_open", "bucket" => bucket.to_owned(), "plugin" => plugin.to_string())
 }
 
 fn push(recent: &mut VecDeque<bool>, ok: bool) {

@@ -4,7 +4,8 @@
 //! * **One engine** with the pooling allocator. Each engine reserves its own
 //!   virtual-memory slab, so a node makes exactly one. Pool limits are set
 //!   explicitly from [`PluginConfig`]; a [`Semaphore`] with as many permits
-//!   as instance slots keeps calls from ever finding the pool empty.
+//!   as instance slots makes calls wait (briefly, then fail) for a free slot
+//!   instead of finding the pool empty.
 //! * **Deadlines** come from epoch interruption: a ticker thread advances
 //!   the epoch every millisecond and each call may run `deadline_ms` ticks.
 //!   **Fuel** is optional (`fuel > 0`), for operators who want a
@@ -111,8 +112,11 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<CallState>,
     config: PluginConfig,
-    /// One permit per instance slot of the pool.
+    /// One permit per instance slot of the pool. Idle validator instances
+    /// hold theirs too, but at most half the pool may idle (`idle`).
     pub(super) slots: Arc<Semaphore>,
+    /// Validator instances idling now.
+    idle: std::sync::atomic::AtomicUsize,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -186,7 +190,26 @@ impl Runtime {
                 }
             })
             .map_err(|e| Error::Internal(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Arc::new(Self { engine, linker, slots: Arc::new(Semaphore::new(slots as usize)), config, stop_ticker }))
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            slots: Arc::new(Semaphore::new(slots as usize)),
+            idle: std::sync::atomic::AtomicUsize::new(0),
+            config,
+            stop_ticker,
+        }))
+    }
+
+    /// Reserves room for one more idle instance; false when half the pool
+    /// already idles.
+    pub(super) fn reserve_idle(&self) -> bool {
+        let max = (self.config.max_instances / 2) as usize;
+        self.idle.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// Gives back room reserved by [`Runtime::reserve_idle`].
+    pub(super) fn release_idle(&self) {
+        self.idle.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The pool's slots: a call holds one for as long as its instance lives.
@@ -225,7 +248,11 @@ impl Runtime {
         }
         let bytes = self.engine.precompile_component(component).map_err(fail)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per writer: two threads compiling the same plugin must not
+        // share a temporary file that the other may already have mapped.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
         std::fs::write(&tmp, &bytes)
             .and_then(|_| std::fs::rename(&tmp, &path))
             .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;

@@ -97,6 +97,14 @@ impl Loaded {
         avg > budget.as_nanos() as u64
     }
 
+    /// Whether an idle validator instance is waiting.
+    pub fn has_idle(&self) -> bool {
+        match &self.kind {
+            Kind::Validator { idle, .. } => !idle.lock().unwrap_or_else(|p| p.into_inner()).is_empty(),
+            Kind::Resolver(_) => false,
+        }
+    }
+
     /// Whether calls must run on the blocking pool.
     pub fn offloaded(&self) -> bool {
         self.offloaded.load(Ordering::Relaxed)
@@ -174,6 +182,9 @@ impl Loaded {
         };
         let started = Instant::now();
         let reused = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if reused.is_some() {
+            self.runtime.release_idle();
+        }
         let mut inst = match reused {
             Some(mut i) => {
                 self.runtime.arm(&mut i.store).map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
@@ -200,8 +211,10 @@ impl Loaded {
             Err(e) => return Err(self.failure(classify(&e, inst.store.data()), brief(&self.label, &e))),
         };
         {
+            // Idle instances keep their pool slot, so how many may idle is
+            // bounded per plugin and across all plugins.
             let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE {
+            if idle.len() < MAX_IDLE && self.runtime.reserve_idle() {
                 idle.push(inst);
             }
         }

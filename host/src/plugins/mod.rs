@@ -50,6 +50,9 @@ use crate::cluster::{BucketProps, PluginRef, ValidatorFailure};
 use crate::storage::Store;
 use crate::{Error, Result};
 
+/// Longest a call waits for a free pool slot before failing.
+pub const SLOT_WAIT: Duration = Duration::from_secs(1);
+
 /// A plugin whose inline calls average longer than this moves off request
 /// threads.
 pub const INLINE_BUDGET: Duration = Duration::from_millis(1);
@@ -230,11 +233,12 @@ impl PluginConfig {
 }
 
 /// Where a plugin sits in a bucket's properties.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Slot {
     Resolver,
     Shadow,
-    Validator(usize),
+    /// A validator, by plugin name (its place in the list may change).
+    Validator(String),
 }
 
 /// The plugin that last worked in a slot, and the one before it: where a
@@ -365,7 +369,7 @@ impl Plugins {
         let info = self
             .registry
             .info(r)
-            .ok_or_else(|| Error::FailedPrecondition(format!("plugin {r} is not deployed; deploy it first")))?;
+            .ok_or_else(|| Error::NotFound(format!("plugin {r} is not deployed; deploy it first")))?;
         if info.kind != kind {
             return Err(Error::invalid(format!("plugin {r} is a {}, not a {}", info.kind.as_str(), kind.as_str())));
         }
@@ -376,7 +380,14 @@ impl Plugins {
     /// its breaker is open, in which case the one that worked before it.
     fn choose(&self, bucket: &str, slot: Slot, configured: &PluginRef, props_version: u64) -> Option<PluginRef> {
         let label: Arc<str> = configured.to_string().into();
-        if !self.breakers.is_open(bucket, &label, props_version) {
+        let here = self.registry.info(configured).is_some();
+        if here && !self.breakers.is_open(bucket, &label, props_version) {
+            return Some(configured.clone());
+        }
+        if !here
+            && !self.worked.read().unwrap_or_else(|p| p.into_inner()).contains_key(&(bucket.to_owned(), slot.clone()))
+        {
+            // Nothing to fall back to: let the caller report it missing.
             return Some(configured.clone());
         }
         let worked = self.worked.read().unwrap_or_else(|p| p.into_inner());
@@ -384,6 +395,18 @@ impl Plugins {
         let candidate = if &w.current == configured { w.previous.clone()? } else { w.current.clone() };
         let label: Arc<str> = candidate.to_string().into();
         (!self.breakers.is_open(bucket, &label, props_version)).then_some(candidate)
+    }
+
+    /// A pool slot, waiting at most [`SLOT_WAIT`] for one to free up.
+    async fn slot(&self, plugin: &Arc<str>) -> Result<tokio::sync::OwnedSemaphorePermit, PluginFailure> {
+        match tokio::time::timeout(SLOT_WAIT, Arc::clone(&self.runtime.slots).acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(PluginFailure {
+                plugin: Arc::clone(plugin),
+                reason: FailureReason::Unusable,
+                message: format!("no plugin instance slot freed up within {SLOT_WAIT:?} (plugins.max_instances)"),
+            }),
+        }
     }
 
     fn remember(&self, bucket: &str, slot: Slot, r: &PluginRef) {
@@ -427,14 +450,13 @@ impl Plugins {
             }
             return result.map(|(r, _)| r);
         }
-        let slot = Arc::clone(&self.runtime.slots).acquire_owned().await.expect("the slot semaphore is never closed");
+        let slot = self.slot(&loaded.label).await?;
+        let label = Arc::clone(&loaded.label);
         let (bucket, key, siblings) = (bucket.to_owned(), key.to_vec(), siblings.to_vec());
         let task = tokio::task::spawn_blocking(move || loaded.resolve(slot, &bucket, &key, &siblings, max_bytes));
         match task.await {
             Ok(r) => r.map(|(r, _)| r),
-            Err(e) => {
-                Err(PluginFailure { plugin: "?".into(), reason: FailureReason::Unusable, message: e.to_string() })
-            }
+            Err(e) => Err(PluginFailure { plugin: label, reason: FailureReason::Unusable, message: e.to_string() }),
         }
     }
 
@@ -475,7 +497,7 @@ impl Plugins {
         key: &[u8],
         siblings: &[Sibling],
     ) -> Option<Resolved> {
-        let chosen = self.choose(bucket, slot, configured, props.version)?;
+        let chosen = self.choose(bucket, slot.clone(), configured, props.version)?;
         let loaded = match self.loaded(&chosen).await {
             Ok(l) => l,
             Err(e) => {
@@ -542,14 +564,19 @@ impl Plugins {
         mut value: Vec<u8>,
     ) -> Result<(Vec<u8>, Vec<String>)> {
         let mut ran = Vec::with_capacity(props.validators.len());
-        for (i, configured) in props.validators.iter().enumerate() {
-            let slot = Slot::Validator(i);
-            let Some(chosen) = self.choose(bucket, slot, configured, props.version) else {
+        for configured in &props.validators {
+            let slot = Slot::Validator(configured.name.clone());
+            let Some(chosen) = self.choose(bucket, slot.clone(), configured, props.version) else {
                 self.validator_failed(props, configured, "switched off after repeated failures")?;
                 continue;
             };
             let loaded = match self.loaded(&chosen).await {
                 Ok(l) => l,
+                // Not here yet (still being fetched from a peer): a reason
+                // to retry, not a verdict on the write.
+                Err(Error::NotFound(_)) if props.validator_failure == ValidatorFailure::Reject => {
+                    return Err(Error::NotReady(format!("validator {chosen} is not on this node yet; retry")));
+                }
                 Err(e) => {
                     self.validator_failed(props, &chosen, &e.to_string())?;
                     continue;
@@ -614,18 +641,24 @@ impl Plugins {
                 }
             }
         }
-        let slot = Arc::clone(&self.runtime.slots).acquire_owned().await.expect("the slot semaphore is never closed");
+        // An idle instance needs no new slot; only without one, wait for a slot.
+        let slot = if loaded.has_idle() { None } else { Some(self.slot(&loaded.label).await?) };
+        let label = Arc::clone(&loaded.label);
+        let slots = Arc::clone(&self.runtime.slots);
         let (bucket, key, value) = (bucket.to_owned(), key.to_vec(), value.to_vec());
         let task = tokio::task::spawn_blocking(move || {
-            loaded.validate(move || Some(slot), &bucket, &key, &value, max_bytes).map(|v| v.map(|(v, _)| v))
+            let slot = move || slot.or_else(|| slots.try_acquire_owned().ok());
+            loaded.validate(slot, &bucket, &key, &value, max_bytes).map(|v| v.map(|(v, _)| v))
         });
         match task.await {
             Ok(Ok(Some(v))) => Ok(v),
-            Ok(Ok(None)) => unreachable!("a slot was provided"),
+            Ok(Ok(None)) => Err(PluginFailure {
+                plugin: label,
+                reason: FailureReason::Unusable,
+                message: "no plugin instance slot free (plugins.max_instances)".into(),
+            }),
             Ok(Err(f)) => Err(f),
-            Err(e) => {
-                Err(PluginFailure { plugin: "?".into(), reason: FailureReason::Unusable, message: e.to_string() })
-            }
+            Err(e) => Err(PluginFailure { plugin: label, reason: FailureReason::Unusable, message: e.to_string() }),
         }
     }
 }

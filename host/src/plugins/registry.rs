@@ -60,6 +60,9 @@ pub struct Registry {
     loaded: RwLock<HashMap<PluginRef, Arc<Loaded>>>,
     /// Serialises manifest changes; never held across an await.
     write: Mutex<()>,
+    /// Serialises compiling on first use, so concurrent first calls compile
+    /// a plugin once. Held only on blocking threads.
+    compile: Mutex<()>,
 }
 
 impl Registry {
@@ -83,6 +86,7 @@ impl Registry {
             manifest: ArcSwap::from_pointee(manifest),
             loaded: RwLock::new(HashMap::new()),
             write: Mutex::new(()),
+            compile: Mutex::new(()),
         })
     }
 
@@ -224,6 +228,11 @@ impl Registry {
 
     /// The compiled plugin `r`, compiling it on first use (blocking).
     pub fn get(&self, r: &PluginRef) -> Result<Arc<Loaded>> {
+        if let Some(l) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(r) {
+            return Ok(Arc::clone(l));
+        }
+        let _compiling = self.compile.lock().unwrap_or_else(|p| p.into_inner());
+        // Another caller may have compiled it while we waited.
         if let Some(l) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(r) {
             return Ok(Arc::clone(l));
         }

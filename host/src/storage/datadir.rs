@@ -4,14 +4,22 @@
 //! concord-data/
 //!   LOCK       held (flock) by the running process; holds its pid
 //!   IDENTITY   JSON: format, node id, incarnation, creation time
+//!   CLEAN      present only between a clean shutdown and the next start
 //!   db/        the storage engine's files
 //! ```
 //!
-//! The *incarnation* is a random 64-bit id minted whenever the directory
-//! starts without data, and it is the node's actor in every version vector
-//! (see [`crate::causal`]). A node whose disk was wiped therefore comes back
-//! as a new actor and can never reissue a dot its old self already used,
-//! which is the "kv679" data-loss bug of stores that reuse actor ids.
+//! The *incarnation* is a random 64-bit id and the node's actor in every
+//! version vector (see [`crate::causal`]). A new one is minted whenever the
+//! directory starts without data **or the previous run did not shut down
+//! cleanly**. A crash can lose the last writes of this replica (all of them
+//! in `periodic` mode since the last flush; in `fsync` mode a write already
+//! sent to other replicas before its local flush), and with them the
+//! counters of the dots it handed out. Coming back under the same actor
+//! would reissue those dots for other values, and merges treat equal dots as
+//! the same write, so one of the two would vanish: the "kv679" data-loss bug
+//! of stores that reuse actor ids. A fresh actor cannot collide with
+//! anything, at the cost of one more entry in the version vectors of keys
+//! written after the crash.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -56,8 +64,27 @@ impl DataDir {
         let lock = lock(path)?;
         let identity_path = path.join("IDENTITY");
         let db_exists = path.join("db").exists();
-        let identity = match std::fs::read(&identity_path) {
-            Ok(bytes) if db_exists => {
+        let clean_path = path.join("CLEAN");
+        let was_clean = clean_path.exists();
+        if was_clean {
+            // From here on a crash must be detectable again.
+            std::fs::remove_file(&clean_path)
+                .map_err(|e| Error::Internal(format!("cannot remove {}: {e}", clean_path.display())))?;
+            sync_dir(path)?;
+        }
+        let existing = match std::fs::read(&identity_path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::Internal(format!("cannot read {}: {e}", identity_path.display()))),
+        };
+        let mint = || loop {
+            let i: u64 = rand::random();
+            if i != 0 {
+                break i;
+            }
+        };
+        let identity = match existing {
+            Some(bytes) if db_exists => {
                 let id: Identity = serde_json::from_slice(&bytes).map_err(|e| {
                     Error::Corruption(format!("{} is not a Concord identity file: {e}", identity_path.display()))
                 })?;
@@ -77,19 +104,25 @@ impl DataDir {
                         id.node_id
                     )));
                 }
-                id
+                if !was_clean {
+                    let mut id = id;
+                    id.incarnation = mint();
+                    tracing::warn!(
+                        node_id = %id.node_id,
+                        "the last run did not shut down cleanly; this replica takes a new actor id so no write id is ever reused"
+                    );
+                    write_atomically(&identity_path, &serde_json::to_vec_pretty(&id).expect("identity serializes"))?;
+                    id
+                } else {
+                    id
+                }
             }
-            Ok(_) | Err(_) => {
+            Some(_) | None => {
                 // No data yet (or data removed by hand): a new incarnation.
                 let id = Identity {
                     format: IDENTITY_FORMAT,
                     node_id: node_id.unwrap_or(default_node_id).to_owned(),
-                    incarnation: loop {
-                        let i: u64 = rand::random();
-                        if i != 0 {
-                            break i;
-                        }
-                    },
+                    incarnation: mint(),
                     created_at_ms: crate::now_ms(),
                 };
                 write_atomically(&identity_path, &serde_json::to_vec_pretty(&id).expect("identity serializes"))?;
@@ -97,6 +130,12 @@ impl DataDir {
             }
         };
         Ok(Self { path: path.to_owned(), node_id: identity.node_id, incarnation: identity.incarnation, _lock: lock })
+    }
+
+    /// Records a clean shutdown: everything is flushed, so the next start may
+    /// keep this incarnation. Call last, after the engine's final flush.
+    pub fn mark_clean(&self) -> Result<()> {
+        write_atomically(&self.path.join("CLEAN"), b"")
     }
 
     /// Where the storage engine keeps its files.
@@ -162,7 +201,17 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
     Ok(())
+}
+
+/// Makes a rename or removal in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Internal(format!("cannot sync directory {}: {e}", dir.display())))
 }
 
 #[cfg(test)]
@@ -179,19 +228,27 @@ mod tests {
     }
 
     #[test]
-    fn identity_persists_while_data_exists_and_renews_when_wiped() {
+    fn identity_persists_across_clean_restarts_and_renews_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let first = DataDir::open(dir.path(), None, "n1").unwrap();
         let inc = first.incarnation();
         std::fs::create_dir_all(first.db_path()).unwrap();
+        first.mark_clean().unwrap();
         drop(first);
         let again = DataDir::open(dir.path(), None, "other-default").unwrap();
-        assert_eq!(again.incarnation(), inc);
+        assert_eq!(again.incarnation(), inc, "a clean restart keeps the incarnation");
         assert_eq!(again.node_id(), "n1");
-        std::fs::remove_dir_all(again.db_path()).unwrap();
+        // No clean mark this time: as after a crash.
         drop(again);
+        let crashed = DataDir::open(dir.path(), None, "n1").unwrap();
+        assert_ne!(crashed.incarnation(), inc, "after an unclean stop the actor must change");
+        assert_eq!(crashed.node_id(), "n1", "the node keeps its id");
+        let inc2 = crashed.incarnation();
+        crashed.mark_clean().unwrap();
+        std::fs::remove_dir_all(crashed.db_path()).unwrap();
+        drop(crashed);
         let wiped = DataDir::open(dir.path(), None, "n1").unwrap();
-        assert_ne!(wiped.incarnation(), inc, "a wiped directory must get a new incarnation");
+        assert_ne!(wiped.incarnation(), inc2, "a wiped directory must get a new incarnation");
     }
 
     #[test]

@@ -113,6 +113,15 @@ impl ObjectStore {
         let skey = StoreKey::new(bucket, key);
         let _guard = self.lock(&skey);
         let current = self.load(partition, &skey)?.unwrap_or_default();
+        // Only this replica makes dots of its actor, so a context cannot
+        // have seen more of them than the replica holds. One that claims to
+        // is forged or corrupt; taking it would let new dots skip (or
+        // overflow) the counter.
+        if context.get(self.actor) > current.context().get(self.actor) {
+            return Err(Error::invalid(
+                "the context claims writes this replica never made; read the key again and write with that read's context",
+            ));
+        }
         let mut next = current.clone();
         next.update(self.actor, context, content, now_ms, &self.node_id);
         if next.siblings().len() > max_siblings {
@@ -124,6 +133,31 @@ impl ObjectStore {
         }
         self.engine.insert(Space::Partition(partition), skey.as_bytes(), &encode_object(&next))?;
         Ok(next)
+    }
+
+    /// Stores `content` over exactly the siblings of `read`, but only if the
+    /// local copy is still `read`: a resolved value is written back once,
+    /// not once per concurrent reader. Returns the new object, or `None`
+    /// when the copy changed meanwhile.
+    pub fn replace_if_unchanged(
+        &self,
+        partition: u32,
+        bucket: &str,
+        key: &[u8],
+        read: &Object,
+        content: Content,
+        now_ms: u64,
+    ) -> Result<Option<Object>> {
+        let skey = StoreKey::new(bucket, key);
+        let _guard = self.lock(&skey);
+        let current = self.load(partition, &skey)?.unwrap_or_default();
+        if &current != read {
+            return Ok(None);
+        }
+        let mut next = current;
+        next.update(self.actor, read.context(), content, now_ms, &self.node_id);
+        self.engine.insert(Space::Partition(partition), skey.as_bytes(), &encode_object(&next))?;
+        Ok(Some(next))
     }
 
     /// Merges another replica's copy into the local one and returns the
@@ -160,6 +194,28 @@ mod tests {
         let engine: Arc<dyn Store> = Arc::new(MemStore::new());
         let d = Durability::start(engine.clone(), DurabilityMode::Periodic, Duration::from_millis(50), Duration::ZERO);
         ObjectStore::new(engine, d, 42, "n1".into())
+    }
+
+    #[test]
+    fn a_context_claiming_unmade_writes_is_refused() {
+        let s = store();
+        s.update(0, "b", b"k", &VersionVector::new(), Content::Value(vec![1]), 0, 10).unwrap();
+        let forged = VersionVector::from_entries([(42, u64::MAX)]);
+        let e = s.update(0, "b", b"k", &forged, Content::Value(vec![2]), 0, 10).unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        assert_eq!(s.read(0, "b", b"k").unwrap().unwrap().siblings().len(), 1, "nothing was written");
+    }
+
+    #[test]
+    fn write_back_happens_once() {
+        let s = store();
+        for v in [1u8, 2] {
+            s.update(0, "b", b"k", &VersionVector::new(), Content::Value(vec![v]), 0, 10).unwrap();
+        }
+        let read = s.read(0, "b", b"k").unwrap().unwrap();
+        let first = s.replace_if_unchanged(0, "b", b"k", &read, Content::Value(vec![3]), 0).unwrap();
+        assert_eq!(first.unwrap().siblings().len(), 1);
+        assert!(s.replace_if_unchanged(0, "b", b"k", &read, Content::Value(vec![3]), 0).unwrap().is_none());
     }
 
     #[test]
