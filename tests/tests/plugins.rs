@@ -34,6 +34,16 @@ async fn deploy_with(
     Ok(c.admin().deploy_plugin(req).await?.into_inner())
 }
 
+/// A node that resolves on every read: with write-back off, siblings stay.
+async fn resolving_every_read() -> Server {
+    Server::start_with(ServerOptions {
+        env: vec![("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 async fn bind(c: &Client, req: SetBucketRequest) {
     c.set_bucket(req).await.unwrap();
 }
@@ -252,12 +262,7 @@ async fn deploys_are_checked_and_survive_restarts() {
 #[tokio::test]
 async fn resolvers_swap_under_load_without_a_failed_request() {
     // Reads resolve every time: write-back would collapse the siblings.
-    let server = Server::start_with(ServerOptions {
-        env: vec![("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let server = resolving_every_read().await;
     let c = server.client().await;
     deploy(&c, plugins::LWW, "lww", "1").await.unwrap();
     deploy(&c, plugins::LWW, "lww", "2").await.unwrap();
@@ -322,8 +327,10 @@ async fn misbehaving_plugins_are_contained() {
     let server = Server::start_with(ServerOptions {
         args: vec!["--metrics-listen".into(), format!("127.0.0.1:{metrics_port}")],
         env: vec![
-            // Keep the test quick: a short deadline, and resolving every read.
-            ("CONCORD_PLUGINS__DEADLINE_MS".into(), "30".into()),
+            // A deadline short enough to keep the test quick, long enough
+            // for the other misbehaviours to show on a loaded machine; and
+            // resolving every read.
+            ("CONCORD_PLUGINS__DEADLINE_MS".into(), "250".into()),
             ("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into()),
         ],
         ..Default::default()
@@ -416,12 +423,7 @@ async fn misbehaving_plugins_are_contained() {
 
 #[tokio::test]
 async fn a_tripped_resolver_falls_back_to_the_version_that_worked() {
-    let server = Server::start_with(ServerOptions {
-        env: vec![("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let server = resolving_every_read().await;
     let c = server.client().await;
     deploy(&c, plugins::LWW, "policy", "1").await.unwrap();
     deploy_with(&c, plugins::PANIC_RESOLVER, "policy", "2", true, &[]).await.unwrap();

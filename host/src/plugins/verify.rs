@@ -58,14 +58,24 @@ pub type ResolveFn<'a> = dyn FnMut(&[Sibling]) -> Result<Resolution, PluginFailu
 /// the calling thread, one call at a time, taking pool slots from `slots`.
 pub fn verify_loaded(loaded: &Loaded, slots: &Arc<Semaphore>, samples: &[Vec<u8>], cases: usize, seed: u64) -> Report {
     let mut call = |siblings: &[Sibling]| {
+        let give_up = std::time::Instant::now() + super::SLOT_WAIT;
         let slot = loop {
             // A slot frees up as soon as a concurrent request finishes.
             match Arc::clone(slots).try_acquire_owned() {
                 Ok(p) => break p,
+                Err(_) if std::time::Instant::now() > give_up => {
+                    return Err(PluginFailure {
+                        plugin: Arc::clone(&loaded.label),
+                        reason: super::FailureReason::Unusable,
+                        message: "no plugin instance slot free (plugins.max_instances)".into(),
+                    });
+                }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
             }
         };
-        loaded.resolve(slot, "verify", b"verify", siblings, usize::MAX).map(|(r, _)| r)
+        // No bucket could store a larger value.
+        let max_bytes = crate::cluster::buckets::MAX_OBJECT_BYTES_LIMIT as usize;
+        loaded.resolve(slot, "verify", b"verify", siblings, max_bytes).map(|(r, _)| r)
     };
     verify(&mut call, samples, cases, seed)
 }
@@ -177,11 +187,18 @@ fn show_res(r: &Resolution) -> String {
     }
 }
 
+/// Bytes of a value a report shows; longer values are cut, so that a
+/// plugin returning megabytes cannot blow up the report (and the reply that
+/// carries it).
+const SHOWN_BYTES: usize = 32;
+
 fn show_value(v: &[u8]) -> String {
-    match std::str::from_utf8(v) {
+    let head = &v[..v.len().min(SHOWN_BYTES)];
+    let shown = match std::str::from_utf8(head) {
         Ok(s) => format!("{s:?}"),
-        Err(_) => format!("0x{}", hex::encode(v)),
-    }
+        Err(_) => format!("0x{}", hex::encode(head)),
+    };
+    if head.len() < v.len() { format!("{shown}…({} bytes)", v.len()) } else { shown }
 }
 
 fn show(siblings: &[Sibling]) -> String {
@@ -226,5 +243,21 @@ mod tests {
         let report = verify(&mut concat, &[], 50, 7);
         assert!(!report.passed());
         assert!(report.failures.iter().any(|f| f.contains("order-insensitive")), "{:?}", report.failures);
+    }
+
+    #[test]
+    fn reports_stay_small_whatever_the_plugin_returns() {
+        // A megabyte that differs on every call fails every law, each
+        // failure quoting the value: the report must show only its head.
+        let mut calls = 0u8;
+        let mut huge = |_: &[Sibling]| {
+            calls = calls.wrapping_add(1);
+            Ok(Resolution::Resolved(vec![calls; 1 << 20]))
+        };
+        let report = verify(&mut huge, &[], 50, 7);
+        assert_eq!(report.failures.len(), MAX_FAILURES);
+        let total: usize = report.failures.iter().map(String::len).sum();
+        assert!(total < 64 * 1024, "report is {total} bytes");
+        assert!(report.failures[0].contains("(1048576 bytes)"), "{}", report.failures[0]);
     }
 }
