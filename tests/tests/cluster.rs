@@ -234,10 +234,18 @@ async fn zones_spread_replicas_and_local_quorum_counts_the_local_zone() {
             put.acked_by.iter().map(|n| if n == "n0" || n == "n1" { "east" } else { "west" }).collect();
         assert_eq!(zones.len(), 2, "two replicas, one per zone: {:?}", put.acked_by);
     }
-    // LOCAL_QUORUM waits for a majority of the replicas in this zone (one).
+    // LOCAL_QUORUM waits for a majority of the replicas in the zone of the
+    // node the client called (one here), also when that node is not a
+    // replica and hands the write to a replica in the other zone.
+    let east = |n: &String| n == "n0" || n == "n1";
     let local = WriteOptions { consistency: Consistency::LocalQuorum, ..Default::default() };
-    let put = c.put_with("z", b"local", b"v", &Context::none(), local).await.unwrap();
-    assert!(!put.acked_by.is_empty());
+    let mut forwarded_west = 0;
+    for i in 0..20u32 {
+        let put = c.put_with("z", format!("local{i}").as_bytes(), b"v", &Context::none(), local).await.unwrap();
+        assert!(put.acked_by.iter().any(east), "an east replica acknowledged: {:?}", put.acked_by);
+        forwarded_west += usize::from(!east(&put.acked_by[0]));
+    }
+    assert!(forwarded_west > 0, "some writes were coordinated in the west zone");
     cluster.shutdown().await;
 }
 

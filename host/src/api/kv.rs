@@ -40,7 +40,7 @@ impl KvService {
         }
         let context = decode_context(context, &bucket, key).map_err(|e| Error::invalid(e.to_string()))?;
         let (quorum, timeout) = write_options(options).map_err(Error::invalid)?;
-        Ok(WriteRequest { bucket, key: key.to_vec(), content, context, quorum, timeout })
+        Ok(WriteRequest { bucket, key: key.to_vec(), content, context, quorum, timeout, zone: None })
     }
 }
 

@@ -83,6 +83,10 @@ pub struct WriteRequest {
     pub quorum: QuorumSpec,
     /// Deadline; `None` for the node's default.
     pub timeout: Option<Duration>,
+    /// The zone whose replicas `LOCAL_QUORUM` counts: the zone of the node
+    /// the client called, carried along when the write is forwarded.
+    /// `None` means this node's zone.
+    pub zone: Option<String>,
 }
 
 /// What a write did.
@@ -104,6 +108,7 @@ struct Metrics {
     read_quorum_failures: Counter,
     write_quorum_failures: Counter,
     read_repairs: Counter,
+    read_repair_failures: Counter,
 }
 
 /// Coordinates requests on one node.
@@ -175,6 +180,7 @@ impl Coordinator {
             read_quorum_failures: metrics::counter!("concord_quorum_failures_total", "op" => "read"),
             write_quorum_failures: metrics::counter!("concord_quorum_failures_total", "op" => "write"),
             read_repairs: metrics::counter!("concord_read_repairs_total"),
+            read_repair_failures: metrics::counter!("concord_read_repair_failures_total"),
         };
         Arc::new(Self { node_id, objects, buckets, cluster, plugins, default_timeout, metrics })
     }
@@ -199,6 +205,7 @@ impl Coordinator {
         &self,
         op: &'static str,
         spec: QuorumSpec,
+        zone: &str,
         props: &BucketProps,
         bucket: &str,
         key: &[u8],
@@ -207,9 +214,9 @@ impl Coordinator {
         let partition = ring.partition_of(bucket, key);
         let replicas = ring.preference_list(partition, props.n as usize);
         let members = self.cluster.members();
-        let zone = self.cluster.zone();
-        let local =
-            replicas.iter().filter(|r| if **r == self.node_id { true } else { members.zone(r) == Some(zone) }).count();
+        let in_zone =
+            |r: &NodeId| if *r == self.node_id { self.cluster.zone() == zone } else { members.zone(r) == Some(zone) };
+        let local = replicas.iter().filter(|r| in_zone(r)).count();
         let default = if op == "read" { props.r() } else { props.w() };
         let needed = quorum::needed(op, spec, props.n, default, replicas.len(), local)?;
         Ok((partition, replicas, needed))
@@ -231,7 +238,8 @@ impl Coordinator {
 
     async fn get_inner(self: &Arc<Self>, req: ReadRequest, deadline: Instant) -> Result<ReadOutcome> {
         let props = self.buckets.get(&req.bucket);
-        let (partition, replicas, needed) = self.plan("read", req.quorum, &props, &req.bucket, &req.key)?;
+        let (partition, replicas, needed) =
+            self.plan("read", req.quorum, self.cluster.zone(), &props, &req.bucket, &req.key)?;
         let mut tally = Tally::new(needed, self.cluster.zone(), replicas.len());
         let mut answers: Vec<(NodeId, Option<Object>)> = Vec::with_capacity(replicas.len());
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -330,12 +338,15 @@ impl Coordinator {
             }
             for node in targets {
                 this.metrics.read_repairs.increment(1);
-                if node == this.node_id {
-                    if let Err(e) = this.objects.merge(partition, &bucket, &key, &merged) {
-                        tracing::debug!(error = %e, "local read repair failed");
-                    }
+                let repaired = if node == this.node_id {
+                    this.objects.merge(partition, &bucket, &key, &merged).map(drop)
                 } else {
-                    this.send_object(&node, &bucket, &key, &merged, Duration::from_secs(5)).await.ok();
+                    this.send_object(&node, &bucket, &key, &merged, Duration::from_secs(5)).await
+                };
+                if let Err(e) = repaired {
+                    // Not lost: the next read of the key repairs it again.
+                    this.metrics.read_repair_failures.increment(1);
+                    tracing::debug!(replica = %node, error = %e, "read repair failed");
                 }
             }
         });
@@ -445,7 +456,8 @@ impl Coordinator {
         forwarded: bool,
     ) -> Result<WriteOutcome> {
         let props = self.buckets.get(&req.bucket);
-        let (partition, replicas, needed) = self.plan("write", req.quorum, &props, &req.bucket, &req.key)?;
+        let zone = req.zone.as_deref().unwrap_or(self.cluster.zone());
+        let (partition, replicas, needed) = self.plan("write", req.quorum, zone, &props, &req.bucket, &req.key)?;
         if !replicas.contains(&self.node_id) {
             if forwarded {
                 // The forwarder's ring and ours disagree: a ring change is
@@ -499,7 +511,8 @@ impl Coordinator {
         object: &Object,
         deadline: Instant,
     ) -> Result<Vec<NodeId>> {
-        let mut tally = Tally::new(needed, self.cluster.zone(), replicas.len());
+        let zone = req.zone.as_deref().unwrap_or(self.cluster.zone());
+        let mut tally = Tally::new(needed, zone, replicas.len());
         let (tx, mut rx) = mpsc::unbounded_channel();
         // Encoded once, shared by every replica's request.
         let encoded: bytes::Bytes = encode_object(object).into();
@@ -557,7 +570,8 @@ impl Coordinator {
             };
             // The replica gets less time than this call, so its own answer
             // (a quorum failure, say) arrives before this call gives up.
-            let fwd = wire::forward_request(&req, remaining(deadline).saturating_sub(FORWARD_MARGIN));
+            let zone = req.zone.as_deref().unwrap_or(self.cluster.zone());
+            let fwd = wire::forward_request(&req, zone, remaining(deadline).saturating_sub(FORWARD_MARGIN));
             let answer = self
                 .cluster
                 .net()

@@ -14,7 +14,7 @@ pub enum Consistency {
     Quorum,
     /// Every replica.
     All,
-    /// A majority of the replicas in the coordinator's zone.
+    /// A majority of the replicas in the zone of the node the client called.
     LocalQuorum,
 }
 

@@ -34,8 +34,9 @@ pub fn consistency_to_proto(c: Consistency) -> pb::Consistency {
     }
 }
 
-/// A write to hand to a replica, which gets `timeout` to coordinate it.
-pub fn forward_request(req: &WriteRequest, timeout: Duration) -> pb::ForwardWriteRequest {
+/// A write to hand to a replica, which gets `timeout` to coordinate it and
+/// counts `LOCAL_QUORUM` in `zone`, the zone of the node the client called.
+pub fn forward_request(req: &WriteRequest, zone: &str, timeout: Duration) -> pb::ForwardWriteRequest {
     pb::ForwardWriteRequest {
         key: Some(pb::ObjectKey { bucket: req.bucket.clone(), key: req.key.clone().into() }),
         value: req.content.value().map(|v| v.to_vec()).unwrap_or_default().into(),
@@ -45,6 +46,7 @@ pub fn forward_request(req: &WriteRequest, timeout: Duration) -> pb::ForwardWrit
         count: req.quorum.count,
         primaries: req.quorum.primaries,
         timeout_ms: timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
+        zone: zone.to_owned(),
     }
 }
 
@@ -63,6 +65,8 @@ pub fn write_from_forward(req: pb::ForwardWriteRequest) -> Result<WriteRequest> 
             primaries: req.primaries,
         },
         timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms.into())),
+        // Empty from a sender that predates the field: count this node's zone.
+        zone: (!req.zone.is_empty()).then_some(req.zone),
     })
 }
 
