@@ -135,8 +135,12 @@ impl Node {
             Arc::clone(&plugins),
             Duration::from_millis(config.request_timeout_ms),
         );
-        let workers =
+        let mut workers =
             vec![spawn_storage_gauge(Arc::clone(&engine), stopped.clone()), cluster.spawn_worker(stopped.clone())];
+        if config.plugins.unload_idle_secs > 0 {
+            let every = Duration::from_secs(config.plugins.unload_idle_secs);
+            workers.push(spawn_plugin_unloader(Arc::clone(&plugins), every, stopped.clone()));
+        }
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<pb::kv_server::KvServer<KvService>>().await;
@@ -253,6 +257,24 @@ impl Node {
         tracing::info!("shutting down");
         self.shutdown().await
     }
+}
+
+/// Unloads compiled plugins that went unused for a period, so a node that
+/// has seen many plugin versions keeps only the ones in use in memory.
+fn spawn_plugin_unloader(plugins: Arc<Plugins>, every: Duration, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let gauge = metrics::gauge!("concord_plugins_loaded");
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stopped.wait_for(|s| *s) => break,
+            }
+            for r in plugins.registry().unload_idle() {
+                tracing::info!(plugin = %r, "unloaded a plugin unused for {every:?} or more");
+            }
+            gauge.set(plugins.registry().loaded_count() as f64);
+        }
+    })
 }
 
 /// Publishes the engine's size on disk every few seconds.

@@ -552,3 +552,39 @@ async fn verify_passes_the_examples_and_catches_an_order_sensitive_resolver() {
     let (ok, out) = run(&["plugin", "test", plugins::JSON_SCHEMA, "--value", r#"{"name":"x"}"#]);
     assert!(ok && out.contains("reject: missing required field \"email\""), "{out}");
 }
+
+#[tokio::test]
+async fn idle_plugins_leave_memory_and_come_back_on_the_next_call() {
+    let server = Server::start_with(ServerOptions {
+        env: vec![
+            ("CONCORD_PLUGINS__UNLOAD_IDLE_SECS".into(), "1".into()),
+            ("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.client().await;
+    deploy(&c, plugins::LWW, "lww", "1").await.unwrap();
+    bind(&c, resolver("idle", "lww@1")).await;
+    c.put("idle", b"k", b"old", &Context::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    c.put("idle", b"k", b"new", &Context::none()).await.unwrap();
+    assert_eq!(c.get("idle", b"k").await.unwrap().resolved_by.as_deref(), Some("lww@1"));
+
+    // Unused for two sweeps, the compiled plugin is dropped...
+    let mut unloaded = false;
+    for _ in 0..100 {
+        if server.log_text().contains("unloaded a plugin") {
+            unloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unloaded, "no unload in the log:\n{}", server.log_text());
+    assert!(server.log_text().contains("lww@1"), "{}", server.log_text());
+    // ...and the next read loads it again and resolves as before.
+    let r = c.get("idle", b"k").await.unwrap();
+    assert_eq!(r.resolved_by.as_deref(), Some("lww@1"));
+    assert_eq!(r.values(), vec![&b"new"[..]]);
+}

@@ -58,6 +58,8 @@ pub struct Loaded {
     /// Moving average of inline call times, in nanoseconds. An average, so
     /// one call that was merely descheduled does not move the plugin.
     avg_nanos: AtomicU64,
+    /// Set on every lookup, cleared by the registry's idle sweep.
+    used: AtomicBool,
 }
 
 impl Loaded {
@@ -84,7 +86,23 @@ impl Loaded {
             duration,
             offloaded: AtomicBool::new(false),
             avg_nanos: AtomicU64::new(0),
+            used: AtomicBool::new(true),
         })
+    }
+
+    /// Marks the plugin as in use.
+    pub fn touch(&self) {
+        // A load first: most calls find the flag set and write nothing, so
+        // the cache line is not bounced between request threads.
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the plugin was used since the last call of this, which
+    /// clears the mark.
+    pub fn take_used(&self) -> bool {
+        self.used.swap(false, Ordering::Relaxed)
     }
 
     /// Records how long an inline call took; returns true when the average

@@ -199,6 +199,10 @@ pub struct PluginConfig {
     pub write_back_resolved: bool,
     /// Sibling sets `verify` (and deploy) try.
     pub verify_cases: usize,
+    /// Seconds a compiled plugin may go unused before it is unloaded from
+    /// memory (the next call maps it back from the artifact cache); 0
+    /// keeps every plugin loaded.
+    pub unload_idle_secs: u64,
 }
 
 impl Default for PluginConfig {
@@ -212,6 +216,7 @@ impl Default for PluginConfig {
             breaker_failures: 5,
             write_back_resolved: true,
             verify_cases: 200,
+            unload_idle_secs: 600,
         }
     }
 }

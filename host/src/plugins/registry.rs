@@ -55,8 +55,10 @@ pub struct Registry {
     runtime: Arc<Runtime>,
     cache_dir: Option<PathBuf>,
     manifest: ArcSwap<BTreeMap<PluginRef, PluginInfo>>,
-    /// Compiled plugins; an entry is added on first use and never replaced
-    /// (a name@version is immutable).
+    /// Compiled plugins; an entry is added on first use, never replaced (a
+    /// name@version is immutable), and dropped after it goes unused for a
+    /// while ([`Registry::unload_idle`]). Calls in flight hold their own
+    /// reference, so unloading never cuts one short.
     loaded: RwLock<HashMap<PluginRef, Arc<Loaded>>>,
     /// Serialises manifest changes; never held across an await.
     write: Mutex<()>,
@@ -223,18 +225,42 @@ impl Registry {
 
     /// The compiled plugin `r`, if it is already compiled.
     pub fn loaded_now(&self, r: &PluginRef) -> Option<Arc<Loaded>> {
-        self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(r).cloned()
+        let l = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(r).cloned()?;
+        l.touch();
+        Some(l)
+    }
+
+    /// Unloads the compiled plugins nobody used since the previous call
+    /// (their next use maps them back from the artifact cache). Returns what
+    /// was unloaded. Called every `plugins.unload_idle_secs`, so a plugin is
+    /// unloaded after one to two such periods without a call.
+    pub fn unload_idle(&self) -> Vec<PluginRef> {
+        let mut map = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        let mut unloaded = Vec::new();
+        map.retain(|r, l| {
+            let keep = l.take_used();
+            if !keep {
+                unloaded.push(r.clone());
+            }
+            keep
+        });
+        unloaded
+    }
+
+    /// How many plugins are compiled and in memory.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The compiled plugin `r`, compiling it on first use (blocking).
     pub fn get(&self, r: &PluginRef) -> Result<Arc<Loaded>> {
-        if let Some(l) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(r) {
-            return Ok(Arc::clone(l));
+        if let Some(l) = self.loaded_now(r) {
+            return Ok(l);
         }
         let _compiling = self.compile.lock().unwrap_or_else(|p| p.into_inner());
         // Another caller may have compiled it while we waited.
-        if let Some(l) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(r) {
-            return Ok(Arc::clone(l));
+        if let Some(l) = self.loaded_now(r) {
+            return Ok(l);
         }
         let info = self.info(r).ok_or_else(|| Error::NotFound(format!("plugin {r} is not deployed")))?;
         let bytes = self
