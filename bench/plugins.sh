@@ -5,6 +5,9 @@
 #  * writes of 1 KiB: no validator vs the max-size validator.
 #
 #   cargo build --release -p concord && bench/plugins.sh [seconds-per-run]
+#
+# MEMO_MB sets plugins.memo_mb (remembered resolutions; default 32, 0 = off,
+# so that every read runs the plugin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${CONCORD_BIN:-target/release/concord}
@@ -19,13 +22,15 @@ PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-CONCORD_PLUGINS__WRITE_BACK_RESOLVED=false "$BIN" serve --listen $EP --data-dir "$WORK/data" \
+MEMO_MB=${MEMO_MB:-32}
+CONCORD_PLUGINS__WRITE_BACK_RESOLVED=false CONCORD_PLUGINS__MEMO_MB=$MEMO_MB "$BIN" serve --listen $EP --data-dir "$WORK/data" \
   --worker-threads 1 >"$WORK/serve.log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do "$BIN" cluster status --endpoint $EP >/dev/null 2>&1 && break; sleep 0.1; done
 "$BIN" plugin deploy $WASM/lww.wasm --name lww --version 1 --endpoint $EP >/dev/null
 "$BIN" plugin deploy $WASM/max_size.wasm --name max-size --version 1 --endpoint $EP >/dev/null
-"$BIN" bucket set sib-lww --resolver lww@1 --endpoint $EP >/dev/null
+# A bucket per run: every load phase adds --siblings more siblings per key.
+for c in 1 16 64; do "$BIN" bucket set sib-lww-$c --resolver lww@1 --endpoint $EP >/dev/null; done
 "$BIN" bucket set val --validator max-size@1 --max-object-bytes 2048 --endpoint $EP >/dev/null
 
 row() { # label, bench args...
@@ -37,8 +42,8 @@ row() { # label, bench args...
 echo "| run | concurrency | ops/s | p50 µs | p99 µs | errors |"
 echo "|---|---|---|---|---|---|"
 for c in 1 16 64; do
-  row "get, 2 siblings, no resolver" --bucket sib-plain --workload c --siblings 2 --concurrency $c
-  row "get, 2 siblings, Wasm lww" --bucket sib-lww --workload c --siblings 2 --concurrency $c
+  row "get, 2 siblings, no resolver" --bucket sib-plain-$c --workload c --siblings 2 --concurrency $c
+  row "get, 2 siblings, Wasm lww, memo $MEMO_MB MiB" --bucket sib-lww-$c --workload c --siblings 2 --concurrency $c
 done
 for c in 1 64; do
   row "put, no validator" --bucket plain --workload write --concurrency $c

@@ -34,10 +34,14 @@ async fn deploy_with(
     Ok(c.admin().deploy_plugin(req).await?.into_inner())
 }
 
-/// A node that resolves on every read: with write-back off, siblings stay.
+/// A node that runs the resolver on every read: with write-back off,
+/// siblings stay, and with the memo off, every read calls the plugin.
 async fn resolving_every_read() -> Server {
     Server::start_with(ServerOptions {
-        env: vec![("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into())],
+        env: vec![
+            ("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into()),
+            ("CONCORD_PLUGINS__MEMO_MB".into(), "0".into()),
+        ],
         ..Default::default()
     })
     .await
@@ -312,6 +316,22 @@ async fn resolvers_swap_under_load_without_a_failed_request() {
     assert_eq!(failures.load(Ordering::Relaxed), 0, "no request failed during 24 swaps");
 }
 
+/// A node with write-back off and a metrics endpoint (its port returned),
+/// plus `env`.
+async fn metered(env: &[(&str, &str)]) -> (Server, u16) {
+    let metrics_port = concord_tests::free_port();
+    let mut vars = vec![("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".to_owned(), "false".to_owned())];
+    vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--metrics-listen".into(), format!("127.0.0.1:{metrics_port}")],
+        env: vars,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    (server, metrics_port)
+}
+
 async fn metrics_text(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -323,20 +343,11 @@ async fn metrics_text(port: u16) -> String {
 
 #[tokio::test]
 async fn misbehaving_plugins_are_contained() {
-    let metrics_port = concord_tests::free_port();
-    let server = Server::start_with(ServerOptions {
-        args: vec!["--metrics-listen".into(), format!("127.0.0.1:{metrics_port}")],
-        env: vec![
-            // A deadline short enough to keep the test quick, long enough
-            // for the other misbehaviours to show on a loaded machine; and
-            // resolving every read.
-            ("CONCORD_PLUGINS__DEADLINE_MS".into(), "250".into()),
-            ("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into()),
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    // A deadline short enough to keep the test quick, long enough for the
+    // other misbehaviours to show on a loaded machine; and resolving every
+    // read.
+    let (server, metrics_port) =
+        metered(&[("CONCORD_PLUGINS__DEADLINE_MS", "250"), ("CONCORD_PLUGINS__MEMO_MB", "0")]).await;
     let c = server.client().await;
     let bad_resolvers = [
         ("loop", plugins::LOOP_RESOLVER, "timeout"),
@@ -482,14 +493,7 @@ async fn sibling_budget_and_write_time_resolution_use_the_resolver() {
 
 #[tokio::test]
 async fn the_shadow_resolver_is_compared_but_never_applied() {
-    let metrics_port = concord_tests::free_port();
-    let server = Server::start_with(ServerOptions {
-        args: vec!["--metrics-listen".into(), format!("127.0.0.1:{metrics_port}")],
-        env: vec![("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (server, metrics_port) = metered(&[]).await;
     let c = server.client().await;
     deploy(&c, plugins::LWW, "lww", "1").await.unwrap();
     deploy_with(&c, plugins::CONCAT_RESOLVER, "concat", "1", true, &[]).await.unwrap();
@@ -559,6 +563,7 @@ async fn idle_plugins_leave_memory_and_come_back_on_the_next_call() {
         env: vec![
             ("CONCORD_PLUGINS__UNLOAD_IDLE_SECS".into(), "1".into()),
             ("CONCORD_PLUGINS__WRITE_BACK_RESOLVED".into(), "false".into()),
+            ("CONCORD_PLUGINS__MEMO_MB".into(), "0".into()),
         ],
         ..Default::default()
     })
@@ -587,4 +592,39 @@ async fn idle_plugins_leave_memory_and_come_back_on_the_next_call() {
     let r = c.get("idle", b"k").await.unwrap();
     assert_eq!(r.resolved_by.as_deref(), Some("lww@1"));
     assert_eq!(r.values(), vec![&b"new"[..]]);
+}
+
+/// The value of a counter in Prometheus text, 0 when absent.
+fn counter_value(text: &str, series: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok()).map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn a_resolution_is_computed_once_per_set_of_siblings() {
+    let (server, metrics_port) = metered(&[]).await;
+    let c = server.client().await;
+    deploy(&c, plugins::LWW, "lww", "1").await.unwrap();
+    bind(&c, resolver("memo", "lww@1")).await;
+    c.put("memo", b"k", b"one", &Context::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    c.put("memo", b"k", b"two", &Context::none()).await.unwrap();
+    let calls = r#"concord_plugin_calls_total{plugin="lww",version="1",kind="resolver"}"#;
+    let hits = r#"concord_plugin_memo_total{outcome="hit"}"#;
+    let before = metrics_text(metrics_port).await;
+    for _ in 0..5 {
+        let r = c.get("memo", b"k").await.unwrap();
+        assert_eq!(r.values(), vec![&b"two"[..]]);
+        assert_eq!(r.resolved_by.as_deref(), Some("lww@1"));
+    }
+    let after = metrics_text(metrics_port).await;
+    assert_eq!(counter_value(&after, calls) - counter_value(&before, calls), 1, "one plugin call for five reads");
+    assert_eq!(counter_value(&after, hits) - counter_value(&before, hits), 4);
+
+    // A new sibling is a new input: the plugin runs again.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    c.put("memo", b"k", b"three", &Context::none()).await.unwrap();
+    let r = c.get("memo", b"k").await.unwrap();
+    assert_eq!(r.values(), vec![&b"three"[..]]);
+    let last = metrics_text(metrics_port).await;
+    assert_eq!(counter_value(&last, calls) - counter_value(&before, calls), 2);
 }

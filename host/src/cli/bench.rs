@@ -95,7 +95,8 @@ pub struct BenchArgs {
     load: Option<bool>,
     /// Siblings each key gets in the load phase: that many concurrent
     /// writes (no context). Use with workload c to measure reads of
-    /// conflicted keys (and their resolvers).
+    /// conflicted keys (and their resolvers). The writes add to what the
+    /// keys hold: run against a fresh bucket to get exactly this many.
     #[arg(long, default_value_t = 1)]
     siblings: u32,
     /// Threads of the load generator's runtime. One thread leaves the most

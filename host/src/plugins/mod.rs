@@ -12,6 +12,8 @@
 //!   reused instances for validators;
 //! * [`registry`] stores plugins and compiles them on first use;
 //! * [`breaker`] switches a plugin off for a bucket when it keeps failing;
+//! * [`memo`] remembers resolutions, so the same siblings are not resolved
+//!   twice;
 //! * [`verify`] checks the laws a resolver must obey.
 //!
 //! [`Plugins`] ties them together for the request paths. Where a call runs:
@@ -26,6 +28,7 @@ mod bindings;
 pub mod breaker;
 pub mod engine;
 pub mod loaded;
+pub mod memo;
 pub mod package;
 pub mod registry;
 pub mod verify;
@@ -203,6 +206,8 @@ pub struct PluginConfig {
     /// memory (the next call maps it back from the artifact cache); 0
     /// keeps every plugin loaded.
     pub unload_idle_secs: u64,
+    /// MiB of remembered resolutions ([`memo`]); 0 turns remembering off.
+    pub memo_mb: u64,
 }
 
 impl Default for PluginConfig {
@@ -217,6 +222,7 @@ impl Default for PluginConfig {
             write_back_resolved: true,
             verify_cases: 200,
             unload_idle_secs: 600,
+            memo_mb: 32,
         }
     }
 }
@@ -232,6 +238,9 @@ impl PluginConfig {
         }
         if !(1..=10_000).contains(&self.max_instances) {
             return Err(Error::invalid("plugins.max_instances must be between 1 and 10000"));
+        }
+        if self.memo_mb > 65_536 {
+            return Err(Error::invalid("plugins.memo_mb must be at most 65536 (64 GiB); 0 turns the memo off"));
         }
         Ok(())
     }
@@ -279,6 +288,7 @@ pub struct Plugins {
     breakers: breaker::Breakers,
     worked: RwLock<HashMap<(String, Slot), Worked>>,
     shadow_disagreements: AtomicU64,
+    memo: memo::Memo,
 }
 
 impl Plugins {
@@ -286,6 +296,7 @@ impl Plugins {
     /// in `cache_dir`.
     pub fn open(store: Arc<dyn Store>, cache_dir: Option<PathBuf>, config: PluginConfig) -> Result<Arc<Self>> {
         let breakers = breaker::Breakers::new(config.breaker_failures);
+        let memo = memo::Memo::new(config.memo_mb.saturating_mul(1 << 20));
         let runtime = Runtime::new(config)?;
         let registry = Registry::open(store, Arc::clone(&runtime), cache_dir)?;
         Ok(Arc::new(Self {
@@ -294,6 +305,7 @@ impl Plugins {
             breakers,
             worked: RwLock::new(HashMap::new()),
             shadow_disagreements: AtomicU64::new(0),
+            memo,
         }))
     }
 
@@ -503,6 +515,12 @@ impl Plugins {
         siblings: &[Sibling],
     ) -> Option<Resolved> {
         let chosen = self.choose(bucket, slot.clone(), configured, props.version)?;
+        let max_bytes = props.max_object_bytes as usize;
+        let label: Arc<str> = chosen.to_string().into();
+        let input = memo::Input { plugin: &label, bucket, key, max_bytes, siblings };
+        if let Some(resolution) = self.memo.get(&input) {
+            return Some(Resolved { resolution, by: label });
+        }
         let loaded = match self.loaded(&chosen).await {
             Ok(l) => l,
             Err(e) => {
@@ -510,12 +528,11 @@ impl Plugins {
                 return None;
             }
         };
-        let label = Arc::clone(&loaded.label);
-        let max_bytes = props.max_object_bytes as usize;
         match self.call_resolver(loaded, bucket, key, siblings, max_bytes).await {
             Ok(resolution) => {
                 self.breakers.success(bucket, &label, props.version);
                 self.remember(bucket, slot, &chosen);
+                self.memo.insert(&input, &resolution);
                 Some(Resolved { resolution, by: label })
             }
             Err(f) => {
