@@ -125,8 +125,9 @@ impl Config {
         }
         for (name, value) in env {
             let Some(key) = name.strip_prefix("CONCORD_") else { continue };
-            // Variables the CLI reads for itself, not node settings.
-            if matches!(key, "ENDPOINT" | "CONFIG") {
+            // Variables the CLI, the tests and the bench scripts read for
+            // themselves, not node settings.
+            if matches!(key, "ENDPOINT" | "CONFIG" | "BIN") {
                 continue;
             }
             let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
@@ -253,7 +254,13 @@ mod tests {
         std::fs::write(&file, "durability = \"fsync\"\nzone = \"eu-1\"\n[buckets]\nn = 5\n").unwrap();
         let c = Config::load(
             Some(&file),
-            env(&[("CONCORD_ZONE", "eu-2"), ("CONCORD_BUCKETS__N", "1"), ("CONCORD_ENDPOINT", "x"), ("OTHER", "y")]),
+            env(&[
+                ("CONCORD_ZONE", "eu-2"),
+                ("CONCORD_BUCKETS__N", "1"),
+                ("CONCORD_ENDPOINT", "x"),
+                ("CONCORD_BIN", "b"),
+                ("OTHER", "y"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.durability, DurabilityMode::Fsync);

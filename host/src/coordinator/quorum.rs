@@ -36,7 +36,7 @@ pub struct Needed {
     pub total: usize,
     /// Of those, answers needed from primary replicas.
     pub primaries: usize,
-    /// Only answers from replicas in the coordinator's zone count
+    /// Only answers from replicas in the client's zone count
     /// (`LOCAL_QUORUM`).
     pub local_only: bool,
 }
@@ -46,7 +46,7 @@ pub struct Needed {
 /// * `bucket_n` and `bucket_default` are the bucket's `n` and its `r` or `w`;
 /// * `replicas` is the number of replicas this request can use (`n` shrunk
 ///   to the cluster size);
-/// * `local_replicas` is how many of those sit in the coordinator's zone.
+/// * `local_replicas` is how many of those sit in the client's zone.
 ///
 /// A request for more replicas than the bucket has is a mistake in the
 /// request (`InvalidInput`); one for more than the cluster can offer right
@@ -85,7 +85,8 @@ pub fn needed(
             needed: 1,
             got: 0,
             total: replicas,
-            detail: "; LOCAL_QUORUM: no replica of this key is in the coordinator's zone".into(),
+            detail: "; LOCAL_QUORUM: no replica of this key is in the client's zone (that of the node it called)"
+                .into(),
         });
     }
     let primaries = spec.primaries as usize;
@@ -144,6 +145,6 @@ mod tests {
         let e = needed("write", spec(Consistency::Default, 0, 4), 3, 2, 3, 3).unwrap_err().to_string();
         assert!(e.contains("pw=4"), "{e}");
         let e = needed("write", spec(Consistency::LocalQuorum, 0, 0), 3, 2, 3, 0).unwrap_err().to_string();
-        assert!(e.contains("no replica of this key is in the coordinator's zone"), "{e}");
+        assert!(e.contains("no replica of this key is in the client's zone"), "{e}");
     }
 }
