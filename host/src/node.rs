@@ -263,7 +263,6 @@ impl Node {
 /// has seen many plugin versions keeps only the ones in use in memory.
 fn spawn_plugin_unloader(plugins: Arc<Plugins>, every: Duration, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let gauge = metrics::gauge!("concord_plugins_loaded");
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -272,7 +271,6 @@ fn spawn_plugin_unloader(plugins: Arc<Plugins>, every: Duration, mut stopped: wa
             for r in plugins.registry().unload_idle() {
                 tracing::info!(plugin = %r, "unloaded a plugin unused for {every:?} or more");
             }
-            gauge.set(plugins.registry().loaded_count() as f64);
         }
     })
 }

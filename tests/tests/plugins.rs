@@ -578,16 +578,17 @@ async fn idle_plugins_leave_memory_and_come_back_on_the_next_call() {
     assert_eq!(c.get("idle", b"k").await.unwrap().resolved_by.as_deref(), Some("lww@1"));
 
     // Unused for two sweeps, the compiled plugin is dropped...
-    let mut unloaded = false;
+    let unload_line = || server.log_text().lines().find(|l| l.contains("unloaded a plugin")).map(str::to_owned);
+    let mut unloaded = None;
     for _ in 0..100 {
-        if server.log_text().contains("unloaded a plugin") {
-            unloaded = true;
+        unloaded = unload_line();
+        if unloaded.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(unloaded, "no unload in the log:\n{}", server.log_text());
-    assert!(server.log_text().contains("lww@1"), "{}", server.log_text());
+    let line = unloaded.unwrap_or_else(|| panic!("no unload in the log:\n{}", server.log_text()));
+    assert!(line.contains("lww@1"), "{line}");
     // ...and the next read loads it again and resolves as before.
     let r = c.get("idle", b"k").await.unwrap();
     assert_eq!(r.resolved_by.as_deref(), Some("lww@1"));
@@ -627,4 +628,54 @@ async fn a_resolution_is_computed_once_per_set_of_siblings() {
     assert_eq!(r.values(), vec![&b"three"[..]]);
     let last = metrics_text(metrics_port).await;
     assert_eq!(counter_value(&last, calls) - counter_value(&before, calls), 2);
+}
+
+#[tokio::test]
+async fn unloading_a_validator_gives_back_its_idle_instances() {
+    use concord::cluster::BucketProps;
+    use concord::plugins::{PluginConfig, Plugins};
+    use concord::storage::MemStore;
+
+    let config = PluginConfig { max_instances: 8, ..Default::default() };
+    let node = Plugins::open(Arc::new(MemStore::new()), None, config).unwrap();
+    let wasm = std::fs::read(plugins::MAX_SIZE).unwrap();
+    node.deploy("max-size".into(), Some("1".into()), wasm, false, vec![]).await.unwrap();
+    let props = BucketProps { validators: vec!["max-size@1".parse().unwrap()], ..Default::default() };
+    node.validate("b", &props, b"k", b"v".to_vec()).await.unwrap();
+    assert_eq!(node.runtime().idle_instances(), 1, "the validator keeps its instance for the next write");
+
+    // The first sweep finds it used, the second unloads it.
+    assert!(node.registry().unload_idle().is_empty());
+    assert_eq!(node.registry().unload_idle().len(), 1);
+    assert_eq!(node.runtime().idle_instances(), 0, "the unloaded plugin's idle instance is given back");
+    // Loaded again on the next write, it idles again.
+    node.validate("b", &props, b"k", b"v".to_vec()).await.unwrap();
+    assert_eq!(node.runtime().idle_instances(), 1);
+}
+
+#[tokio::test]
+async fn a_plugin_moved_off_request_threads_stays_off_when_loaded_again() {
+    use concord::cluster::{BucketProps, PluginRef};
+    use concord::plugins::{PluginConfig, Plugins};
+    use concord::storage::MemStore;
+
+    let config = PluginConfig { deadline_ms: 20, ..Default::default() };
+    let node = Plugins::open(Arc::new(MemStore::new()), None, config).unwrap();
+    let wasm = std::fs::read(plugins::LOOP_VALIDATOR).unwrap();
+    node.deploy("spin".into(), Some("1".into()), wasm, false, vec![]).await.unwrap();
+    let spin: PluginRef = "spin@1".parse().unwrap();
+    assert!(!node.registry().loaded_now(&spin).unwrap().offloaded());
+    let props = BucketProps { validators: vec![spin.clone()], ..Default::default() };
+    node.validate("b", &props, b"k", b"v".to_vec()).await.unwrap_err();
+    assert!(node.registry().loaded_now(&spin).unwrap().offloaded(), "a timed-out plugin leaves request threads");
+
+    node.registry().unload_idle();
+    assert_eq!(node.registry().unload_idle(), vec![spin.clone()]);
+    assert!(node.registry().loaded_now(&spin).is_none());
+    let registry_get = {
+        let node = Arc::clone(&node);
+        let spin = spin.clone();
+        tokio::task::spawn_blocking(move || node.registry().get(&spin).map(|l| l.offloaded()))
+    };
+    assert!(registry_get.await.unwrap().unwrap(), "loaded again, it starts off request threads");
 }

@@ -35,7 +35,7 @@ pub use quorum::{Consistency, Needed, QuorumSpec};
 
 use crate::causal::{Content, Dot, Object, Sibling, VersionVector};
 use crate::cluster::{BucketProps, Buckets, Cluster, ResolveOn};
-use crate::plugins::{Plugins, Resolution};
+use crate::plugins::{Plugins, Resolution, ResolveFor};
 use crate::ring::NodeId;
 use crate::storage::ObjectStore;
 use crate::storage::codec::{decode_object, encode_object};
@@ -125,7 +125,7 @@ pub struct Coordinator {
 /// Counts answers against what a request needs.
 struct Tally {
     needed: Needed,
-    /// The coordinator's zone (for `LOCAL_QUORUM`).
+    /// The zone whose replicas `LOCAL_QUORUM` counts: the client's.
     zone: String,
     ok: Vec<NodeId>,
     local_ok: usize,
@@ -399,7 +399,7 @@ impl Coordinator {
         if !has_resolver || object.live_siblings().nth(1).is_none() {
             return None;
         }
-        let resolved = self.plugins.resolve(&req.bucket, props, &req.key, object.siblings()).await?;
+        let resolved = self.plugins.resolve(&req.bucket, props, &req.key, object.siblings(), ResolveFor::Read).await?;
         Some((content_of(resolved.resolution)?, resolved.by))
     }
 
@@ -490,7 +490,8 @@ impl Coordinator {
         };
         if props.resolve_on == ResolveOn::Write
             && object.siblings().len() > 1
-            && let Some(r) = self.plugins.resolve(&req.bucket, &props, &req.key, object.siblings()).await
+            && let Some(r) =
+                self.plugins.resolve(&req.bucket, &props, &req.key, object.siblings(), ResolveFor::Write).await
             && let Some(content) = content_of(r.resolution)
         {
             object = update(&object.context().clone(), content)?;
@@ -626,7 +627,7 @@ impl Coordinator {
             written_at_ms: now,
             writer: self.node_id.clone(),
         });
-        let r = self.plugins.resolve(&req.bucket, props, &req.key, &candidates).await?;
+        let r = self.plugins.resolve(&req.bucket, props, &req.key, &candidates, ResolveFor::Write).await?;
         let content = content_of(r.resolution)?;
         let mut context = stored.context().clone();
         context.merge(&req.context);

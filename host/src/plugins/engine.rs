@@ -207,6 +207,11 @@ impl Runtime {
         self.idle.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
     }
 
+    /// Idle validator instances kept for reuse, across all plugins.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.load(Ordering::Relaxed)
+    }
+
     /// Gives back room reserved by [`Runtime::reserve_idle`].
     pub(super) fn release_idle(&self) {
         self.idle.fetch_sub(1, Ordering::Relaxed);

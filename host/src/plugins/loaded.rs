@@ -62,6 +62,20 @@ pub struct Loaded {
     used: AtomicBool,
 }
 
+impl Drop for Loaded {
+    /// Idle validator instances hold room in the node-wide idle allowance
+    /// ([`Runtime::reserve_idle`]); an unloaded plugin gives it back.
+    fn drop(&mut self) {
+        let Self { kind, runtime, .. } = self;
+        if let Kind::Validator { idle, .. } = kind {
+            let idle = idle.get_mut().unwrap_or_else(|p| p.into_inner());
+            for _ in idle.drain(..) {
+                runtime.release_idle();
+            }
+        }
+    }
+}
+
 impl Loaded {
     /// Links a compiled component of `info.kind`.
     pub fn new(runtime: Arc<Runtime>, info: PluginInfo, component: &Component) -> Result<Self> {
@@ -126,6 +140,12 @@ impl Loaded {
     /// Whether calls must run on the blocking pool.
     pub fn offloaded(&self) -> bool {
         self.offloaded.load(Ordering::Relaxed)
+    }
+
+    /// Starts a reloaded plugin where its previous load left off: off
+    /// request threads.
+    pub fn start_offloaded(&self) {
+        self.offloaded.store(true, Ordering::Relaxed);
     }
 
     /// Moves future calls to the blocking pool.

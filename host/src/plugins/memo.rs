@@ -8,7 +8,9 @@
 //! back whenever siblings outlive a read: on a bucket that keeps them
 //! (`plugins.write_back_resolved = false`), on a node that coordinates a
 //! read without being a replica (only replicas write back), and while many
-//! readers hit a conflicted key before its write-back lands.
+//! readers hit a conflicted key before its write-back lands. Write-time
+//! resolutions are not remembered: their input includes the value being
+//! written, which is seldom seen twice.
 //!
 //! An entry is found by a 128-bit hash of the input and then compared with
 //! the whole input it was computed from, so an answer is only reused for
@@ -27,29 +29,28 @@ use xxhash_rust::xxh3::Xxh3;
 use super::Resolution;
 use crate::causal::{Content, Sibling};
 
-/// One resolver call: everything its answer may depend on.
+/// One resolver call: everything its answer may depend on, and its hash.
 pub struct Input<'a> {
-    /// `name@version` of the resolver.
-    pub plugin: &'a str,
-    /// The bucket and key being resolved.
-    pub bucket: &'a str,
-    /// The key.
-    pub key: &'a [u8],
-    /// The largest value the resolver may return.
-    pub max_bytes: usize,
-    /// The siblings, in the order the resolver is given them.
-    pub siblings: &'a [Sibling],
+    plugin: &'a str,
+    bucket: &'a str,
+    key: &'a [u8],
+    max_bytes: usize,
+    siblings: &'a [Sibling],
+    hash: u128,
 }
 
-impl Input<'_> {
-    fn hash128(&self) -> u128 {
+impl<'a> Input<'a> {
+    /// A call of `plugin` (`name@version`) on `siblings` (in the order the
+    /// resolver gets them) of `key` in `bucket`, allowed to return up to
+    /// `max_bytes`.
+    pub fn new(plugin: &'a str, bucket: &'a str, key: &'a [u8], max_bytes: usize, siblings: &'a [Sibling]) -> Self {
         let mut h = Xxh3::new();
-        self.plugin.hash(&mut h);
-        self.bucket.hash(&mut h);
-        self.key.hash(&mut h);
-        self.max_bytes.hash(&mut h);
-        self.siblings.hash(&mut h);
-        h.digest128()
+        plugin.hash(&mut h);
+        bucket.hash(&mut h);
+        key.hash(&mut h);
+        max_bytes.hash(&mut h);
+        siblings.hash(&mut h);
+        Self { plugin, bucket, key, max_bytes, siblings, hash: h.digest128() }
     }
 }
 
@@ -126,10 +127,15 @@ impl Memo {
         }
     }
 
+    /// Whether the memo remembers anything (it is not sized 0).
+    pub fn is_on(&self) -> bool {
+        self.cache.is_some()
+    }
+
     /// The answer given before to exactly this input, if remembered.
     pub fn get(&self, input: &Input<'_>) -> Option<Resolution> {
         let cache = self.cache.as_ref()?;
-        match cache.get(&input.hash128()) {
+        match cache.get(&input.hash) {
             Some(entry) if entry.answers(input) => {
                 self.hits.increment(1);
                 Some(entry.resolution.clone())
@@ -152,7 +158,7 @@ impl Memo {
             siblings: input.siblings.into(),
             resolution: resolution.clone(),
         };
-        cache.insert(input.hash128(), Arc::new(entry));
+        cache.insert(input.hash, Arc::new(entry));
     }
 }
 
@@ -170,33 +176,23 @@ mod tests {
         }
     }
 
-    fn input<'a>(
-        plugin: &'a str,
-        bucket: &'a str,
-        key: &'a [u8],
-        max_bytes: usize,
-        siblings: &'a [Sibling],
-    ) -> Input<'a> {
-        Input { plugin, bucket, key, max_bytes, siblings }
-    }
-
     #[test]
     fn answers_only_exactly_the_same_input() {
         let memo = Memo::new(1 << 20);
         let siblings = vec![sibling(1, b"a"), sibling(2, b"b")];
         let answer = Resolution::Resolved(b"b".to_vec());
-        memo.insert(&input("lww@1", "cart", b"k", 10240, &siblings), &answer);
-        assert_eq!(memo.get(&input("lww@1", "cart", b"k", 10240, &siblings)), Some(answer));
+        memo.insert(&Input::new("lww@1", "cart", b"k", 10240, &siblings), &answer);
+        assert_eq!(memo.get(&Input::new("lww@1", "cart", b"k", 10240, &siblings)), Some(answer));
 
         // Any difference in the input is a different call.
-        assert_eq!(memo.get(&input("lww@2", "cart", b"k", 10240, &siblings)), None);
-        assert_eq!(memo.get(&input("lww@1", "carts", b"k", 10240, &siblings)), None);
-        assert_eq!(memo.get(&input("lww@1", "cart", b"k2", 10240, &siblings)), None);
-        assert_eq!(memo.get(&input("lww@1", "cart", b"k", 100, &siblings)), None);
+        assert_eq!(memo.get(&Input::new("lww@2", "cart", b"k", 10240, &siblings)), None);
+        assert_eq!(memo.get(&Input::new("lww@1", "carts", b"k", 10240, &siblings)), None);
+        assert_eq!(memo.get(&Input::new("lww@1", "cart", b"k2", 10240, &siblings)), None);
+        assert_eq!(memo.get(&Input::new("lww@1", "cart", b"k", 100, &siblings)), None);
         let same_dots_other_value = vec![sibling(1, b"a"), sibling(2, b"c")];
-        assert_eq!(memo.get(&input("lww@1", "cart", b"k", 10240, &same_dots_other_value)), None);
+        assert_eq!(memo.get(&Input::new("lww@1", "cart", b"k", 10240, &same_dots_other_value)), None);
         let reordered = vec![sibling(2, b"b"), sibling(1, b"a")];
-        assert_eq!(memo.get(&input("lww@1", "cart", b"k", 10240, &reordered)), None);
+        assert_eq!(memo.get(&Input::new("lww@1", "cart", b"k", 10240, &reordered)), None);
     }
 
     #[test]
@@ -205,7 +201,10 @@ mod tests {
         let big = vec![0u8; 4096];
         for i in 0..200u64 {
             let siblings = vec![sibling(i, &big), sibling(i + 1_000, &big)];
-            memo.insert(&input("lww@1", "b", &i.to_be_bytes(), 10240, &siblings), &Resolution::Resolved(big.clone()));
+            memo.insert(
+                &Input::new("lww@1", "b", &i.to_be_bytes(), 10240, &siblings),
+                &Resolution::Resolved(big.clone()),
+            );
         }
         let cache = memo.cache.as_ref().unwrap();
         assert!(cache.weight() <= 64 * 1024, "{} bytes held", cache.weight());
@@ -213,7 +212,7 @@ mod tests {
 
         let off = Memo::new(0);
         let siblings = vec![sibling(1, b"a")];
-        off.insert(&input("lww@1", "b", b"k", 10240, &siblings), &Resolution::Delete);
-        assert_eq!(off.get(&input("lww@1", "b", b"k", 10240, &siblings)), None);
+        off.insert(&Input::new("lww@1", "b", b"k", 10240, &siblings), &Resolution::Delete);
+        assert_eq!(off.get(&Input::new("lww@1", "b", b"k", 10240, &siblings)), None);
     }
 }

@@ -239,6 +239,11 @@ impl PluginConfig {
         if !(1..=10_000).contains(&self.max_instances) {
             return Err(Error::invalid("plugins.max_instances must be between 1 and 10000"));
         }
+        if self.unload_idle_secs > 7 * 86_400 {
+            return Err(Error::invalid(
+                "plugins.unload_idle_secs must be at most 604800 (a week); 0 keeps plugins loaded",
+            ));
+        }
         if self.memo_mb > 65_536 {
             return Err(Error::invalid("plugins.memo_mb must be at most 65536 (64 GiB); 0 turns the memo off"));
         }
@@ -261,6 +266,25 @@ enum Slot {
 struct Worked {
     current: PluginRef,
     previous: Option<PluginRef>,
+}
+
+/// What a resolution is for; reads may be answered from the [`memo`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResolveFor {
+    /// A read: the same siblings are likely to be read again.
+    Read,
+    /// A write: the siblings include the value being written and are
+    /// seldom seen twice, so they are not remembered.
+    Write,
+}
+
+/// Siblings to resolve, and what for.
+#[derive(Clone, Copy)]
+struct Conflict<'a> {
+    bucket: &'a str,
+    key: &'a [u8],
+    siblings: &'a [Sibling],
+    purpose: ResolveFor,
 }
 
 /// A successful resolution.
@@ -487,9 +511,11 @@ impl Plugins {
         props: &BucketProps,
         key: &[u8],
         siblings: &[Sibling],
+        purpose: ResolveFor,
     ) -> Option<Resolved> {
+        let conflict = Conflict { bucket, key, siblings, purpose };
         let active = match &props.resolver {
-            Some(configured) => self.run_slot(bucket, Slot::Resolver, configured, props, key, siblings).await,
+            Some(configured) => self.run_slot(Slot::Resolver, configured, props, &conflict).await,
             None => None,
         };
         if let Some(shadow) = &props.shadow_resolver {
@@ -498,7 +524,8 @@ impl Plugins {
                 (bucket.to_owned(), props.clone(), key.to_vec(), siblings.to_vec(), shadow.clone());
             let active = active.clone();
             tokio::spawn(async move {
-                let theirs = this.run_slot(&bucket, Slot::Shadow, &shadow, &props, &key, &siblings).await;
+                let conflict = Conflict { bucket: &bucket, key: &key, siblings: &siblings, purpose };
+                let theirs = this.run_slot(Slot::Shadow, &shadow, &props, &conflict).await;
                 this.compare_shadow(&bucket, &key, active.as_ref(), theirs.as_ref(), &shadow);
             });
         }
@@ -507,18 +534,21 @@ impl Plugins {
 
     async fn run_slot(
         self: &Arc<Self>,
-        bucket: &str,
         slot: Slot,
         configured: &PluginRef,
         props: &BucketProps,
-        key: &[u8],
-        siblings: &[Sibling],
+        conflict: &Conflict<'_>,
     ) -> Option<Resolved> {
+        let Conflict { bucket, key, siblings, purpose } = *conflict;
         let chosen = self.choose(bucket, slot.clone(), configured, props.version)?;
         let max_bytes = props.max_object_bytes as usize;
         let label: Arc<str> = chosen.to_string().into();
-        let input = memo::Input { plugin: &label, bucket, key, max_bytes, siblings };
-        if let Some(resolution) = self.memo.get(&input) {
+        let input = (purpose == ResolveFor::Read && self.memo.is_on())
+            .then(|| memo::Input::new(&label, bucket, key, max_bytes, siblings));
+        if let Some(resolution) = input.as_ref().and_then(|i| self.memo.get(i)) {
+            // A remembered answer is a success of the plugin as much as the
+            // call that produced it.
+            self.breakers.success(bucket, &label, props.version);
             return Some(Resolved { resolution, by: label });
         }
         let loaded = match self.loaded(&chosen).await {
@@ -532,7 +562,9 @@ impl Plugins {
             Ok(resolution) => {
                 self.breakers.success(bucket, &label, props.version);
                 self.remember(bucket, slot, &chosen);
-                self.memo.insert(&input, &resolution);
+                if let Some(input) = &input {
+                    self.memo.insert(input, &resolution);
+                }
                 Some(Resolved { resolution, by: label })
             }
             Err(f) => {

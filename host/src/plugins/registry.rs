@@ -15,7 +15,7 @@
 //! Compilation happens on first use after a restart; the engine's artifact
 //! cache makes that a file map rather than a compile.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -65,6 +65,10 @@ pub struct Registry {
     /// Serialises compiling on first use, so concurrent first calls compile
     /// a plugin once. Held only on blocking threads.
     compile: Mutex<()>,
+    /// Unloaded plugins that had been moved off request threads: they stay
+    /// off when loaded again.
+    offloaded: Mutex<HashSet<PluginRef>>,
+    loaded_gauge: metrics::Gauge,
 }
 
 impl Registry {
@@ -89,6 +93,8 @@ impl Registry {
             loaded: RwLock::new(HashMap::new()),
             write: Mutex::new(()),
             compile: Mutex::new(()),
+            offloaded: Mutex::new(HashSet::new()),
+            loaded_gauge: metrics::gauge!("concord_plugins_loaded"),
         })
     }
 
@@ -211,7 +217,7 @@ impl Registry {
         )?;
         self.store.flush()?;
         self.manifest.store(Arc::new(next));
-        self.loaded.write().unwrap_or_else(|p| p.into_inner()).entry(r).or_insert(loaded);
+        self.keep_loaded(r, loaded);
         Ok(info)
     }
 
@@ -235,21 +241,42 @@ impl Registry {
     /// was unloaded. Called every `plugins.unload_idle_secs`, so a plugin is
     /// unloaded after one to two such periods without a call.
     pub fn unload_idle(&self) -> Vec<PluginRef> {
-        let mut map = self.loaded.write().unwrap_or_else(|p| p.into_inner());
         let mut unloaded = Vec::new();
-        map.retain(|r, l| {
-            let keep = l.take_used();
-            if !keep {
-                unloaded.push(r.clone());
-            }
-            keep
-        });
+        {
+            let mut map = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+            map.retain(|r, l| {
+                let keep = l.take_used();
+                if !keep {
+                    unloaded.push((r.clone(), Arc::clone(l)));
+                }
+                keep
+            });
+            self.loaded_gauge.set(map.len() as f64);
+        }
+        let mut offloaded = self.offloaded.lock().unwrap_or_else(|p| p.into_inner());
+        // The plugins themselves are freed here, once the lock that request
+        // threads take is released.
         unloaded
+            .into_iter()
+            .map(|(r, l)| {
+                if l.offloaded() {
+                    offloaded.insert(r.clone());
+                }
+                r
+            })
+            .collect()
     }
 
-    /// How many plugins are compiled and in memory.
-    pub fn loaded_count(&self) -> usize {
-        self.loaded.read().unwrap_or_else(|p| p.into_inner()).len()
+    /// Adds a compiled plugin unless one is there already; returns the one
+    /// that is.
+    fn keep_loaded(&self, r: PluginRef, loaded: Arc<Loaded>) -> Arc<Loaded> {
+        if self.offloaded.lock().unwrap_or_else(|p| p.into_inner()).contains(&r) {
+            loaded.start_offloaded();
+        }
+        let mut map = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        let kept = Arc::clone(map.entry(r).or_insert(loaded));
+        self.loaded_gauge.set(map.len() as f64);
+        kept
     }
 
     /// The compiled plugin `r`, compiling it on first use (blocking).
@@ -273,7 +300,6 @@ impl Registry {
         let (component, cached) = self.runtime.compile(&bytes, self.cache_dir.as_deref())?;
         tracing::debug!(plugin = %r, cached, "plugin loaded");
         let loaded = Arc::new(Loaded::new(Arc::clone(&self.runtime), info, &component)?);
-        let mut map = self.loaded.write().unwrap_or_else(|p| p.into_inner());
-        Ok(Arc::clone(map.entry(r.clone()).or_insert(loaded)))
+        Ok(self.keep_loaded(r.clone(), loaded))
     }
 }
