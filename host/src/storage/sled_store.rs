@@ -28,13 +28,28 @@ impl SledStore {
     /// stored. Flushing is left to [`super::Durability`], so sled's own
     /// periodic flusher is off.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StorageError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()
-            .map_err(io)?;
+            .flush_every_ms(None);
+        // sled lets go of its file lock from a background thread some time
+        // after the last handle is dropped, so reopening in the same
+        // process (a node restarted in place) can find it still held for a
+        // moment. Another process holding it is caught earlier, by the data
+        // directory's own lock.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < give_up =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(io(e)),
+            }
+        };
         Ok(Self { db, trees: RwLock::new(HashMap::new()) })
     }
 
