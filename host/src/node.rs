@@ -78,9 +78,17 @@ impl Node {
             Some(crate::plugins::engine::cache_dir(dir.path())),
             config.plugins.clone(),
         )?;
+        let mut seeds = config.seeds.clone();
+        for s in load_seeds(&*engine)? {
+            if !seeds.contains(&s) {
+                seeds.push(s);
+            }
+        }
         let ring = match load_ring(&*engine)? {
             Some(r) => r,
-            None => Ring::single(&node_id, &config.zone, config.partitions),
+            // The first node of a cluster starts it; a node given seeds joins one.
+            None if seeds.is_empty() => Ring::single(&node_id, &config.zone, config.partitions),
+            None => Ring::joining(&node_id, &config.zone, config.partitions),
         };
         if ring.partitions() != config.partitions && ring.members().len() > 1 {
             tracing::warn!(
@@ -93,12 +101,6 @@ impl Node {
         let (stop, stopped) = watch::channel(false);
         let faults = Arc::new(Faults::default());
         let net = Net::new(Arc::clone(&faults));
-        let mut seeds = config.seeds.clone();
-        for s in load_seeds(&*engine)? {
-            if !seeds.contains(&s) {
-                seeds.push(s);
-            }
-        }
         let gossip_interval = Duration::from_millis(config.gossip_interval_ms);
         let membership = Membership::start(
             MembershipConfig {

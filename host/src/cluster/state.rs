@@ -61,6 +61,7 @@ fn decode_ring(bytes: &[u8]) -> Result<Ring> {
     if p.format != RING_FORMAT {
         return Err(Error::Corruption(format!("ring has unknown format {}", p.format)));
     }
+    p.ring.check().map_err(|e| Error::Corruption(format!("ring at epoch {} is not usable: {e}", p.ring.epoch())))?;
     Ok(p.ring)
 }
 
@@ -177,6 +178,17 @@ impl Cluster {
         let current = self.ring.load();
         if !force && !ring.supersedes(&current) {
             return Ok(false);
+        }
+        if !force && current.epoch() > 0 && ring.partitions() != current.partitions() {
+            // Objects are stored by partition: another count would hide
+            // every key this node holds.
+            return Err(Error::FailedPrecondition(format!(
+                "a peer's ring (epoch {}) has {} partitions and this node's has {}; a cluster's partition count is \
+                 fixed when it is created, so this node cannot take part in that cluster with its data",
+                ring.epoch(),
+                ring.partitions(),
+                current.partitions()
+            )));
         }
         if ring == **current {
             return Ok(false);
@@ -383,10 +395,6 @@ impl Cluster {
                 ring.members().len()
             )));
         }
-        // A node that left may join again.
-        if self.leaving.swap(false, Ordering::Relaxed) {
-            self.store.remove(Space::Meta, LEAVING_KEY)?;
-        }
         let md = self
             .net
             .call(seed_addr, Duration::from_secs(5), |mut c| async move {
@@ -401,6 +409,11 @@ impl Cluster {
                 detail: format!("; cannot reach seed {seed}: {e}"),
             })?;
         self.adopt_ring(decode_ring(&md.ring)?, true)?;
+        // A node that left may join again; only now, so that a join that
+        // fails does not hand it back to the cluster it left.
+        if self.leaving.swap(false, Ordering::Relaxed) {
+            self.store.remove(Space::Meta, LEAVING_KEY)?;
+        }
         self.merge_metadata(md, seed_addr).await?;
         let mut seeds = load_seeds(&*self.store)?;
         if !seeds.contains(&seed.to_owned()) {

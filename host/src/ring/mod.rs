@@ -81,6 +81,31 @@ impl Ring {
         Self { epoch: 1, claimant: node.to_owned(), owners: vec![node.to_owned(); partitions as usize], members }
     }
 
+    /// What a node started with seeds begins with: [`Ring::single`] at epoch
+    /// 0. Any ring a cluster has used supersedes it, so a newcomer never
+    /// takes the partitions of a node that has been serving alone; between
+    /// newcomers, one is still picked by id.
+    pub fn joining(node: &str, zone: &str, partitions: u32) -> Self {
+        Self { epoch: 0, ..Self::single(node, zone, partitions) }
+    }
+
+    /// Checks a ring that came from elsewhere (disk, a peer) before it is
+    /// used: a power-of-two partition count, at least one member, and every
+    /// partition owned by a member.
+    pub fn check(&self) -> Result<(), String> {
+        let q = self.owners.len();
+        if !q.is_power_of_two() || q > 65_536 {
+            return Err(format!("it has {q} partitions; a ring has a power of two, at most 65536"));
+        }
+        if self.members.is_empty() {
+            return Err("it has no members".into());
+        }
+        if let Some((p, o)) = self.owners.iter().enumerate().find(|(_, o)| !self.members.contains_key(*o)) {
+            return Err(format!("partition {p} is owned by {o}, which is not a member"));
+        }
+        Ok(())
+    }
+
     /// Number of partitions (`Q`).
     pub fn partitions(&self) -> u32 {
         self.owners.len() as u32

@@ -150,6 +150,37 @@ fn rings_order_by_epoch_then_claimant() {
 }
 
 #[test]
+fn a_newcomer_never_takes_over_a_node_serving_alone() {
+    // "z" sorts after "a": with equal epochs its ring would win.
+    let serving = Ring::single("a", "z", 16);
+    let newcomer = Ring::joining("z", "z", 16);
+    assert!(serving.supersedes(&newcomer) && !newcomer.supersedes(&serving));
+    // Two newcomers still settle on one of their rings.
+    let other = Ring::joining("b", "z", 16);
+    assert!(newcomer.supersedes(&other) && !other.supersedes(&newcomer));
+    // Once the newcomer claims, its ring moves past epoch 0 like any other.
+    let members = BTreeMap::from([("a".to_owned(), member("z")), ("z".to_owned(), member("z"))]);
+    assert_eq!(serving.claim(&members, "a").epoch(), 2);
+}
+
+#[test]
+fn rings_from_elsewhere_are_checked() {
+    assert_eq!(Ring::single("a", "z", 16).check(), Ok(()));
+    let mut r = Ring::single("a", "z", 16);
+    r.owners.clear();
+    assert!(r.check().unwrap_err().contains("0 partitions"), "{:?}", r.check());
+    let mut r = Ring::single("a", "z", 16);
+    r.owners.pop();
+    assert!(r.check().unwrap_err().contains("15 partitions"), "{:?}", r.check());
+    let mut r = Ring::single("a", "z", 16);
+    r.owners[3] = "ghost".into();
+    assert!(r.check().unwrap_err().contains("partition 3 is owned by ghost"), "{:?}", r.check());
+    let mut r = Ring::single("a", "z", 16);
+    r.members.clear();
+    assert!(r.check().unwrap_err().contains("no members"), "{:?}", r.check());
+}
+
+#[test]
 fn four_nodes_on_64_partitions_own_16_each() {
     let members: BTreeMap<_, _> = ["a", "b", "c", "d"].iter().map(|m| (m.to_string(), member("z"))).collect();
     let ring = Ring::single("a", "z", 64).claim(&members, "a");
