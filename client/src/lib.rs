@@ -28,6 +28,9 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use concord_proto::v1::{BucketProps, ClusterStatusResponse, Consistency, PluginInfo, SetBucketRequest};
 
+/// Largest reply the client accepts.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// An opaque causal context: what a reader has seen. Pass the context of a
 /// read to the next write of the same key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -258,7 +261,12 @@ impl Client {
 
     /// Uses an existing channel.
     pub fn from_channel(channel: Channel) -> Self {
-        Self { kv: pb::kv_client::KvClient::new(channel.clone()), admin: pb::admin_client::AdminClient::new(channel) }
+        // A key's siblings may add up to 16 MiB (a bucket's max_siblings ×
+        // max_object_bytes); tonic's default limit on a reply is 4 MiB.
+        Self {
+            kv: pb::kv_client::KvClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            admin: pb::admin_client::AdminClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        }
     }
 
     /// Reads a key with the bucket's default consistency.

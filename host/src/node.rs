@@ -166,7 +166,12 @@ impl Node {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(pb::kv_server::KvServer::new(KvService::new(coordinator)))
-            .add_service(pb::admin_server::AdminServer::new(AdminService::new(buckets, plugins, Arc::clone(&cluster))))
+            // Plugin components arrive through Admin and may exceed tonic's
+            // default 4 MiB.
+            .add_service(
+                pb::admin_server::AdminServer::new(AdminService::new(buckets, plugins, Arc::clone(&cluster)))
+                    .max_decoding_message_size(64 << 20),
+            )
             .add_service(
                 pb::internal_server::InternalServer::new(internal)
                     .max_decoding_message_size(64 << 20)

@@ -124,6 +124,18 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "w=4 exceeds",
         ),
         ("delete with garbage context", c.delete("b", b"k", &Context::from_bytes(vec![1])).await, "malformed"),
+        (
+            "timeout over a minute",
+            c.put_with(
+                "b",
+                b"k",
+                b"v",
+                &Context::none(),
+                WriteOptions { timeout: Some(std::time::Duration::from_secs(61)), ..Default::default() },
+            )
+            .await,
+            "timeout_ms is 61000; at most 60000",
+        ),
     ];
     for (what, result, needle) in cases {
         let e = result.expect_err(what);
@@ -134,6 +146,16 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("get empty key", c.get("b", b"").await, "key is empty"),
         ("get bad bucket", c.get("a b", b"k").await, "' '"),
         ("get r above n", c.get_with("b", b"k", ReadOptions { r: 9, ..Default::default() }).await, "r=9 exceeds"),
+        (
+            "get timeout over a minute",
+            c.get_with(
+                "b",
+                b"k",
+                ReadOptions { timeout: Some(std::time::Duration::from_secs(3600)), ..Default::default() },
+            )
+            .await,
+            "at most 60000",
+        ),
     ] {
         let e = result.expect_err(what);
         assert_eq!(code(&e), Code::InvalidArgument, "{what}: {e}");
@@ -157,6 +179,15 @@ async fn bad_input_is_refused_and_changes_nothing() {
         (SetBucketRequest { name: "b".into(), r: Some(5), ..Default::default() }, "r=5 exceeds n=3"),
         (SetBucketRequest { name: "b c".into(), ..Default::default() }, "' '"),
         (SetBucketRequest { name: "b".into(), resolver: Some("nover".into()), ..Default::default() }, "NAME@VERSION"),
+        (
+            SetBucketRequest {
+                name: "b".into(),
+                max_siblings: Some(1024),
+                max_object_bytes: Some(1 << 20),
+                ..Default::default()
+            },
+            "one key may hold at most",
+        ),
     ] {
         let e = c.set_bucket(req).await.unwrap_err();
         assert_eq!(code(&e), Code::InvalidArgument, "{e}");

@@ -22,18 +22,24 @@ fn consistency(raw: i32) -> Result<Consistency, String> {
     consistency_from_proto(raw).map_err(|e| e.to_string())
 }
 
-fn timeout(ms: u32) -> Option<Duration> {
-    (ms > 0).then(|| Duration::from_millis(ms.into()))
+/// Longest deadline a request may ask for.
+pub const MAX_TIMEOUT_MS: u32 = 60_000;
+
+fn timeout(ms: u32) -> Result<Option<Duration>, String> {
+    if ms > MAX_TIMEOUT_MS {
+        return Err(format!("timeout_ms is {ms}; at most {MAX_TIMEOUT_MS} (one minute)"));
+    }
+    Ok((ms > 0).then(|| Duration::from_millis(ms.into())))
 }
 
 /// Read options to a quorum spec and deadline.
 pub fn read_options(o: Option<&pb::ReadOptions>) -> Result<(QuorumSpec, Option<Duration>), String> {
     let Some(o) = o else { return Ok((QuorumSpec::default(), None)) };
-    Ok((QuorumSpec { consistency: consistency(o.consistency)?, count: o.r, primaries: o.pr }, timeout(o.timeout_ms)))
+    Ok((QuorumSpec { consistency: consistency(o.consistency)?, count: o.r, primaries: o.pr }, timeout(o.timeout_ms)?))
 }
 
 /// Write options to a quorum spec and deadline.
 pub fn write_options(o: Option<&pb::WriteOptions>) -> Result<(QuorumSpec, Option<Duration>), String> {
     let Some(o) = o else { return Ok((QuorumSpec::default(), None)) };
-    Ok((QuorumSpec { consistency: consistency(o.consistency)?, count: o.w, primaries: o.pw }, timeout(o.timeout_ms)))
+    Ok((QuorumSpec { consistency: consistency(o.consistency)?, count: o.w, primaries: o.pw }, timeout(o.timeout_ms)?))
 }

@@ -41,6 +41,11 @@ impl InternalService {
     }
 }
 
+/// Object bytes a `ReplicaRead` reply carries before it stops reading
+/// more keys, so that replies stay under the 64 MiB message limit (a key
+/// holds at most 16 MiB; see [`crate::cluster::buckets::MAX_KEY_DATA_BYTES`]).
+const REPLY_BUDGET: usize = 32 << 20;
+
 #[tonic::async_trait]
 impl pb::internal_server::Internal for InternalService {
     async fn replica_read(
@@ -49,17 +54,26 @@ impl pb::internal_server::Internal for InternalService {
     ) -> Result<Response<pb::ReplicaReadResponse>, Status> {
         let ring = self.cluster.ring();
         let mut results = Vec::new();
+        let mut reply_bytes = 0;
         // A batch mixes unrelated requests: each key succeeds or fails alone.
         for k in request.into_inner().keys {
+            if reply_bytes >= REPLY_BUDGET {
+                results.push(pb::ReplicaReadResult {
+                    object: Default::default(),
+                    error: "not read: the reply to this batch is full; the next read of the key tries again".into(),
+                });
+                continue;
+            }
             let read = Self::key(Some(k)).and_then(|k| {
                 let partition = ring.partition_of(&k.bucket, &k.key);
                 self.objects.read(partition, &k.bucket, &k.key)
             });
             results.push(match read {
-                Ok(object) => pb::ReplicaReadResult {
-                    object: object.map(|o| encode_object(&o).into()).unwrap_or_default(),
-                    error: String::new(),
-                },
+                Ok(object) => {
+                    let object: bytes::Bytes = object.map(|o| encode_object(&o).into()).unwrap_or_default();
+                    reply_bytes += object.len();
+                    pb::ReplicaReadResult { object, error: String::new() }
+                }
                 Err(e) => pb::ReplicaReadResult { object: Default::default(), error: e.to_string() },
             });
         }

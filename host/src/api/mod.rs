@@ -4,7 +4,7 @@
 //! here, before anything is written, so bad input changes nothing.
 
 mod admin;
-mod convert;
+pub(crate) mod convert;
 mod internal;
 mod kv;
 mod status;

@@ -27,8 +27,12 @@ pub const MAX_N: u32 = 16;
 pub const DEFAULT_N: u32 = 3;
 /// Default limit on key + value bytes.
 pub const DEFAULT_MAX_OBJECT_BYTES: u32 = 10 * 1024;
-/// Upper bound on `max_object_bytes` (gRPC messages stay well under 4 MiB).
+/// Upper bound on `max_object_bytes`.
 pub const MAX_OBJECT_BYTES_LIMIT: u32 = 1024 * 1024;
+/// Upper bound on `max_siblings × max_object_bytes`: what one key may hold
+/// at most, so that any key fits in one message between nodes and to
+/// clients (64 MiB) with room to spare.
+pub const MAX_KEY_DATA_BYTES: u64 = 16 * 1024 * 1024;
 /// Default sibling budget per key.
 pub const DEFAULT_MAX_SIBLINGS: u32 = 32;
 /// Upper bound on `max_siblings`.
@@ -199,6 +203,13 @@ impl BucketProps {
             return Err(Error::invalid(format!(
                 "max_siblings must be between 1 and {MAX_SIBLINGS_LIMIT}, got {}",
                 self.max_siblings
+            )));
+        }
+        let key_data = u64::from(self.max_siblings) * u64::from(self.max_object_bytes);
+        if key_data > MAX_KEY_DATA_BYTES {
+            return Err(Error::invalid(format!(
+                "max_siblings × max_object_bytes is {key_data} bytes; one key may hold at most {MAX_KEY_DATA_BYTES} \
+                 (16 MiB): lower one of them"
             )));
         }
         if self.validators.len() > 16 {
@@ -468,6 +479,10 @@ mod tests {
             (BucketChange { n: Some(0), ..Default::default() }, "n must be between"),
             (BucketChange { max_object_bytes: Some(0), ..Default::default() }, "max_object_bytes"),
             (BucketChange { max_siblings: Some(100_000), ..Default::default() }, "max_siblings"),
+            (
+                BucketChange { max_siblings: Some(64), max_object_bytes: Some(1024 * 1024), ..Default::default() },
+                "one key may hold at most",
+            ),
         ] {
             let e = b.set("x", change).unwrap_err().to_string();
             assert!(e.contains(why), "{e}");

@@ -64,7 +64,9 @@ pub fn write_from_forward(req: pb::ForwardWriteRequest) -> Result<WriteRequest> 
             count: req.count,
             primaries: req.primaries,
         },
-        timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms.into())),
+        // A peer's deadline is bounded like a client's.
+        timeout: (req.timeout_ms > 0)
+            .then(|| Duration::from_millis(req.timeout_ms.min(crate::api::convert::MAX_TIMEOUT_MS).into())),
         // Empty from a sender that predates the field: count this node's zone.
         zone: (!req.zone.is_empty()).then_some(req.zone),
     })

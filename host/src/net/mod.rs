@@ -108,6 +108,8 @@ trait Batched: Send + 'static {
     type Out: Send + 'static;
     /// Metric name of the batch sizes.
     const METRIC: &'static str;
+    /// Bytes an item adds to a request.
+    fn bytes(item: &Self::Item) -> usize;
     /// Sends one batch; answers come back in item order.
     fn call(
         net: Arc<Net>,
@@ -124,6 +126,10 @@ impl Batched for Writes {
     type Item = pb::ReplicaWrite;
     type Out = ();
     const METRIC: &'static str = "concord_replica_write_batch_size";
+
+    fn bytes(w: &pb::ReplicaWrite) -> usize {
+        w.object.len() + w.key.as_ref().map_or(0, |k| k.bucket.len() + k.key.len())
+    }
 
     async fn call(
         net: Arc<Net>,
@@ -144,6 +150,10 @@ impl Batched for Reads {
     type Item = pb::ObjectKey;
     type Out = bytes::Bytes;
     const METRIC: &'static str = "concord_replica_read_batch_size";
+
+    fn bytes(k: &pb::ObjectKey) -> usize {
+        k.bucket.len() + k.key.len()
+    }
 
     async fn call(
         net: Arc<Net>,
@@ -168,6 +178,8 @@ type Queue<B> = tokio::sync::mpsc::UnboundedSender<Pending<B>>;
 
 /// Most items in one batch.
 const MAX_BATCH: usize = 128;
+/// Most request bytes in one batch; a larger item goes alone.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Batches in flight to one peer at once.
 const BATCHES_IN_FLIGHT: usize = 4;
 
@@ -246,7 +258,10 @@ impl Net {
             }
         }
         match tokio::time::timeout_at(deadline.into(), wait).await {
-            Ok(answer) => answer.unwrap_or_else(|_| Err("the peer's request queue stopped".into())),
+            Ok(Ok(answer)) => answer,
+            // The batcher drops items whose deadline has passed.
+            Ok(Err(_)) if Instant::now() >= deadline => Err("no answer before the deadline".into()),
+            Ok(Err(_)) => Err("the peer's request queue stopped".into()),
             Err(_) => Err("no answer before the deadline".into()),
         }
     }
@@ -327,12 +342,29 @@ async fn run_batcher<B: Batched>(
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     let sizes = metrics::histogram!(B::METRIC);
-    while let Some(first) = rx.recv().await {
+    // An item that did not fit the previous batch starts the next one.
+    let mut carried: Option<Pending<B>> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        let mut bytes = B::bytes(&first.item);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) if bytes + B::bytes(&p.item) > MAX_BATCH_BYTES => {
+                    carried = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += B::bytes(&p.item);
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -348,13 +380,18 @@ async fn run_batcher<B: Batched>(
             let deadline = batch.iter().map(|p| p.deadline).max().expect("a batch is never empty");
             let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             let (items, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.done)).unzip();
+            let sent = items.len();
             match B::call(net, addr, timeout, items).await {
-                Ok(results) => {
-                    let mut results = results.into_iter();
+                // Answers are matched to items by position: a reply of
+                // another length cannot be trusted for any of them.
+                Ok(results) if results.len() != sent => {
+                    let e = format!("the peer answered {} items of a batch of {sent}", results.len());
                     for w in waiters {
-                        let r = results
-                            .next()
-                            .unwrap_or_else(|| Err("the peer answered fewer items than it was sent".into()));
+                        let _ = w.send(Err(e.clone()));
+                    }
+                }
+                Ok(results) => {
+                    for (w, r) in waiters.into_iter().zip(results) {
                         let _ = w.send(r);
                     }
                 }
@@ -403,5 +440,76 @@ impl Socket for FaultySocket {
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         self.inner.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Items are sizes in bytes; the peer answers each with its size and
+    /// records the batches it got. With `SHORT` it answers one item less.
+    struct Fake<const SHORT: bool>;
+
+    /// Batches the well-behaved fake peer got (tests run in parallel: the
+    /// short one records nothing).
+    static BATCHES: Mutex<Vec<Vec<usize>>> = Mutex::new(Vec::new());
+
+    impl<const SHORT: bool> Batched for Fake<SHORT> {
+        type Item = usize;
+        type Out = usize;
+        const METRIC: &'static str = "test_batch_size";
+
+        fn bytes(item: &usize) -> usize {
+            *item
+        }
+
+        async fn call(
+            _: Arc<Net>,
+            _: SocketAddr,
+            _: Duration,
+            items: Vec<usize>,
+        ) -> Result<Vec<Result<usize, String>>, String> {
+            let mut answers: Vec<_> = items.iter().copied().map(Ok).collect();
+            if SHORT {
+                answers.pop();
+            } else {
+                BATCHES.lock().unwrap().push(items);
+            }
+            Ok(answers)
+        }
+    }
+
+    async fn send_together<const SHORT: bool>(sizes: &[usize]) -> Vec<Result<usize, String>> {
+        let net = Net::new(Arc::new(Faults::default()));
+        let queues: Mutex<HashMap<SocketAddr, Queue<Fake<SHORT>>>> = Mutex::new(HashMap::new());
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // On a current-thread runtime every item is queued before the
+        // batcher first runs, so they are all offered to one batch.
+        futures::future::join_all(sizes.iter().map(|s| net.enqueue::<Fake<SHORT>>(&queues, addr, *s, deadline))).await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn batches_stay_under_their_byte_cap_and_large_items_go_alone() {
+        let mib = 1 << 20;
+        let sizes = [3 * mib, 3 * mib, 3 * mib, 20 * mib, 100, 100];
+        let answers = send_together::<false>(&sizes).await;
+        assert_eq!(answers, sizes.iter().map(|s| Ok(*s)).collect::<Vec<_>>(), "every item gets its own answer");
+        let batches = BATCHES.lock().unwrap().clone();
+        assert_eq!(batches.iter().flatten().count(), sizes.len(), "{batches:?}");
+        for b in &batches {
+            let total: usize = b.iter().sum();
+            assert!(total <= MAX_BATCH_BYTES || b.len() == 1, "batch of {total} bytes: {batches:?}");
+        }
+        assert!(batches.contains(&vec![20 * mib]), "the 20 MiB item went alone: {batches:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reply_of_the_wrong_length_fails_the_whole_batch() {
+        let answers = send_together::<true>(&[1, 2, 3]).await;
+        for a in answers {
+            assert!(a.unwrap_err().contains("answered 2 items of a batch of 3"));
+        }
     }
 }

@@ -268,6 +268,9 @@ struct Worked {
     previous: Option<PluginRef>,
 }
 
+/// Largest plugin (component or core module) a deploy accepts.
+pub const MAX_PLUGIN_BYTES: usize = 32 << 20;
+
 /// What a resolution is for; reads may be answered from the [`memo`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResolveFor {
@@ -376,6 +379,12 @@ impl Plugins {
         validate_plugin_word("name", name)?;
         if bytes.is_empty() {
             return Err(Error::invalid("plugin bytes are empty"));
+        }
+        if bytes.len() > MAX_PLUGIN_BYTES {
+            return Err(Error::invalid(format!(
+                "the plugin is {} bytes; at most {MAX_PLUGIN_BYTES} (32 MiB) are accepted",
+                bytes.len()
+            )));
         }
         let prepared = package::prepare(bytes)?;
         let version = match version {
