@@ -679,3 +679,26 @@ async fn a_plugin_moved_off_request_threads_stays_off_when_loaded_again() {
     };
     assert!(registry_get.await.unwrap().unwrap(), "loaded again, it starts off request threads");
 }
+
+#[tokio::test]
+async fn a_plugin_version_with_other_bytes_on_a_peer_is_reported_not_fetched() {
+    use concord::plugins::{PluginConfig, Plugins};
+    use concord::storage::MemStore;
+
+    let node = Plugins::open(Arc::new(MemStore::new()), None, PluginConfig::default()).unwrap();
+    let wasm = std::fs::read(plugins::LWW).unwrap();
+    node.deploy("lww".into(), Some("1".into()), wasm, false, vec![]).await.unwrap();
+    // The peer's manifest: the same name@version, other bytes, plus a
+    // plugin this node lacks.
+    let mut manifest: Value = serde_json::from_slice(&node.registry().export()).unwrap();
+    let mut theirs = manifest["plugins"][0].clone();
+    theirs["sha256"] = json!("0".repeat(64));
+    let mut extra = theirs.clone();
+    extra["name"] = json!("other");
+    manifest["plugins"] = json!([theirs, extra]);
+    let missing = node.registry().missing(&serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let names: Vec<&str> = missing.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["other"], "only the plugin this node lacks is fetched");
+    let conflicts: Vec<String> = node.registry().conflicts().iter().map(|r| r.to_string()).collect();
+    assert_eq!(conflicts, ["lww@1"]);
+}

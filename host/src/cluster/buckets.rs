@@ -181,6 +181,11 @@ impl BucketProps {
         (self.version, &self.updated_by) > (other.version, &other.updated_by)
     }
 
+    /// The plugins these properties name.
+    pub fn plugins(&self) -> impl Iterator<Item = &PluginRef> {
+        self.resolver.iter().chain(&self.shadow_resolver).chain(&self.validators)
+    }
+
     /// Checks the properties are consistent and within limits.
     pub fn validate(&self) -> Result<()> {
         if !(1..=MAX_N).contains(&self.n) {
@@ -362,14 +367,17 @@ impl Buckets {
         serde_json::to_vec(&Persisted { format: BUCKETS_FORMAT, buckets }).expect("bucket table serializes")
     }
 
-    /// Merges a table exported by a peer. Returns how many buckets changed.
-    pub fn import(&self, bytes: &[u8]) -> Result<usize> {
+    /// Merges a table exported by a peer. Entries for which `ready` is false
+    /// are left for a later import. Returns how many buckets changed and the
+    /// names of those left.
+    pub fn import(&self, bytes: &[u8], ready: impl Fn(&BucketProps) -> bool) -> Result<(usize, Vec<String>)> {
         let p: Persisted = serde_json::from_slice(bytes)
             .map_err(|e| Error::Corruption(format!("a peer's bucket table does not decode: {e}")))?;
         if p.format != BUCKETS_FORMAT {
             return Err(Error::Corruption(format!("a peer's bucket table has unknown format {}", p.format)));
         }
-        self.merge(p.buckets)
+        let (now, later): (Vec<_>, Vec<_>) = p.buckets.into_iter().partition(|(_, props)| ready(props));
+        Ok((self.merge(now)?, later.into_iter().map(|(name, _)| name).collect()))
     }
 
     /// Applies `change` to `name` and persists it. Nothing changes on error.
@@ -509,5 +517,22 @@ mod tests {
         let from_a: Vec<_> = a.list().into_iter().map(|(k, v)| (k, (*v).clone())).collect();
         b.merge(from_a).unwrap();
         assert_eq!(b.get("x").n, 4);
+    }
+
+    #[test]
+    fn imports_wait_for_the_plugins_they_name() {
+        let (s1, s2) = (MemStore::new(), MemStore::new());
+        let (a, b) = (buckets(&s1, "a"), buckets(&s2, "b"));
+        let lww: PluginRef = "lww@1".parse().unwrap();
+        a.set("bound", BucketChange { resolver: Some(Some(lww.clone())), ..Default::default() }).unwrap();
+        a.set("plain", BucketChange { n: Some(2), ..Default::default() }).unwrap();
+        let exported = a.export();
+        let (changed, deferred) = b.import(&exported, |p| p.plugins().all(|r| *r != lww)).unwrap();
+        assert_eq!((changed, deferred), (1, vec!["bound".to_owned()]));
+        assert_eq!(b.get("plain").n, 2);
+        assert_eq!(b.get("bound").resolver, None, "not bound before the plugin is here");
+        let (changed, deferred) = b.import(&exported, |_| true).unwrap();
+        assert_eq!((changed, deferred.len()), (1, 0));
+        assert_eq!(b.get("bound").resolver, Some(lww));
     }
 }

@@ -235,7 +235,13 @@ impl Cluster {
                 tracing::warn!(plugin = %r, peer = %from, error = %e, "fetching a plugin from a peer failed; retrying next round");
             }
         }
-        let changed = self.buckets.import(&md.buckets)?;
+        // A binding waits until the plugins it names are here.
+        let registry = self.plugins.registry();
+        let (changed, deferred) =
+            self.buckets.import(&md.buckets, |props| props.plugins().all(|r| registry.info(r).is_some()))?;
+        if !deferred.is_empty() {
+            tracing::debug!(buckets = ?deferred, peer = %from, "bucket properties wait for the plugins they name");
+        }
         if changed > 0 {
             tracing::info!(changed, peer = %from, "bucket properties updated from a peer");
         }

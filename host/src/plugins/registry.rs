@@ -15,7 +15,7 @@
 //! Compilation happens on first use after a restart; the engine's artifact
 //! cache makes that a file map rather than a compile.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -69,6 +69,9 @@ pub struct Registry {
     /// off when loaded again.
     offloaded: Mutex<HashSet<PluginRef>>,
     loaded_gauge: metrics::Gauge,
+    /// Plugin versions seen with other bytes on a peer, and those bytes'
+    /// sha256.
+    conflicts: Mutex<HashSet<(PluginRef, String)>>,
 }
 
 impl Registry {
@@ -95,6 +98,7 @@ impl Registry {
             compile: Mutex::new(()),
             offloaded: Mutex::new(HashSet::new()),
             loaded_gauge: metrics::gauge!("concord_plugins_loaded"),
+            conflicts: Mutex::new(HashSet::new()),
         })
     }
 
@@ -130,7 +134,8 @@ impl Registry {
         serde_json::to_vec(&m).expect("manifest serializes")
     }
 
-    /// Entries of a peer's exported manifest that this node lacks.
+    /// Entries of a peer's exported manifest that this node lacks. Entries
+    /// it holds with other bytes are reported as conflicts.
     pub fn missing(&self, exported: &[u8]) -> Result<Vec<PluginInfo>> {
         let m: Manifest = serde_json::from_slice(exported)
             .map_err(|e| Error::Corruption(format!("a peer's plugin manifest does not decode: {e}")))?;
@@ -138,7 +143,39 @@ impl Registry {
             return Err(Error::Corruption(format!("a peer's plugin manifest has unknown format {}", m.format)));
         }
         let mine = self.manifest.load();
-        Ok(m.plugins.into_iter().filter(|p| !mine.contains_key(&p.plugin_ref())).collect())
+        let mut missing = Vec::new();
+        for p in m.plugins {
+            match mine.get(&p.plugin_ref()) {
+                None => missing.push(p),
+                Some(here) if here.sha256 != p.sha256 => self.conflict(here, &p),
+                Some(_) => {}
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Plugin versions known to be deployed with other bytes on a peer.
+    pub fn conflicts(&self) -> BTreeSet<PluginRef> {
+        self.conflicts.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// Reports a name@version deployed with other bytes elsewhere (two
+    /// deploys on either side of a partition): once per pair of builds, in
+    /// the log and in `concord_plugin_conflicts`. Neither copy replaces the
+    /// other; deploying the plugin under a new version ends the conflict.
+    fn conflict(&self, here: &PluginInfo, there: &PluginInfo) {
+        let mut seen = self.conflicts.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.insert((here.plugin_ref(), there.sha256.clone())) {
+            tracing::error!(
+                plugin = %here.plugin_ref(),
+                here = %here.sha256,
+                elsewhere = %there.sha256,
+                "this plugin version was deployed with different bytes on another node; nodes may resolve or \
+                 validate differently until it is deployed under a new version and buckets are bound to that"
+            );
+            let refs: HashSet<&PluginRef> = seen.iter().map(|(r, _)| r).collect();
+            metrics::gauge!("concord_plugin_conflicts").set(refs.len() as f64);
+        }
     }
 
     /// Adds a plugin fetched from a peer, after checking its bytes against
