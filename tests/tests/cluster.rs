@@ -276,3 +276,52 @@ async fn one_way_cuts_and_slow_links_are_contained() {
     .await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_calls_made_on_an_older_ring_are_refused_for_keys_no_longer_held() {
+    let mut cluster = LocalCluster::start(3).await.unwrap();
+    cluster.wait_for_ring(3).await.unwrap();
+    // A join moves the ring past its first epoch.
+    cluster.add_node().await.unwrap();
+    cluster.wait_for_ring(4).await.unwrap();
+    let node = cluster.node(0);
+    let ring = node.cluster().ring();
+    assert!(ring.epoch() > 1, "the join changed the ring: epoch {}", ring.epoch());
+    let holds = |key: &str| {
+        let p = ring.partition_of("b", key.as_bytes());
+        ring.preference_list(p, 3).iter().any(|r| r == node.node_id())
+    };
+    let key = (0..).map(|i| format!("k{i}")).find(|k| !holds(k)).unwrap();
+    let holder_key = (0..).map(|i| format!("k{i}")).find(|k| holds(k)).unwrap();
+    let object_key = |k: &str| pb::ObjectKey { bucket: "b".into(), key: k.as_bytes().to_vec().into() };
+
+    // A real object to send, written through the cluster and read back.
+    cluster.client(1).await.put("b", key.as_bytes(), b"v", &Context::none()).await.unwrap();
+    let holder = ring.preference_list(ring.partition_of("b", key.as_bytes()), 3)[0].clone();
+    let holder_addr = node.cluster().addr_of(&holder).unwrap();
+    let mut from_holder = pb::internal_client::InternalClient::connect(format!("http://{holder_addr}")).await.unwrap();
+    let read = pb::ReplicaReadRequest { keys: vec![object_key(&key)], ring_epoch: ring.epoch() };
+    let object = from_holder.replica_read(read).await.unwrap().into_inner().results[0].object.clone();
+    assert!(!object.is_empty());
+
+    let mut raw = pb::internal_client::InternalClient::connect(format!("http://{}", node.local_addr())).await.unwrap();
+    for (epoch, refused) in [(ring.epoch() - 1, true), (ring.epoch(), false), (0, false)] {
+        let read = pb::ReplicaReadRequest { keys: vec![object_key(&key)], ring_epoch: epoch };
+        let error = raw.replica_read(read).await.unwrap().into_inner().results[0].error.clone();
+        assert_eq!(error.contains("does not hold this key"), refused, "read at epoch {epoch}: {error:?}");
+        let write = pb::ReplicaWriteRequest {
+            writes: vec![pb::ReplicaWrite {
+                key: Some(object_key(&key)),
+                object: object.clone(),
+                hint_for: String::new(),
+            }],
+            ring_epoch: epoch,
+        };
+        let error = raw.replica_write(write).await.unwrap().into_inner().results[0].error.clone();
+        assert_eq!(error.contains("does not hold this key"), refused, "write at epoch {epoch}: {error:?}");
+    }
+    // Keys the node does hold are served whatever the sender's epoch.
+    let read = pb::ReplicaReadRequest { keys: vec![object_key(&holder_key)], ring_epoch: 1 };
+    assert_eq!(raw.replica_read(read).await.unwrap().into_inner().results[0].error, "");
+    cluster.shutdown().await;
+}

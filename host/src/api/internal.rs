@@ -11,6 +11,7 @@ use super::{admin_status, check_object};
 use crate::cluster::{Cluster, PluginRef};
 use crate::coordinator::{Coordinator, forward_reply, write_from_forward};
 use crate::plugins::Plugins;
+use crate::ring::Ring;
 use crate::storage::ObjectStore;
 use crate::storage::codec::{decode_object, encode_object};
 use crate::{Error, Result};
@@ -34,6 +35,26 @@ impl InternalService {
         Self { coordinator, objects, cluster, plugins }
     }
 
+    /// Refuses a key this node does not hold when its ring is newer than
+    /// the sender's (`sender_epoch`; 0 when the sender does not say): a
+    /// sender still on the old ring would otherwise count an answer from a
+    /// node the cluster no longer reads the key from.
+    fn check_holder(&self, ring: &Ring, sender_epoch: u64, k: &pb::ObjectKey, partition: u32) -> Result<()> {
+        if sender_epoch == 0 || ring.epoch() <= sender_epoch {
+            return Ok(());
+        }
+        let n = self.coordinator.buckets().get(&k.bucket).n as usize;
+        if ring.preference_list(partition, n).iter().any(|r| r == self.cluster.node_id()) {
+            return Ok(());
+        }
+        Err(Error::NotReady(format!(
+            "{} does not hold this key at ring epoch {} (the request was made at epoch {sender_epoch}); the ring \
+             has changed, retry",
+            self.cluster.node_id(),
+            ring.epoch()
+        )))
+    }
+
     fn key(k: Option<pb::ObjectKey>) -> Result<pb::ObjectKey> {
         let k = k.ok_or_else(|| Error::invalid("replica request without a key"))?;
         check_object(&k.bucket, &k.key)?;
@@ -55,8 +76,9 @@ impl pb::internal_server::Internal for InternalService {
         let ring = self.cluster.ring();
         let mut results = Vec::new();
         let mut reply_bytes = 0;
+        let req = request.into_inner();
         // A batch mixes unrelated requests: each key succeeds or fails alone.
-        for k in request.into_inner().keys {
+        for k in req.keys {
             if reply_bytes >= REPLY_BUDGET {
                 results.push(pb::ReplicaReadResult {
                     object: Default::default(),
@@ -66,6 +88,7 @@ impl pb::internal_server::Internal for InternalService {
             }
             let read = Self::key(Some(k)).and_then(|k| {
                 let partition = ring.partition_of(&k.bucket, &k.key);
+                self.check_holder(&ring, req.ring_epoch, &k, partition)?;
                 self.objects.read(partition, &k.bucket, &k.key)
             });
             results.push(match read {
@@ -86,10 +109,12 @@ impl pb::internal_server::Internal for InternalService {
     ) -> Result<Response<pb::ReplicaWriteResponse>, Status> {
         let ring = self.cluster.ring();
         let mut results = Vec::new();
-        for w in request.into_inner().writes {
+        let req = request.into_inner();
+        for w in req.writes {
             let applied = Self::key(w.key).and_then(|k| {
                 let object = decode_object(&w.object)?;
                 let partition = ring.partition_of(&k.bucket, &k.key);
+                self.check_holder(&ring, req.ring_epoch, &k, partition)?;
                 self.objects.merge(partition, &k.bucket, &k.key, &object).map(|_| ())
             });
             results.push(pb::ReplicaWriteResult { error: applied.err().map(|e| e.to_string()).unwrap_or_default() });

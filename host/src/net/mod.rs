@@ -137,7 +137,8 @@ impl Batched for Writes {
         timeout: Duration,
         writes: Vec<pb::ReplicaWrite>,
     ) -> Result<Vec<Result<(), String>>, String> {
-        let resp = net.replica_write(addr, timeout, pb::ReplicaWriteRequest { writes, ring_epoch: 0 }).await;
+        let ring_epoch = net.ring_epoch();
+        let resp = net.replica_write(addr, timeout, pb::ReplicaWriteRequest { writes, ring_epoch }).await;
         let resp = resp.map_err(|e| e.to_string())?;
         Ok(resp.results.into_iter().map(|r| if r.error.is_empty() { Ok(()) } else { Err(r.error) }).collect())
     }
@@ -161,7 +162,8 @@ impl Batched for Reads {
         timeout: Duration,
         keys: Vec<pb::ObjectKey>,
     ) -> Result<Vec<Result<bytes::Bytes, String>>, String> {
-        let resp = net.replica_read(addr, timeout, pb::ReplicaReadRequest { keys, ring_epoch: 0 }).await;
+        let ring_epoch = net.ring_epoch();
+        let resp = net.replica_read(addr, timeout, pb::ReplicaReadRequest { keys, ring_epoch }).await;
         let resp = resp.map_err(|e| e.to_string())?;
         Ok(resp.results.into_iter().map(|r| if r.error.is_empty() { Ok(r.object) } else { Err(r.error) }).collect())
     }
@@ -192,6 +194,9 @@ pub struct Net {
     read_queues: Mutex<HashMap<SocketAddr, Queue<Reads>>>,
     /// For the batching tasks, which must not keep the net alive.
     me: Weak<Net>,
+    /// Epoch of this node's ring, sent with replica calls so that a peer
+    /// with a newer ring can refuse keys it no longer holds.
+    ring_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Net {
@@ -203,7 +208,18 @@ impl Net {
             write_queues: Mutex::new(HashMap::new()),
             read_queues: Mutex::new(HashMap::new()),
             me: me.clone(),
+            ring_epoch: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Records the epoch of this node's ring (see [`Net::ring_epoch`]).
+    pub fn set_ring_epoch(&self, epoch: u64) {
+        self.ring_epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The epoch of this node's ring, as replica calls carry it.
+    pub fn ring_epoch(&self) -> u64 {
+        self.ring_epoch.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sends one replica write to `addr` as part of a batch: writes queued
