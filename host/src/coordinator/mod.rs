@@ -583,6 +583,22 @@ impl Coordinator {
                 Err(crate::net::NetError::Status { status, .. }) if crate::net::never_delivered(&status) => {
                     failures.push(format!("{r}: {}", status.message()));
                 }
+                // A transport failure after connecting: the request may
+                // have arrived.
+                Err(crate::net::NetError::Status { status, .. }) if std::error::Error::source(&status).is_some() => {
+                    return Err(Error::Unavailable {
+                        op: "write",
+                        needed: 1,
+                        got: 0,
+                        total: replicas.len(),
+                        detail: format!(
+                            "; the connection to {r}, which the write was handed to, failed during the call ({}); it \
+                             may have applied the write",
+                            status.message()
+                        ),
+                    });
+                }
+                // The replica's own answer (its quorum failure, say).
                 Err(crate::net::NetError::Status { status, .. }) => return Err(Error::Remote(status)),
                 Err(e @ crate::net::NetError::Timeout(_)) => {
                     return Err(Error::Unavailable {

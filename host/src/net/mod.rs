@@ -78,11 +78,35 @@ pub enum NetError {
     },
 }
 
-/// Whether a failed call provably never reached the peer's service: the
-/// connection itself failed. tonic reports those with the transport error
-/// as the status's source; statuses a peer sent have none.
+/// Whether a failed call provably never reached the peer's service: no
+/// connection could be made. tonic reports transport failures with the
+/// transport error as the status's source (statuses a peer sent have
+/// none); of those, only a failed connect proves the request was not sent.
+/// A connection lost mid-call (a reset, a keepalive timeout) may have
+/// delivered it.
 pub fn never_delivered(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && std::error::Error::source(status).is_some()
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        if c.to_string().starts_with("tcp connect error") {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            )
+        {
+            return true;
+        }
+        cause = std::error::Error::source(c);
+    }
+    false
 }
 
 /// A status in one line: its message, and for transport failures the
@@ -527,5 +551,23 @@ mod tests {
         for a in answers {
             assert!(a.unwrap_err().contains("answered 2 items of a batch of 3"));
         }
+    }
+
+    #[tokio::test]
+    async fn only_a_failed_connect_counts_as_never_delivered() {
+        // A port nothing listens on: bind one, note it, let it go.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let net = Net::new(Arc::new(Faults::default()));
+        let refused =
+            net.call(addr, Duration::from_secs(5), |mut c| async move {
+                c.fetch_metadata(pb::FetchMetadataRequest {}).await
+            })
+            .await;
+        match refused {
+            Err(NetError::Status { status, .. }) => assert!(never_delivered(&status), "{status:?}"),
+            other => panic!("expected a transport failure, got {other:?}"),
+        }
+        // What a peer answers itself was delivered, whatever its code.
+        assert!(!never_delivered(&tonic::Status::unavailable("write needed 2 acks, got 1")));
     }
 }
