@@ -200,7 +200,7 @@ struct Pending<B: Batched> {
     done: tokio::sync::oneshot::Sender<Result<B::Out, String>>,
 }
 
-type Queue<B> = tokio::sync::mpsc::UnboundedSender<Pending<B>>;
+type Queue<B> = tokio::sync::mpsc::Sender<Pending<B>>;
 
 /// Most items in one batch.
 const MAX_BATCH: usize = 128;
@@ -208,6 +208,9 @@ const MAX_BATCH: usize = 128;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Batches in flight to one peer at once.
 const BATCHES_IN_FLIGHT: usize = 4;
+/// Items that may wait for one peer; past this, calls to it fail at once
+/// rather than hold memory for a peer that is not keeping up.
+const MAX_QUEUED: usize = 16_384;
 
 /// Calls to peers.
 pub struct Net {
@@ -283,15 +286,20 @@ impl Net {
             let mut queues = queues.lock().expect("batch queue map lock");
             loop {
                 let tx = queues.entry(addr).or_insert_with(|| {
-                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    let (tx, rx) = tokio::sync::mpsc::channel(MAX_QUEUED);
                     tokio::spawn(run_batcher::<B>(self.me.clone(), addr, rx));
                     tx
                 });
-                match tx.send(pending) {
+                match tx.try_send(pending) {
                     Ok(()) => break,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                        return Err(format!(
+                            "{MAX_QUEUED} requests already wait for this peer; it is not keeping up or not answering"
+                        ));
+                    }
                     // The task ended (it does not while the net lives): start over.
-                    Err(failed) => {
-                        pending = failed.0;
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(failed)) => {
+                        pending = failed;
                         queues.remove(&addr);
                     }
                 }
@@ -375,11 +383,7 @@ impl Net {
 /// Collects queued items for one peer into batches and sends them, up to
 /// [`BATCHES_IN_FLIGHT`] at once. Items that arrive while batches are in
 /// flight wait for the next one, so batches grow with load on their own.
-async fn run_batcher<B: Batched>(
-    net: Weak<Net>,
-    addr: SocketAddr,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending<B>>,
-) {
+async fn run_batcher<B: Batched>(net: Weak<Net>, addr: SocketAddr, mut rx: tokio::sync::mpsc::Receiver<Pending<B>>) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     let sizes = metrics::histogram!(B::METRIC);
     // An item that did not fit the previous batch starts the next one.
@@ -569,5 +573,21 @@ mod tests {
         }
         // What a peer answers itself was delivered, whatever its code.
         assert!(!never_delivered(&tonic::Status::unavailable("write needed 2 acks, got 1")));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_that_does_not_keep_up_fails_calls_at_once_past_its_queue() {
+        use futures::FutureExt;
+        let net = Net::new(Arc::new(Faults::default()));
+        let queues: Mutex<HashMap<SocketAddr, Queue<Fake<false>>>> = Mutex::new(HashMap::new());
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The batcher never runs (nothing here yields), as if the peer hung.
+        for _ in 0..MAX_QUEUED {
+            assert!(net.enqueue::<Fake<false>>(&queues, addr, 1, deadline).now_or_never().is_none());
+        }
+        let full = net.enqueue::<Fake<false>>(&queues, addr, 1, deadline).now_or_never();
+        let error = full.expect("answered at once").unwrap_err();
+        assert!(error.contains("already wait for this peer"), "{error}");
     }
 }
