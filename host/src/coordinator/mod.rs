@@ -564,6 +564,8 @@ impl Coordinator {
         // gossip is behind.
         let mut order: Vec<&NodeId> = replicas.iter().filter(|r| members.is_live(r)).collect();
         order.extend(replicas.iter().filter(|r| !members.is_live(r)));
+        let unavailable =
+            |detail: String| Error::Unavailable { op: "write", needed: 1, got: 0, total: replicas.len(), detail };
         for r in order {
             let Some(addr) = self.cluster.addr_of(r) else {
                 failures.push(format!("{r}: address unknown"));
@@ -586,40 +588,22 @@ impl Coordinator {
                 // A transport failure after connecting: the request may
                 // have arrived.
                 Err(crate::net::NetError::Status { status, .. }) if std::error::Error::source(&status).is_some() => {
-                    return Err(Error::Unavailable {
-                        op: "write",
-                        needed: 1,
-                        got: 0,
-                        total: replicas.len(),
-                        detail: format!(
-                            "; the connection to {r}, which the write was handed to, failed during the call ({}); it \
-                             may have applied the write",
-                            status.message()
-                        ),
-                    });
+                    return Err(unavailable(format!(
+                        "; the connection to {r}, which the write was handed to, failed during the call ({}); it may \
+                         have applied the write",
+                        status.message()
+                    )));
                 }
                 // The replica's own answer (its quorum failure, say).
                 Err(crate::net::NetError::Status { status, .. }) => return Err(Error::Remote(status)),
                 Err(e @ crate::net::NetError::Timeout(_)) => {
-                    return Err(Error::Unavailable {
-                        op: "write",
-                        needed: 1,
-                        got: 0,
-                        total: replicas.len(),
-                        detail: format!(
-                            "; the replica it was handed to did not answer in time ({e}); it may have applied it"
-                        ),
-                    });
+                    return Err(unavailable(format!(
+                        "; {r}, which the write was handed to, did not answer in time ({e}); it may have applied it"
+                    )));
                 }
             }
         }
-        Err(Error::Unavailable {
-            op: "write",
-            needed: 1,
-            got: 0,
-            total: replicas.len(),
-            detail: format!("; no replica of this key could be reached: {}", failures.join("; ")),
-        })
+        Err(unavailable(format!("; no replica of this key could be reached: {}", failures.join("; "))))
     }
 
     /// Resolves `stored`'s siblings together with the write that would push
