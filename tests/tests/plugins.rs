@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use concord::cluster::{BucketProps, PluginRef};
+use concord::plugins::{PluginConfig, Plugins};
+use concord::storage::MemStore;
 use concord_client::{Client, ClientError, Context, SetBucketRequest};
 use concord_proto::v1 as pb;
 use concord_tests::{Server, ServerOptions, plugins};
@@ -557,6 +560,16 @@ async fn verify_passes_the_examples_and_catches_an_order_sensitive_resolver() {
     assert!(ok && out.contains("reject: missing required field \"email\""), "{out}");
 }
 
+/// Deploys `lww@1`, binds it to `bucket`, and writes `first` and then
+/// `second` to key `k` without a context: two siblings, `second` the later.
+async fn lww_conflict(c: &Client, bucket: &str, first: &[u8], second: &[u8]) {
+    deploy(c, plugins::LWW, "lww", "1").await.unwrap();
+    bind(c, resolver(bucket, "lww@1")).await;
+    c.put(bucket, b"k", first, &Context::none()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    c.put(bucket, b"k", second, &Context::none()).await.unwrap();
+}
+
 #[tokio::test]
 async fn idle_plugins_leave_memory_and_come_back_on_the_next_call() {
     let server = Server::start_with(ServerOptions {
@@ -570,11 +583,7 @@ async fn idle_plugins_leave_memory_and_come_back_on_the_next_call() {
     .await
     .unwrap();
     let c = server.client().await;
-    deploy(&c, plugins::LWW, "lww", "1").await.unwrap();
-    bind(&c, resolver("idle", "lww@1")).await;
-    c.put("idle", b"k", b"old", &Context::none()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    c.put("idle", b"k", b"new", &Context::none()).await.unwrap();
+    lww_conflict(&c, "idle", b"old", b"new").await;
     assert_eq!(c.get("idle", b"k").await.unwrap().resolved_by.as_deref(), Some("lww@1"));
 
     // Unused for two sweeps, the compiled plugin is dropped...
@@ -604,11 +613,7 @@ fn counter_value(text: &str, series: &str) -> u64 {
 async fn a_resolution_is_computed_once_per_set_of_siblings() {
     let (server, metrics_port) = metered(&[]).await;
     let c = server.client().await;
-    deploy(&c, plugins::LWW, "lww", "1").await.unwrap();
-    bind(&c, resolver("memo", "lww@1")).await;
-    c.put("memo", b"k", b"one", &Context::none()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    c.put("memo", b"k", b"two", &Context::none()).await.unwrap();
+    lww_conflict(&c, "memo", b"one", b"two").await;
     let calls = r#"concord_plugin_calls_total{plugin="lww",version="1",kind="resolver"}"#;
     let hits = r#"concord_plugin_memo_total{outcome="hit"}"#;
     let before = metrics_text(metrics_port).await;
@@ -630,16 +635,19 @@ async fn a_resolution_is_computed_once_per_set_of_siblings() {
     assert_eq!(counter_value(&last, calls) - counter_value(&before, calls), 2);
 }
 
+/// A node's plugin system alone, in memory, with `path` deployed as
+/// `name@1`.
+async fn plugin_system(config: PluginConfig, path: &str, name: &str) -> Arc<Plugins> {
+    let node = Plugins::open(Arc::new(MemStore::new()), None, config).unwrap();
+    let wasm = std::fs::read(path).unwrap();
+    node.deploy(name.into(), Some("1".into()), wasm, false, vec![]).await.unwrap();
+    node
+}
+
 #[tokio::test]
 async fn unloading_a_validator_gives_back_its_idle_instances() {
-    use concord::cluster::BucketProps;
-    use concord::plugins::{PluginConfig, Plugins};
-    use concord::storage::MemStore;
-
     let config = PluginConfig { max_instances: 8, ..Default::default() };
-    let node = Plugins::open(Arc::new(MemStore::new()), None, config).unwrap();
-    let wasm = std::fs::read(plugins::MAX_SIZE).unwrap();
-    node.deploy("max-size".into(), Some("1".into()), wasm, false, vec![]).await.unwrap();
+    let node = plugin_system(config, plugins::MAX_SIZE, "max-size").await;
     let props = BucketProps { validators: vec!["max-size@1".parse().unwrap()], ..Default::default() };
     node.validate("b", &props, b"k", b"v".to_vec()).await.unwrap();
     assert_eq!(node.runtime().idle_instances(), 1, "the validator keeps its instance for the next write");
@@ -655,14 +663,8 @@ async fn unloading_a_validator_gives_back_its_idle_instances() {
 
 #[tokio::test]
 async fn a_plugin_moved_off_request_threads_stays_off_when_loaded_again() {
-    use concord::cluster::{BucketProps, PluginRef};
-    use concord::plugins::{PluginConfig, Plugins};
-    use concord::storage::MemStore;
-
     let config = PluginConfig { deadline_ms: 20, ..Default::default() };
-    let node = Plugins::open(Arc::new(MemStore::new()), None, config).unwrap();
-    let wasm = std::fs::read(plugins::LOOP_VALIDATOR).unwrap();
-    node.deploy("spin".into(), Some("1".into()), wasm, false, vec![]).await.unwrap();
+    let node = plugin_system(config, plugins::LOOP_VALIDATOR, "spin").await;
     let spin: PluginRef = "spin@1".parse().unwrap();
     assert!(!node.registry().loaded_now(&spin).unwrap().offloaded());
     let props = BucketProps { validators: vec![spin.clone()], ..Default::default() };
@@ -682,12 +684,7 @@ async fn a_plugin_moved_off_request_threads_stays_off_when_loaded_again() {
 
 #[tokio::test]
 async fn a_plugin_version_with_other_bytes_on_a_peer_is_reported_not_fetched() {
-    use concord::plugins::{PluginConfig, Plugins};
-    use concord::storage::MemStore;
-
-    let node = Plugins::open(Arc::new(MemStore::new()), None, PluginConfig::default()).unwrap();
-    let wasm = std::fs::read(plugins::LWW).unwrap();
-    node.deploy("lww".into(), Some("1".into()), wasm, false, vec![]).await.unwrap();
+    let node = plugin_system(PluginConfig::default(), plugins::LWW, "lww").await;
     // The peer's manifest: the same name@version, other bytes, plus a
     // plugin this node lacks.
     let mut manifest: Value = serde_json::from_slice(&node.registry().export()).unwrap();
