@@ -120,6 +120,23 @@ async fn a_fourth_node_joins_with_the_cli_and_one_leaves() {
     let servers = start(3).await;
     let c0 = servers[0].client().await;
     wait_up(&c0, 3, 30).await;
+    // A node whose ring has another partition count is refused: its keys
+    // would no longer be found.
+    let odd = Server::start_with(ServerOptions {
+        args: vec!["--node-id".into(), "odd".into()],
+        env: vec![("CONCORD_PARTITIONS".into(), "32".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let out = std::process::Command::new(concord_bin())
+        .args(["cluster", "join", &servers[0].addr.to_string(), "--endpoint", &odd.addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has 64 partitions and this node 32"), "{stderr}");
+    drop(odd);
     // A lone node, started without seeds, joins through `concord cluster join`.
     let fourth = Server::start_with(ServerOptions {
         args: vec!["--node-id".into(), "p3".into()],

@@ -416,7 +416,19 @@ impl Cluster {
                 total: 1,
                 detail: format!("; cannot reach seed {seed}: {e}"),
             })?;
-        self.adopt_ring(decode_ring(&md.ring)?, true)?;
+        let theirs = decode_ring(&md.ring)?;
+        if ring.epoch() > 0 && theirs.partitions() != ring.partitions() {
+            // Objects are stored by partition: the other count would hide
+            // every key this node holds.
+            return Err(Error::FailedPrecondition(format!(
+                "the cluster at {seed} has {} partitions and this node {}; start this node with partitions = {} \
+                 and an empty data directory to join it",
+                theirs.partitions(),
+                ring.partitions(),
+                theirs.partitions()
+            )));
+        }
+        self.adopt_ring(theirs, true)?;
         // A node that left may join again; only now, so that a join that
         // fails does not hand it back to the cluster it left.
         if self.leaving.swap(false, Ordering::Relaxed) {
