@@ -238,7 +238,8 @@ async fn deploys_are_checked_and_survive_restarts() {
     // Plugins that may not run are refused with the reason, and stored nowhere.
     let e = deploy(&c, plugins::WASI_RESOLVER, "dice", "1").await.unwrap_err();
     assert!(matches!(e, ClientError::InvalidArgument(_)) && e.to_string().contains("WASI"), "{e}");
-    let garbage = std::env::temp_dir().join(format!("concord-garbage-{}.wasm", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
     std::fs::write(&garbage, b"definitely not wasm").unwrap();
     let e = deploy(&c, garbage.to_str().unwrap(), "junk", "1").await.unwrap_err();
     assert!(e.to_string().contains("not a WebAssembly module"), "{e}");
@@ -550,7 +551,8 @@ async fn verify_passes_the_examples_and_catches_an_order_sensitive_resolver() {
     assert!(!ok && out.contains("order-insensitive"), "{out}");
 
     // `plugin test` runs a fixture locally.
-    let fixture = std::env::temp_dir().join(format!("concord-fixture-{}.json", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("fixture.json");
     std::fs::write(&fixture, r#"{"siblings":[{"value":"{\"items\":{\"a\":1}}"},{"value":"{\"items\":{\"b\":2}}"}]}"#)
         .unwrap();
     let (ok, out) = run(&["plugin", "test", plugins::CART, "--siblings", fixture.to_str().unwrap()]);
