@@ -13,7 +13,8 @@ BASE=${BASE_PORT:-17579}
 [ -x "$BIN" ] || { echo "build first: cargo build --release -p concord" >&2; exit 1; }
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+# Nodes flush their data on the way out: wait for them before removing it.
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 EPS=()
 for i in 0 1 2; do EPS+=("127.0.0.1:$((BASE + i))"); done

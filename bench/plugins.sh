@@ -19,7 +19,7 @@ cargo build -q --release --target wasm32-unknown-unknown --manifest-path plugins
 WASM=plugins/target/wasm32-unknown-unknown/release
 WORK=$(mktemp -d)
 PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; }
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 MEMO_MB=${MEMO_MB:-32}

@@ -12,7 +12,7 @@ PORT=${PORT:-17379}
 [ -x "$BIN" ] || { echo "build first: cargo build --release -p concord" >&2; exit 1; }
 WORK=$(mktemp -d)
 PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; }
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 echo "| durability | server threads | workload | concurrency | ops/s | p50 ms | p99 ms | p99.9 ms |"
