@@ -43,6 +43,21 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding port 0").port()
 }
 
+/// The first of `n` consecutive ports free on 127.0.0.1 for both TCP and
+/// UDP (gRPC and gossip), as `concord dev --base-port` needs.
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let base = free_port();
+        let Some(last) = base.checked_add(n - 1) else { continue };
+        let free = (base..=last).all(|p| {
+            TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+}
+
 /// A `concord serve` child process.
 pub struct Server {
     child: Option<Child>,
@@ -341,7 +356,8 @@ impl LocalCluster {
     }
 }
 
-fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+/// Sends signal `sig` (a name such as `TERM`) to process `pid`.
+pub fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
     if !status.success() {
         bail!("kill -{sig} {pid} failed");

@@ -1,9 +1,10 @@
-//! The `concord` command line against a real node: the README's tour.
+//! The `concord` command line against real nodes: the README's tour, and
+//! `concord dev`, its command to run Concord.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use concord_tests::{Server, concord_bin};
+use concord_tests::{Server, concord_bin, free_ports, signal};
 use serde_json::Value;
 
 fn run(server: &Server, args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
@@ -113,4 +114,84 @@ async fn bench_reports_what_it_measured() {
     assert_eq!(reads + updates, 300);
     assert!(reads > 0 && updates > 0, "workload a mixes reads and updates");
     assert!(report["all"]["p99_ms"].as_f64().unwrap() >= report["all"]["p50_ms"].as_f64().unwrap());
+}
+
+/// `concord dev`, the README's command to run Concord, while it runs: its
+/// nodes are stopped (SIGTERM to `dev`, which stops them) even if the test
+/// fails.
+struct Dev(std::process::Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = signal(self.0.id(), "TERM");
+            for _ in 0..300 {
+                if !matches!(self.0.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn dev_runs_a_three_node_cluster_and_stops_it_on_ctrl_c() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports(3);
+    let mut dev = Dev(Command::new(concord_bin())
+        .args(["dev", "--nodes", "3", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("dev"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = dev.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    while !printed.iter().any(|l: &String| l.contains("Ctrl-C stops every node")) {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(line) => printed.push(line),
+            Err(e) => panic!("concord dev did not come up ({e}); it printed: {printed:?}"),
+        }
+    }
+    let endpoints: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
+    for e in &endpoints {
+        assert!(printed.iter().any(|l| l.trim() == e), "{e} is listed: {printed:?}");
+    }
+
+    // Every node serves, and they form one ring.
+    let cli = |args: &[&str], endpoint: &str| {
+        let out = Command::new(concord_bin()).args(args).args(["--endpoint", endpoint]).output().unwrap();
+        assert!(out.status.success(), "concord {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(&["put", "hello", "world", "hi"], &endpoints[0]);
+    assert!(cli(&["get", "hello", "world"], &endpoints[2]).contains("hi"));
+    let status: Value = serde_json::from_str(&cli(&["cluster", "status", "--json"], &endpoints[1])).unwrap();
+    let up = status["nodes"].as_array().unwrap().iter().filter(|n| n["status"] == "up").count();
+    assert_eq!(up, 3, "{status}");
+
+    // Ctrl-C stops every node and dev itself, cleanly.
+    signal(dev.0.id(), "INT").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = dev.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "concord dev did not stop on Ctrl-C");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(exit.success(), "concord dev exited with {exit}");
+    for e in &endpoints {
+        assert!(std::net::TcpStream::connect(e).is_err(), "{e} still serves after Ctrl-C");
+    }
 }
