@@ -122,11 +122,21 @@ pub struct Coordinator {
     metrics: Metrics,
 }
 
+/// Where a request goes and what it needs.
+struct Plan {
+    partition: u32,
+    /// The key's replicas, in preference order.
+    replicas: Vec<NodeId>,
+    /// Those in the client's zone.
+    local: Vec<NodeId>,
+    needed: Needed,
+}
+
 /// Counts answers against what a request needs.
 struct Tally {
     needed: Needed,
-    /// The zone whose replicas `LOCAL_QUORUM` counts: the client's.
-    zone: String,
+    /// The replicas in the client's zone, whose answers `LOCAL_QUORUM` counts.
+    local: Vec<NodeId>,
     ok: Vec<NodeId>,
     local_ok: usize,
     failures: Vec<String>,
@@ -134,12 +144,19 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(needed: Needed, zone: &str, total: usize) -> Self {
-        Self { needed, zone: zone.to_owned(), ok: Vec::new(), local_ok: 0, failures: Vec::new(), total }
+    fn new(plan: &Plan) -> Self {
+        Self {
+            needed: plan.needed,
+            local: plan.local.clone(),
+            ok: Vec::new(),
+            local_ok: 0,
+            failures: Vec::new(),
+            total: plan.replicas.len(),
+        }
     }
 
-    fn ok(&mut self, node: NodeId, zone: Option<&str>) {
-        if zone == Some(self.zone.as_str()) {
+    fn ok(&mut self, node: NodeId) {
+        if self.local.contains(&node) {
             self.local_ok += 1;
         }
         self.ok.push(node);
@@ -200,7 +217,8 @@ impl Coordinator {
         self.plugins.validate(bucket, &props, key, value).await
     }
 
-    /// The replicas of a key and what a request of `op` needs from them.
+    /// The replicas of a key and what a request of `op` needs from them;
+    /// `zone` is the client's, for `LOCAL_QUORUM`.
     fn plan(
         &self,
         op: &'static str,
@@ -209,24 +227,17 @@ impl Coordinator {
         props: &BucketProps,
         bucket: &str,
         key: &[u8],
-    ) -> Result<(u32, Vec<NodeId>, Needed)> {
+    ) -> Result<Plan> {
         let ring = self.cluster.ring();
         let partition = ring.partition_of(bucket, key);
         let replicas = ring.preference_list(partition, props.n as usize);
         let members = self.cluster.members();
         let in_zone =
             |r: &NodeId| if *r == self.node_id { self.cluster.zone() == zone } else { members.zone(r) == Some(zone) };
-        let local = replicas.iter().filter(|r| in_zone(r)).count();
+        let local: Vec<NodeId> = replicas.iter().filter(|r| in_zone(r)).cloned().collect();
         let default = if op == "read" { props.r() } else { props.w() };
-        let needed = quorum::needed(op, spec, props.n, default, replicas.len(), local)?;
-        Ok((partition, replicas, needed))
-    }
-
-    fn zone_of(&self, node: &str) -> Option<String> {
-        if node == self.node_id {
-            return Some(self.cluster.zone().to_owned());
-        }
-        self.cluster.members().zone(node).map(str::to_owned)
+        let needed = quorum::needed(op, spec, props.n, default, replicas.len(), local.len())?;
+        Ok(Plan { partition, replicas, local, needed })
     }
 
     /// Reads a key from its replicas.
@@ -238,9 +249,9 @@ impl Coordinator {
 
     async fn get_inner(self: &Arc<Self>, req: ReadRequest, deadline: Instant) -> Result<ReadOutcome> {
         let props = self.buckets.get(&req.bucket);
-        let (partition, replicas, needed) =
-            self.plan("read", req.quorum, self.cluster.zone(), &props, &req.bucket, &req.key)?;
-        let mut tally = Tally::new(needed, self.cluster.zone(), replicas.len());
+        let plan = self.plan("read", req.quorum, self.cluster.zone(), &props, &req.bucket, &req.key)?;
+        let mut tally = Tally::new(&plan);
+        let Plan { partition, replicas, .. } = plan;
         let mut answers: Vec<(NodeId, Option<Object>)> = Vec::with_capacity(replicas.len());
         let (tx, mut rx) = mpsc::unbounded_channel();
         // The local copy (a few microseconds) is read before the remote
@@ -256,7 +267,7 @@ impl Coordinator {
             let Some((node, answer)) = rx.recv().await else { break };
             match answer {
                 Ok(object) => {
-                    tally.ok(node.clone(), self.zone_of(&node).as_deref());
+                    tally.ok(node.clone());
                     answers.push((node, object));
                 }
                 Err(e) => tally.failures.push(format!("{node}: {e}")),
@@ -457,7 +468,8 @@ impl Coordinator {
     ) -> Result<WriteOutcome> {
         let props = self.buckets.get(&req.bucket);
         let zone = req.zone.as_deref().unwrap_or(self.cluster.zone());
-        let (partition, replicas, needed) = self.plan("write", req.quorum, zone, &props, &req.bucket, &req.key)?;
+        let plan = self.plan("write", req.quorum, zone, &props, &req.bucket, &req.key)?;
+        let (partition, replicas) = (plan.partition, &plan.replicas);
         if !replicas.contains(&self.node_id) {
             if forwarded {
                 // The forwarder's ring and ours disagree: a ring change is
@@ -468,7 +480,7 @@ impl Coordinator {
                     self.cluster.ring().epoch()
                 )));
             }
-            return self.forward(req, &replicas, deadline).await;
+            return self.forward(req, replicas, deadline).await;
         }
         let max_siblings = props.max_siblings as usize;
         let now = crate::now_ms();
@@ -497,7 +509,7 @@ impl Coordinator {
             object = update(&object.context().clone(), content)?;
             resolved_by = Some(r.by);
         }
-        let acked_by = self.replicate(&req, &replicas, needed, &object, deadline).await?;
+        let acked_by = self.replicate(&req, &plan, &object, deadline).await?;
         Ok(WriteOutcome { object, acked_by, sloppy: false, resolved_by })
     }
 
@@ -507,13 +519,12 @@ impl Coordinator {
     async fn replicate(
         self: &Arc<Self>,
         req: &WriteRequest,
-        replicas: &[NodeId],
-        needed: Needed,
+        plan: &Plan,
         object: &Object,
         deadline: Instant,
     ) -> Result<Vec<NodeId>> {
-        let zone = req.zone.as_deref().unwrap_or(self.cluster.zone());
-        let mut tally = Tally::new(needed, zone, replicas.len());
+        let replicas = &plan.replicas;
+        let mut tally = Tally::new(plan);
         let (tx, mut rx) = mpsc::unbounded_channel();
         // Encoded once, shared by every replica's request.
         let encoded: bytes::Bytes = encode_object(object).into();
@@ -527,16 +538,13 @@ impl Coordinator {
         }
         drop(tx);
         match self.objects.sync().await {
-            Ok(()) => tally.ok(self.node_id.clone(), Some(self.cluster.zone())),
+            Ok(()) => tally.ok(self.node_id.clone()),
             Err(e) => tally.failures.push(format!("{}: {e}", self.node_id)),
         }
         while !tally.satisfied() && tally.answered() < replicas.len() {
             let Some((node, result)) = rx.recv().await else { break };
             match result {
-                Ok(()) => {
-                    let zone = self.zone_of(&node);
-                    tally.ok(node, zone.as_deref());
-                }
+                Ok(()) => tally.ok(node),
                 Err(e) => tally.failures.push(format!("{node}: {e}")),
             }
         }
