@@ -176,9 +176,18 @@ fn dev_runs_a_three_node_cluster_and_stops_it_on_ctrl_c() {
     };
     cli(&["put", "hello", "world", "hi"], &endpoints[0]);
     assert!(cli(&["get", "hello", "world"], &endpoints[2]).contains("hi"));
-    let status: Value = serde_json::from_str(&cli(&["cluster", "status", "--json"], &endpoints[1])).unwrap();
-    let up = status["nodes"].as_array().unwrap().iter().filter(|n| n["status"] == "up").count();
-    assert_eq!(up, 3, "{status}");
+    // Each node learns the others' status through gossip, a round or two
+    // after `dev` saw the ring formed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let status: Value = serde_json::from_str(&cli(&["cluster", "status", "--json"], &endpoints[1])).unwrap();
+        let up = status["nodes"].as_array().unwrap().iter().filter(|n| n["status"] == "up").count();
+        if up == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not every node is up: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // Ctrl-C stops every node and dev itself, cleanly.
     signal(dev.0.id(), "INT").unwrap();
