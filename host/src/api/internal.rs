@@ -13,7 +13,7 @@ use crate::coordinator::{Coordinator, forward_reply, write_from_forward};
 use crate::plugins::Plugins;
 use crate::ring::Ring;
 use crate::storage::ObjectStore;
-use crate::storage::codec::{decode_object, encode_object};
+use crate::storage::codec::decode_object;
 use crate::{Error, Result};
 
 /// Serves `concord.v1.Internal`.
@@ -89,11 +89,11 @@ impl pb::internal_server::Internal for InternalService {
             let read = Self::key(Some(k)).and_then(|k| {
                 let partition = ring.partition_of(&k.bucket, &k.key);
                 self.check_holder(&ring, req.ring_epoch, &k, partition)?;
-                self.objects.read(partition, &k.bucket, &k.key)
+                self.objects.read_encoded(partition, &k.bucket, &k.key)
             });
             results.push(match read {
                 Ok(object) => {
-                    let object: bytes::Bytes = object.map(|o| encode_object(&o).into()).unwrap_or_default();
+                    let object: bytes::Bytes = object.map(Into::into).unwrap_or_default();
                     reply_bytes += object.len();
                     pb::ReplicaReadResult { object, error: String::new() }
                 }

@@ -240,7 +240,7 @@ impl Cluster {
         // A binding waits until the plugins it names are here.
         let registry = self.plugins.registry();
         let (changed, deferred) =
-            self.buckets.import(&md.buckets, |props| props.plugins().all(|r| registry.info(r).is_some()))?;
+            self.buckets.import(&md.buckets, |props| props.plugins().all(|r| registry.contains(r)))?;
         if !deferred.is_empty() {
             tracing::debug!(buckets = ?deferred, peer = %from, "bucket properties wait for the plugins they name");
         }

@@ -278,7 +278,7 @@ impl Coordinator {
             return Err(tally.unavailable("read"));
         }
         let merged = answers.iter().filter_map(|(_, o)| o.as_ref()).fold(Object::new(), |acc, o| acc.merged(o));
-        self.repair_in_background(partition, &req, merged.clone(), answers.clone(), rx);
+        self.repair_in_background(partition, &req, merged.clone(), answers, rx);
         let mut out = ReadOutcome { object: merged, replicas: tally.ok, resolved: None };
         if let Some((content, by)) = self.resolve_siblings(&req, &props, &out.object).await {
             if self.plugins.runtime().config().write_back_resolved {
@@ -347,12 +347,15 @@ impl Coordinator {
             if merged.siblings().is_empty() && merged.context().is_empty() {
                 return;
             }
+            // Encoded once for every stale replica, like a write.
+            let mut encoded: Option<bytes::Bytes> = None;
             for node in targets {
                 this.metrics.read_repairs.increment(1);
                 let repaired = if node == this.node_id {
                     this.objects.merge(partition, &bucket, &key, &merged).map(drop)
                 } else {
-                    this.send_object(&node, &bucket, &key, &merged, Duration::from_secs(5)).await
+                    let object = encoded.get_or_insert_with(|| encode_object(&merged).into()).clone();
+                    this.send_encoded(&node, &bucket, &key, object, Instant::now() + REPAIR_TIMEOUT).await
                 };
                 if let Err(e) = repaired {
                     // Not lost: the next read of the key repairs it again.
@@ -361,18 +364,6 @@ impl Coordinator {
                 }
             }
         });
-    }
-
-    /// Sends an object to one replica, which merges it.
-    async fn send_object(
-        &self,
-        node: &str,
-        bucket: &str,
-        key: &[u8],
-        object: &Object,
-        timeout: Duration,
-    ) -> Result<()> {
-        self.send_encoded(node, bucket, key, encode_object(object).into(), Instant::now() + timeout).await
     }
 
     /// Sends an encoded object to one replica (batched with other writes to
@@ -652,6 +643,9 @@ fn content_of(r: Resolution) -> Option<Content> {
         Resolution::KeepSiblings => None,
     }
 }
+
+/// How long a read repair may take to reach a replica.
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Time a forwarded write leaves for the forwarder to hear the answer.
 const FORWARD_MARGIN: Duration = Duration::from_millis(50);

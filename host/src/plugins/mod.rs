@@ -430,7 +430,7 @@ impl Plugins {
     /// its breaker is open, in which case the one that worked before it.
     fn choose(&self, bucket: &str, slot: Slot, configured: &PluginRef, props_version: u64) -> Option<PluginRef> {
         let label: Arc<str> = configured.to_string().into();
-        let here = self.registry.info(configured).is_some();
+        let here = self.registry.contains(configured);
         if here && !self.breakers.is_open(bucket, &label, props_version) {
             return Some(configured.clone());
         }

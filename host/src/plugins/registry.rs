@@ -112,6 +112,11 @@ impl Registry {
         self.manifest.load().get(r).cloned()
     }
 
+    /// Whether `r` is deployed (without copying its entry).
+    pub fn contains(&self, r: &PluginRef) -> bool {
+        self.manifest.load().contains_key(r)
+    }
+
     /// Highest sequence number in the manifest: a summary for gossip.
     pub fn version(&self) -> u64 {
         self.manifest.load().values().map(|p| p.seq).max().unwrap_or(0)
@@ -260,7 +265,7 @@ impl Registry {
 
     /// The stored component of `r`, for peers that lack it.
     pub fn component(&self, r: &PluginRef) -> Result<Option<Vec<u8>>> {
-        if self.info(r).is_none() {
+        if !self.contains(r) {
             return Ok(None);
         }
         Ok(self.store.get(Space::Plugins, &bin_key(r))?)

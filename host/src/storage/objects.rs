@@ -93,6 +93,12 @@ impl ObjectStore {
         self.load(partition, &StoreKey::new(bucket, key))
     }
 
+    /// The local copy of an object in its stored encoding, for a peer that
+    /// decodes (and checks) it itself: no decode and re-encode on the way.
+    pub fn read_encoded(&self, partition: u32, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.engine.get(Space::Partition(partition), StoreKey::new(bucket, key).as_bytes())?)
+    }
+
     /// Accepts a client write as this replica (the coordinator): the new
     /// sibling gets this replica's next dot and supersedes what `context`
     /// covers. Fails with [`Error::SiblingLimit`], writing nothing, when the
