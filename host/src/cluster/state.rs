@@ -112,7 +112,6 @@ impl Cluster {
         net: Arc<Net>,
         gossip_interval: Duration,
     ) -> Arc<Self> {
-        net.set_ring_epoch(ring.epoch());
         Arc::new(Self {
             node_id,
             zone,
@@ -203,7 +202,6 @@ impl Cluster {
             owned_here = ring.owned_by(&self.node_id),
             "ring changed"
         );
-        self.net.set_ring_epoch(ring.epoch());
         self.ring.store(Arc::new(ring));
         Ok(true)
     }

@@ -124,6 +124,8 @@ pub struct Coordinator {
 
 /// Where a request goes and what it needs.
 struct Plan {
+    /// Epoch of the ring the replicas were chosen from.
+    epoch: u64,
     partition: u32,
     /// The key's replicas, in preference order.
     replicas: Vec<NodeId>,
@@ -237,7 +239,7 @@ impl Coordinator {
         let local: Vec<NodeId> = replicas.iter().filter(|r| in_zone(r)).cloned().collect();
         let default = if op == "read" { props.r() } else { props.w() };
         let needed = quorum::needed(op, spec, props.n, default, replicas.len(), local.len())?;
-        Ok(Plan { partition, replicas, local, needed })
+        Ok(Plan { epoch: ring.epoch(), partition, replicas, local, needed })
     }
 
     /// Reads a key from its replicas.
@@ -251,7 +253,7 @@ impl Coordinator {
         let props = self.buckets.get(&req.bucket);
         let plan = self.plan("read", req.quorum, self.cluster.zone(), &props, &req.bucket, &req.key)?;
         let mut tally = Tally::new(&plan);
-        let Plan { partition, replicas, .. } = plan;
+        let (partition, replicas) = (plan.partition, &plan.replicas);
         let mut answers: Vec<(NodeId, Option<Object>)> = Vec::with_capacity(replicas.len());
         let (tx, mut rx) = mpsc::unbounded_channel();
         // The local copy (a few microseconds) is read before the remote
@@ -260,7 +262,7 @@ impl Coordinator {
             let _ = tx.send((self.node_id.clone(), self.objects.read(partition, &req.bucket, &req.key)));
         }
         for r in replicas.iter().filter(|r| **r != self.node_id) {
-            self.spawn_remote_read(r.clone(), &req, deadline, tx.clone());
+            self.spawn_remote_read(r.clone(), &req, plan.epoch, deadline, tx.clone());
         }
         drop(tx);
         while !tally.satisfied() && tally.answered() < replicas.len() {
@@ -278,11 +280,11 @@ impl Coordinator {
             return Err(tally.unavailable("read"));
         }
         let merged = answers.iter().filter_map(|(_, o)| o.as_ref()).fold(Object::new(), |acc, o| acc.merged(o));
-        self.repair_in_background(partition, &req, merged.clone(), answers, rx);
+        self.repair_in_background(&plan, &req, merged.clone(), answers, rx);
         let mut out = ReadOutcome { object: merged, replicas: tally.ok, resolved: None };
         if let Some((content, by)) = self.resolve_siblings(&req, &props, &out.object).await {
             if self.plugins.runtime().config().write_back_resolved {
-                match self.write_back(partition, &replicas, &req, &out.object, content.clone(), deadline).await {
+                match self.write_back(&plan, &req, &out.object, content.clone(), deadline).await {
                     // Hand out the written-back object only if nothing else
                     // slipped in: its context must not cover a sibling the
                     // reader has not seen.
@@ -299,6 +301,7 @@ impl Coordinator {
         &self,
         node: NodeId,
         req: &ReadRequest,
+        ring_epoch: u64,
         deadline: Instant,
         tx: mpsc::UnboundedSender<(NodeId, Result<Option<Object>>)>,
     ) {
@@ -308,7 +311,7 @@ impl Coordinator {
             let result = async {
                 let addr = cluster.addr_of(&node).ok_or_else(|| Error::internal("address unknown"))?;
                 let started = Instant::now();
-                let r = cluster.net().replica_read_one(addr, key, deadline).await;
+                let r = cluster.net().replica_read_one(addr, key, ring_epoch, deadline).await;
                 metrics::histogram!("concord_replica_request_duration_seconds", "peer" => node.clone(), "op" => "read")
                     .record(started.elapsed().as_secs_f64());
                 let bytes = r.map_err(|e| Error::Remote(tonic::Status::unavailable(e)))?;
@@ -323,7 +326,7 @@ impl Coordinator {
     /// as late answers arrive.
     fn repair_in_background(
         self: &Arc<Self>,
-        partition: u32,
+        plan: &Plan,
         req: &ReadRequest,
         merged: Object,
         answers: Vec<(NodeId, Option<Object>)>,
@@ -333,7 +336,7 @@ impl Coordinator {
             return;
         }
         let this = Arc::clone(self);
-        let (bucket, key) = (req.bucket.clone(), req.key.clone());
+        let (bucket, key, partition, epoch) = (req.bucket.clone(), req.key.clone(), plan.partition, plan.epoch);
         tokio::spawn(async move {
             let stale = |o: &Option<Object>| o.as_ref() != Some(&merged);
             let mut targets: Vec<NodeId> = answers.iter().filter(|(_, o)| stale(o)).map(|(n, _)| n.clone()).collect();
@@ -355,7 +358,7 @@ impl Coordinator {
                     this.objects.merge(partition, &bucket, &key, &merged).map(drop)
                 } else {
                     let object = encoded.get_or_insert_with(|| encode_object(&merged).into()).clone();
-                    this.send_encoded(&node, &bucket, &key, object, Instant::now() + REPAIR_TIMEOUT).await
+                    this.send_encoded(&node, &bucket, &key, object, epoch, Instant::now() + REPAIR_TIMEOUT).await
                 };
                 if let Err(e) = repaired {
                     // Not lost: the next read of the key repairs it again.
@@ -374,6 +377,7 @@ impl Coordinator {
         bucket: &str,
         key: &[u8],
         object: bytes::Bytes,
+        ring_epoch: u64,
         deadline: Instant,
     ) -> Result<()> {
         let addr = self.cluster.addr_of(node).ok_or_else(|| Error::internal(format!("address of {node} unknown")))?;
@@ -383,7 +387,7 @@ impl Coordinator {
             hint_for: String::new(),
         };
         let started = Instant::now();
-        let r = self.cluster.net().replica_write_one(addr, write, deadline).await;
+        let r = self.cluster.net().replica_write_one(addr, write, ring_epoch, deadline).await;
         metrics::histogram!("concord_replica_request_duration_seconds", "peer" => node.to_owned(), "op" => "write")
             .record(started.elapsed().as_secs_f64());
         r.map_err(|e| Error::Remote(tonic::Status::unavailable(e)))
@@ -413,26 +417,26 @@ impl Coordinator {
     /// happen only means a later read resolves again.
     async fn write_back(
         self: &Arc<Self>,
-        partition: u32,
-        replicas: &[NodeId],
+        plan: &Plan,
         req: &ReadRequest,
         read: &Object,
         content: Content,
         deadline: Instant,
     ) -> Option<Object> {
-        if !replicas.contains(&self.node_id) {
+        if !plan.replicas.contains(&self.node_id) {
             return None;
         }
         let written = self
             .objects
-            .replace_if_unchanged(partition, &req.bucket, &req.key, read, content, crate::now_ms())
+            .replace_if_unchanged(plan.partition, &req.bucket, &req.key, read, content, crate::now_ms())
             .map_err(|e| tracing::debug!(error = %e, "writing back a resolved value failed"))
             .ok()??;
         let encoded: bytes::Bytes = encode_object(&written).into();
-        for r in replicas.iter().filter(|r| **r != self.node_id) {
+        for r in plan.replicas.iter().filter(|r| **r != self.node_id) {
             let (this, r, bucket, key, encoded) =
                 (Arc::clone(self), r.clone(), req.bucket.clone(), req.key.clone(), encoded.clone());
-            tokio::spawn(async move { this.send_encoded(&r, &bucket, &key, encoded, deadline).await });
+            let epoch = plan.epoch;
+            tokio::spawn(async move { this.send_encoded(&r, &bucket, &key, encoded, epoch, deadline).await });
         }
         Some(written)
     }
@@ -514,7 +518,7 @@ impl Coordinator {
         object: &Object,
         deadline: Instant,
     ) -> Result<Vec<NodeId>> {
-        let replicas = &plan.replicas;
+        let (replicas, epoch) = (&plan.replicas, plan.epoch);
         let mut tally = Tally::new(plan);
         let (tx, mut rx) = mpsc::unbounded_channel();
         // Encoded once, shared by every replica's request.
@@ -523,7 +527,7 @@ impl Coordinator {
             let (this, r, tx) = (Arc::clone(self), r.clone(), tx.clone());
             let (bucket, key, encoded) = (req.bucket.clone(), req.key.clone(), encoded.clone());
             tokio::spawn(async move {
-                let result = this.send_encoded(&r, &bucket, &key, encoded, deadline).await;
+                let result = this.send_encoded(&r, &bucket, &key, encoded, epoch, deadline).await;
                 let _ = tx.send((r, result));
             });
         }

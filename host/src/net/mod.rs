@@ -139,6 +139,7 @@ trait Batched: Send + 'static {
         net: Arc<Net>,
         addr: SocketAddr,
         timeout: Duration,
+        ring_epoch: u64,
         items: Vec<Self::Item>,
     ) -> impl Future<Output = Result<Vec<Result<Self::Out, String>>, String>> + Send;
 }
@@ -159,9 +160,9 @@ impl Batched for Writes {
         net: Arc<Net>,
         addr: SocketAddr,
         timeout: Duration,
+        ring_epoch: u64,
         writes: Vec<pb::ReplicaWrite>,
     ) -> Result<Vec<Result<(), String>>, String> {
-        let ring_epoch = net.ring_epoch();
         let resp = net.replica_write(addr, timeout, pb::ReplicaWriteRequest { writes, ring_epoch }).await;
         let resp = resp.map_err(|e| e.to_string())?;
         Ok(resp.results.into_iter().map(|r| if r.error.is_empty() { Ok(()) } else { Err(r.error) }).collect())
@@ -184,9 +185,9 @@ impl Batched for Reads {
         net: Arc<Net>,
         addr: SocketAddr,
         timeout: Duration,
+        ring_epoch: u64,
         keys: Vec<pb::ObjectKey>,
     ) -> Result<Vec<Result<bytes::Bytes, String>>, String> {
-        let ring_epoch = net.ring_epoch();
         let resp = net.replica_read(addr, timeout, pb::ReplicaReadRequest { keys, ring_epoch }).await;
         let resp = resp.map_err(|e| e.to_string())?;
         Ok(resp.results.into_iter().map(|r| if r.error.is_empty() { Ok(r.object) } else { Err(r.error) }).collect())
@@ -196,6 +197,8 @@ impl Batched for Reads {
 /// One item waiting for its peer's next batch.
 struct Pending<B: Batched> {
     item: B::Item,
+    /// Epoch of the ring the item's replicas were chosen from.
+    ring_epoch: u64,
     deadline: Instant,
     done: tokio::sync::oneshot::Sender<Result<B::Out, String>>,
 }
@@ -221,9 +224,6 @@ pub struct Net {
     read_queues: Mutex<HashMap<SocketAddr, Queue<Reads>>>,
     /// For the batching tasks, which must not keep the net alive.
     me: Weak<Net>,
-    /// Epoch of this node's ring, sent with replica calls so that a peer
-    /// with a newer ring can refuse keys it no longer holds.
-    ring_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Net {
@@ -235,31 +235,25 @@ impl Net {
             write_queues: Mutex::new(HashMap::new()),
             read_queues: Mutex::new(HashMap::new()),
             me: me.clone(),
-            ring_epoch: std::sync::atomic::AtomicU64::new(0),
         })
-    }
-
-    /// Records the epoch of this node's ring (see [`Net::ring_epoch`]).
-    pub fn set_ring_epoch(&self, epoch: u64) {
-        self.ring_epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The epoch of this node's ring, as replica calls carry it.
-    pub fn ring_epoch(&self) -> u64 {
-        self.ring_epoch.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sends one replica write to `addr` as part of a batch: writes queued
     /// for the same peer while earlier batches are in flight go together in
     /// one call, so under load a peer gets a fraction of the calls it would
     /// get with one call per write. Returns the peer's answer for this write.
+    ///
+    /// `ring_epoch` is the epoch of the ring the write's replicas were chosen
+    /// from, so that a peer with a newer ring can refuse a key it no longer
+    /// holds (0: not checked).
     pub async fn replica_write_one(
         &self,
         addr: SocketAddr,
         write: pb::ReplicaWrite,
+        ring_epoch: u64,
         deadline: Instant,
     ) -> Result<(), String> {
-        self.enqueue::<Writes>(&self.write_queues, addr, write, deadline).await
+        self.enqueue::<Writes>(&self.write_queues, addr, write, ring_epoch, deadline).await
     }
 
     /// Reads one object's copy on `addr` as part of a batch (as
@@ -268,9 +262,10 @@ impl Net {
         &self,
         addr: SocketAddr,
         key: pb::ObjectKey,
+        ring_epoch: u64,
         deadline: Instant,
     ) -> Result<bytes::Bytes, String> {
-        self.enqueue::<Reads>(&self.read_queues, addr, key, deadline).await
+        self.enqueue::<Reads>(&self.read_queues, addr, key, ring_epoch, deadline).await
     }
 
     async fn enqueue<B: Batched>(
@@ -278,10 +273,11 @@ impl Net {
         queues: &Mutex<HashMap<SocketAddr, Queue<B>>>,
         addr: SocketAddr,
         item: B::Item,
+        ring_epoch: u64,
         deadline: Instant,
     ) -> Result<B::Out, String> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        let mut pending = Pending::<B> { item, deadline, done };
+        let mut pending = Pending::<B> { item, ring_epoch, deadline, done };
         {
             let mut queues = queues.lock().expect("batch queue map lock");
             loop {
@@ -422,10 +418,13 @@ async fn run_batcher<B: Batched>(net: Weak<Net>, addr: SocketAddr, mut rx: tokio
         let Some(net) = net.upgrade() else { return };
         tokio::spawn(async move {
             let deadline = batch.iter().map(|p| p.deadline).max().expect("a batch is never empty");
+            // The oldest ring any item was planned on: a peer then refuses
+            // what that ring's replicas may no longer hold (0: unknown).
+            let ring_epoch = batch.iter().map(|p| p.ring_epoch).filter(|e| *e > 0).min().unwrap_or(0);
             let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             let (items, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.done)).unzip();
             let sent = items.len();
-            match B::call(net, addr, timeout, items).await {
+            match B::call(net, addr, timeout, ring_epoch, items).await {
                 // Answers are matched to items by position: a reply of
                 // another length cannot be trusted for any of them.
                 Ok(results) if results.len() != sent => {
@@ -512,6 +511,7 @@ mod tests {
             _: Arc<Net>,
             _: SocketAddr,
             _: Duration,
+            _: u64,
             items: Vec<usize>,
         ) -> Result<Vec<Result<usize, String>>, String> {
             let mut answers: Vec<_> = items.iter().copied().map(Ok).collect();
@@ -531,7 +531,8 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         // On a current-thread runtime every item is queued before the
         // batcher first runs, so they are all offered to one batch.
-        futures::future::join_all(sizes.iter().map(|s| net.enqueue::<Fake<SHORT>>(&queues, addr, *s, deadline))).await
+        futures::future::join_all(sizes.iter().map(|s| net.enqueue::<Fake<SHORT>>(&queues, addr, *s, 1, deadline)))
+            .await
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -584,9 +585,9 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(60);
         // The batcher never runs (nothing here yields), as if the peer hung.
         for _ in 0..MAX_QUEUED {
-            assert!(net.enqueue::<Fake<false>>(&queues, addr, 1, deadline).now_or_never().is_none());
+            assert!(net.enqueue::<Fake<false>>(&queues, addr, 1, 1, deadline).now_or_never().is_none());
         }
-        let full = net.enqueue::<Fake<false>>(&queues, addr, 1, deadline).now_or_never();
+        let full = net.enqueue::<Fake<false>>(&queues, addr, 1, 1, deadline).now_or_never();
         let error = full.expect("answered at once").unwrap_err();
         assert!(error.contains("already wait for this peer"), "{error}");
     }
