@@ -150,7 +150,6 @@ pub struct MembershipConfig {
 pub struct Membership {
     handle: ChitchatHandle,
     view: Arc<ArcSwap<Members>>,
-    node_id: NodeId,
     poller: JoinHandle<()>,
 }
 
@@ -189,7 +188,7 @@ impl Membership {
             .map_err(|e| Error::Internal(format!("cannot start gossip on UDP {}: {e:#}", config.listen)))?;
         let view = Arc::new(ArcSwap::from_pointee(Members::default()));
         let poller = tokio::spawn(poll(handle.chitchat(), Arc::clone(&view), config.gossip_interval, stopped));
-        let m = Self { handle, view, node_id: config.node_id, poller };
+        let m = Self { handle, view, poller };
         m.refresh_now().await;
         Ok(m)
     }
@@ -197,11 +196,6 @@ impl Membership {
     /// The latest snapshot.
     pub fn view(&self) -> Arc<Members> {
         self.view.load_full()
-    }
-
-    /// This node's id.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
     }
 
     /// Sets one of this node's gossiped keys.

@@ -18,7 +18,7 @@
 //! asked to remove while they are down. Every other node just adopts the
 //! rings it learns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,15 +179,17 @@ impl Cluster {
         if !force && !ring.supersedes(&current) {
             return Ok(false);
         }
-        if !force && current.epoch() > 0 && ring.partitions() != current.partitions() {
+        if current.epoch() > 0 && ring.partitions() != current.partitions() {
             // Objects are stored by partition: another count would hide
             // every key this node holds.
             return Err(Error::FailedPrecondition(format!(
-                "a peer's ring (epoch {}) has {} partitions and this node's has {}; a cluster's partition count is \
-                 fixed when it is created, so this node cannot take part in that cluster with its data",
+                "the cluster's ring (epoch {}) has {} partitions and this node {}; a cluster's partition count is \
+                 fixed when it is created: start this node with partitions = {} and an empty data directory to \
+                 join it",
                 ring.epoch(),
                 ring.partitions(),
-                current.partitions()
+                current.partitions(),
+                ring.partitions()
             )));
         }
         if ring == **current {
@@ -268,7 +270,7 @@ impl Cluster {
 
     /// One round of the worker: publish, sync metadata with peers whose
     /// digests differ, and claim if this node is the claimant.
-    async fn round(&self, last_fetch: &mut HashMap<NodeId, Instant>) {
+    async fn round(&self) {
         self.publish().await;
         let members = self.members();
         let me = members.peers.get(&self.node_id).cloned();
@@ -281,11 +283,6 @@ impl Cluster {
             if peer.meta.ring != self.ring().digest() {
                 agree = false;
             }
-            let due = last_fetch.get(&peer.node_id).is_none_or(|t| t.elapsed() >= self.gossip_interval);
-            if !due {
-                continue;
-            }
-            last_fetch.insert(peer.node_id.clone(), Instant::now());
             let fetched = self
                 .net
                 .call(peer.addr, self.gossip_interval.max(Duration::from_secs(2)), |mut c| async move {
@@ -371,9 +368,8 @@ impl Cluster {
     pub fn spawn_worker(self: &Arc<Self>, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let mut last_fetch = HashMap::new();
             loop {
-                this.round(&mut last_fetch).await;
+                this.round().await;
                 tokio::select! {
                     _ = tokio::time::sleep(this.gossip_interval) => {}
                     _ = stopped.wait_for(|s| *s) => return,
@@ -414,19 +410,7 @@ impl Cluster {
                 total: 1,
                 detail: format!("; cannot reach seed {seed}: {e}"),
             })?;
-        let theirs = decode_ring(&md.ring)?;
-        if ring.epoch() > 0 && theirs.partitions() != ring.partitions() {
-            // Objects are stored by partition: the other count would hide
-            // every key this node holds.
-            return Err(Error::FailedPrecondition(format!(
-                "the cluster at {seed} has {} partitions and this node {}; start this node with partitions = {} \
-                 and an empty data directory to join it",
-                theirs.partitions(),
-                ring.partitions(),
-                theirs.partitions()
-            )));
-        }
-        self.adopt_ring(theirs, true)?;
+        self.adopt_ring(decode_ring(&md.ring)?, true)?;
         // A node that left may join again; only now, so that a join that
         // fails does not hand it back to the cluster it left.
         if self.leaving.swap(false, Ordering::Relaxed) {
@@ -570,10 +554,5 @@ impl Cluster {
     /// Stops gossip.
     pub fn shutdown(&self) {
         self.membership.shutdown();
-    }
-
-    /// Membership, for the node's own use.
-    pub fn membership(&self) -> &Membership {
-        &self.membership
     }
 }

@@ -117,11 +117,6 @@ impl Registry {
         self.manifest.load().contains_key(r)
     }
 
-    /// Highest sequence number in the manifest: a summary for gossip.
-    pub fn version(&self) -> u64 {
-        self.manifest.load().values().map(|p| p.seq).max().unwrap_or(0)
-    }
-
     /// A digest that differs whenever two nodes' manifests differ.
     pub fn digest(&self) -> String {
         let manifest = self.manifest.load();
