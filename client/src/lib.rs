@@ -127,6 +127,10 @@ pub struct WriteResult {
     pub acked_by: Vec<String>,
     /// Whether a fallback stood in for an unreachable replica.
     pub sloppy: bool,
+    /// The acks in `acked_by` that came from fallbacks, as `(fallback,
+    /// replica it stood in for)`: the fallback holds the write and hands it
+    /// to the replica when that one is back.
+    pub fallbacks: Vec<(String, String)>,
     /// Resolver that merged siblings at write time, if any.
     pub resolved_by: Option<String>,
     /// Validators that vetted the write.
@@ -144,6 +148,9 @@ pub struct ReadOptions {
     pub pr: u32,
     /// Deadline (server default when `None`).
     pub timeout: Option<Duration>,
+    /// Whether fallbacks may answer for replicas that are down (`None`:
+    /// the bucket's setting).
+    pub sloppy: Option<bool>,
 }
 
 /// Per-write options; the defaults use the bucket's settings.
@@ -159,6 +166,9 @@ pub struct WriteOptions {
     pub timeout: Option<Duration>,
     /// Return the siblings after the write.
     pub return_body: bool,
+    /// Whether fallbacks may stand in for replicas that are down (`None`:
+    /// the bucket's setting).
+    pub sloppy: Option<bool>,
 }
 
 /// What went wrong, by what the caller can do about it.
@@ -284,6 +294,7 @@ impl Client {
                 r: opts.r,
                 pr: opts.pr,
                 timeout_ms: timeout_ms(opts.timeout),
+                sloppy: opts.sloppy,
             }),
         };
         let r = self.kv.clone().get(req).await?.into_inner();
@@ -330,6 +341,7 @@ impl Client {
             sibling_count: r.sibling_count,
             acked_by: r.acked_by,
             sloppy: r.sloppy,
+            fallbacks: fallbacks(r.fallbacks),
             resolved_by: non_empty(r.resolved_by),
             validated_by: r.validated_by,
         })
@@ -361,6 +373,7 @@ impl Client {
             siblings: r.siblings.into_iter().map(Sibling::from).collect(),
             acked_by: r.acked_by,
             sloppy: r.sloppy,
+            fallbacks: fallbacks(r.fallbacks),
             resolved_by: None,
             validated_by: Vec::new(),
         })
@@ -399,7 +412,12 @@ fn write_options(o: WriteOptions) -> pb::WriteOptions {
         pw: o.pw,
         timeout_ms: timeout_ms(o.timeout),
         return_body: o.return_body,
+        sloppy: o.sloppy,
     }
+}
+
+fn fallbacks(f: Vec<pb::FallbackAck>) -> Vec<(String, String)> {
+    f.into_iter().map(|f| (f.node, f.replica)).collect()
 }
 
 fn timeout_ms(t: Option<Duration>) -> u32 {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::BucketProps;
-use crate::cluster::buckets::{DEFAULT_MAX_OBJECT_BYTES, DEFAULT_MAX_SIBLINGS, DEFAULT_N};
+use crate::buckets::{BucketProps, DEFAULT_MAX_OBJECT_BYTES, DEFAULT_MAX_SIBLINGS, DEFAULT_N};
+use crate::handoff::HandoffConfig;
 use crate::plugins::PluginConfig;
 use crate::ring::DEFAULT_PARTITIONS;
 use crate::storage::DurabilityMode;
@@ -65,6 +65,11 @@ pub struct Config {
     pub buckets: BucketDefaults,
     /// Limits and policies of WebAssembly plugins.
     pub plugins: PluginConfig,
+    /// Whether reads send the merged object back to replicas that answered
+    /// with less (read repair). On by default.
+    pub read_repair: bool,
+    /// Hinted handoff: hints for replicas that missed writes.
+    pub handoff: HandoffConfig,
 }
 
 /// Defaults for implicit buckets.
@@ -107,6 +112,8 @@ impl Default for Config {
             log: "info".into(),
             buckets: BucketDefaults::default(),
             plugins: PluginConfig::default(),
+            read_repair: true,
+            handoff: HandoffConfig::default(),
         }
     }
 }
@@ -168,6 +175,7 @@ impl Config {
             return Err(Error::invalid(format!("node_id {id:?} must be 1 to 128 characters without spaces")));
         }
         self.plugins.validate()?;
+        self.handoff.validate()?;
         self.bucket_defaults().map(|_| ())
     }
 

@@ -9,20 +9,24 @@
 //! |---|---|
 //! | [`causal`] | dots, version vectors, sibling sets, context tokens (pure) |
 //! | [`ring`] | partitions, ownership and preference lists (pure) |
+//! | [`buckets`] | bucket properties: replication, limits, plugin bindings |
 //! | [`storage`] | the engine seam, object codec, durability, data directory |
 //! | [`plugins`] | WebAssembly resolvers and validators: engine, registry, calls |
-//! | [`cluster`] | state shared with peers: membership (gossip), ring changes, bucket properties, metadata sync |
+//! | [`cluster`] | state shared with peers: membership (gossip), ring changes, metadata sync |
 //! | [`net`] | every node-to-node call, and the fault rules tests use |
 //! | [`coordinator`] | the get / put / delete paths and quorums |
+//! | [`handoff`] | hints for replicas that missed writes, and their delivery |
 //! | [`api`] | the gRPC services |
 //! | [`node`] | wiring, background workers, shutdown |
 
 pub mod api;
+pub mod buckets;
 pub mod causal;
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
 mod error;
+pub mod handoff;
 pub mod net;
 pub mod node;
 pub mod plugins;

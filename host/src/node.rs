@@ -12,9 +12,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{AdminService, InternalService, KvService};
-use crate::cluster::{Buckets, Cluster, Membership, MembershipConfig, load_ring, load_seeds};
+use crate::buckets::Buckets;
+use crate::cluster::{Cluster, LocalData, Membership, MembershipConfig, load_ring, load_seeds};
 use crate::config::Config;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, CoordinatorConfig};
+use crate::handoff::{Handoff, HintStore};
 use crate::net::{Faults, Net};
 use crate::plugins::Plugins;
 use crate::ring::Ring;
@@ -36,8 +38,11 @@ pub struct Node {
     /// Flushed and closed after the server stops.
     engine: Arc<dyn Store>,
     objects: Arc<ObjectStore>,
+    handoff: Arc<Handoff>,
+    /// Runs the background workers; stopped after them.
+    background: Background,
     /// Holds the directory lock until the very end of shutdown.
-    dir: DataDir,
+    dir: Arc<DataDir>,
 }
 
 impl Node {
@@ -62,16 +67,22 @@ impl Node {
                 "the node listens on {bound}; set --advertise to the address other nodes and clients can reach"
             )));
         }
-        let dir = DataDir::open(&config.data_dir, config.node_id.as_deref(), &advertised.to_string())?;
+        let dir = Arc::new(DataDir::open(&config.data_dir, config.node_id.as_deref(), &advertised.to_string())?);
         let node_id = dir.node_id().to_owned();
         let engine: Arc<dyn Store> = Arc::new(SledStore::open(&dir.db_path(), config.cache_mb << 20)?);
-        let durability = Durability::start(
+        let durability = Arc::new(Durability::start(
             Arc::clone(&engine),
             config.durability,
             Duration::from_millis(config.flush_interval_ms),
             Duration::from_micros(config.group_commit_max_delay_us),
-        );
-        let objects = Arc::new(ObjectStore::new(Arc::clone(&engine), durability, dir.incarnation(), node_id.clone()));
+        ));
+        let objects = Arc::new(ObjectStore::new(
+            Arc::clone(&engine),
+            Arc::clone(&durability),
+            dir.incarnation(),
+            node_id.clone(),
+        ));
+        let hints = Arc::new(HintStore::open(Arc::clone(&engine), durability)?);
         let buckets = Arc::new(Buckets::load(Arc::clone(&engine), config.bucket_defaults()?, &node_id)?);
         let plugins = Plugins::open(
             Arc::clone(&engine),
@@ -129,24 +140,40 @@ impl Node {
             net,
             gossip_interval,
         );
+        let live_hints = config.handoff.enabled.then(|| Arc::clone(&hints));
         let coordinator = Coordinator::new(
             node_id.clone(),
             Arc::clone(&objects),
             Arc::clone(&buckets),
             Arc::clone(&cluster),
             Arc::clone(&plugins),
-            Duration::from_millis(config.request_timeout_ms),
+            live_hints.clone(),
+            CoordinatorConfig {
+                default_timeout: Duration::from_millis(config.request_timeout_ms),
+                read_repair: config.read_repair,
+            },
         );
-        let mut workers =
-            vec![spawn_storage_gauge(Arc::clone(&engine), stopped.clone()), cluster.spawn_worker(stopped.clone())];
+        let handoff = Handoff::new(
+            Arc::clone(&hints),
+            Arc::clone(&objects),
+            Arc::clone(&cluster),
+            Arc::clone(&buckets),
+            config.handoff.clone(),
+        );
+        let background = Background::start()?;
+        let mut workers = vec![
+            spawn_storage_gauge(Arc::clone(&engine), stopped.clone()),
+            cluster.spawn_worker(stopped.clone()),
+            background.enter(|| handoff.spawn(stopped.clone())),
+        ];
         if config.plugins.unload_idle_secs > 0 {
             let every = Duration::from_secs(config.plugins.unload_idle_secs);
             workers.push(spawn_plugin_unloader(Arc::clone(&plugins), every, stopped.clone()));
         }
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<pb::kv_server::KvServer<KvService>>().await;
         health.set_serving::<pb::admin_server::AdminServer<AdminService>>().await;
+        workers.push(spawn_health(health, cluster.ready_watch(), stopped.clone()));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -159,9 +186,16 @@ impl Node {
         let internal = InternalService::new(
             Arc::clone(&coordinator),
             Arc::clone(&objects),
+            live_hints,
             Arc::clone(&cluster),
             Arc::clone(&plugins),
         );
+        let local: Arc<dyn LocalData> = Arc::new(NodeData {
+            objects: Arc::clone(&objects),
+            hints,
+            dir: Arc::clone(&dir),
+            partitions: cluster.ring().partitions(),
+        });
         let router = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -169,8 +203,14 @@ impl Node {
             // Plugin components arrive through Admin and may exceed tonic's
             // default 4 MiB.
             .add_service(
-                pb::admin_server::AdminServer::new(AdminService::new(buckets, plugins, Arc::clone(&cluster)))
-                    .max_decoding_message_size(64 << 20),
+                pb::admin_server::AdminServer::new(AdminService::new(
+                    buckets,
+                    plugins,
+                    Arc::clone(&cluster),
+                    Arc::clone(&handoff),
+                    local,
+                ))
+                .max_decoding_message_size(64 << 20),
             )
             .add_service(
                 pb::internal_server::InternalServer::new(internal)
@@ -198,7 +238,20 @@ impl Node {
             data_dir = %config.data_dir.display(),
             "concord node serving"
         );
-        Ok(Node { addr: bound, node_id, stop, server, workers, cluster, faults, engine, objects, dir })
+        Ok(Node {
+            addr: bound,
+            node_id,
+            stop,
+            server,
+            workers,
+            cluster,
+            faults,
+            engine,
+            objects,
+            handoff,
+            background,
+            dir,
+        })
     }
 
     /// The address the gRPC server is bound to.
@@ -220,6 +273,16 @@ impl Node {
     /// dropping, delaying or partitioning links).
     pub fn faults(&self) -> &Arc<Faults> {
         &self.faults
+    }
+
+    /// This node's objects (for tests that look at one replica's copy).
+    pub fn objects(&self) -> &Arc<ObjectStore> {
+        &self.objects
+    }
+
+    /// The hinted-handoff worker and the hints this node holds.
+    pub fn handoff(&self) -> &Arc<Handoff> {
+        &self.handoff
     }
 
     /// Stops serving, lets in-flight requests finish (for up to
@@ -244,6 +307,8 @@ impl Node {
         // may still hold the store for a moment; the engine flush below
         // covers everything written so far, then the lock goes.
         drop(self.cluster);
+        drop(self.handoff);
+        self.background.stop().await;
         // If a background task still holds the store it could write after
         // the final flush; then the run does not count as clean.
         let sole = Arc::try_unwrap(self.objects).map(drop).is_ok();
@@ -264,6 +329,133 @@ impl Node {
         tracing::info!("shutting down");
         self.shutdown().await
     }
+}
+
+/// A thread of its own, at a lower CPU priority (nice 10), running a
+/// single-threaded runtime for the node's background workers (hint
+/// delivery, and other work that is not a request). On a busy machine the
+/// scheduler gives request threads the CPU first, so background work slows
+/// down instead of slowing requests; each worker also throttles itself.
+struct Background {
+    runtime: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start() -> Result<Self> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("concord-background".into())
+            .spawn(move || {
+                lower_priority();
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Dropping the runtime cancels whatever is left on it.
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the background thread: {e}")))?;
+        let runtime = handle_rx
+            .recv()
+            .map_err(|_| Error::internal("the background thread stopped at start"))?
+            .map_err(|e| Error::Internal(format!("cannot start the background runtime: {e}")))?;
+        Ok(Self { runtime, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Runs `f` (which spawns a worker) with the background runtime as the
+    /// current one.
+    fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _guard = self.runtime.enter();
+        f()
+    }
+
+    /// Stops the runtime and waits for its thread.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority. On Linux the nice value is a
+/// per-thread attribute, so only this thread is affected; elsewhere (or
+/// when not permitted) the thread just keeps the normal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take no pointers and only affect
+        // the calling thread's scheduling.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+        };
+        if rc != 0 {
+            tracing::debug!("could not lower the background thread's priority");
+        }
+    }
+}
+
+/// What `cluster join` sees of, and does to, this node's data.
+struct NodeData {
+    objects: Arc<ObjectStore>,
+    hints: Arc<HintStore>,
+    dir: Arc<DataDir>,
+    partitions: u32,
+}
+
+impl LocalData for NodeData {
+    fn holds_data(&self) -> Result<bool> {
+        Ok(self.hints.total() > 0 || self.objects.holds_data(self.partitions)?)
+    }
+
+    fn discard(&self) -> Result<()> {
+        // The new incarnation is recorded first: if the process dies
+        // half-way, the old actor is retired anyway.
+        let actor = self.dir.renew_incarnation()?;
+        self.hints.discard_all()?;
+        self.objects.discard_all(self.partitions, actor)?;
+        self.objects.engine().flush()?;
+        Ok(())
+    }
+}
+
+/// Keeps the gRPC health of the data service (and of the server as a
+/// whole) in step with [`Cluster::is_ready`]: `NOT_SERVING` while the node
+/// has not received the cluster's ring, so load balancers and scripts do
+/// not send it requests it would refuse. Admin stays `SERVING`.
+fn spawn_health(
+    health: tonic_health::server::HealthReporter,
+    mut ready: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let status = if *ready.borrow_and_update() {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            let kv = <pb::kv_server::KvServer<KvService> as tonic::server::NamedService>::NAME;
+            health.set_service_status(kv, status).await;
+            health.set_service_status("", status).await;
+            tokio::select! {
+                changed = ready.changed() => if changed.is_err() { break },
+                _ = stopped.wait_for(|s| *s) => break,
+            }
+        }
+    })
 }
 
 /// Unloads compiled plugins that went unused for a period, so a node that

@@ -38,24 +38,46 @@ pub fn concord_bin() -> PathBuf {
     bin
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that is free for both TCP and UDP (gRPC and
+/// gossip) and that no other test of this process has been given.
+///
+/// Ports come from below the kernel's ephemeral range: a port the OS picked
+/// for "port 0" can be handed out again as the source port of any outgoing
+/// connection before the node binds it, which made parallel tests fail with
+/// "address in use" now and then.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding port 0").port()
+    free_ports(1)
 }
 
-/// The first of `n` consecutive ports free on 127.0.0.1 for both TCP and
-/// UDP (gRPC and gossip), as `concord dev --base-port` needs.
+/// The first of `n` consecutive ports that [`free_port`] could give.
 pub fn free_ports(n: u16) -> u16 {
-    loop {
-        let base = free_port();
-        let Some(last) = base.checked_add(n - 1) else { continue };
-        let free = (base..=last).all(|p| {
-            TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral_start.max(10_000 + 2 * n + 100));
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    // Spread processes (test binaries, parallel runs) over the range.
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let span = u64::from(high - low - n);
+    let mut candidate = low + ((seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % span) as u16;
+    for _ in 0..span {
+        candidate = if candidate + n >= high { low } else { candidate + 1 };
+        let ports = candidate..candidate + n;
+        let free = ports.clone().all(|p| {
+            !given.contains(&p)
+                && TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
         });
         if free {
-            return base;
+            given.extend(ports);
+            return candidate;
         }
     }
+    panic!("no {n} free consecutive ports between {low} and {high}");
 }
 
 /// A `concord serve` child process.

@@ -300,13 +300,13 @@ async fn replica_calls_made_on_an_older_ring_are_refused_for_keys_no_longer_held
     let holder = ring.preference_list(ring.partition_of("b", key.as_bytes()), 3)[0].clone();
     let holder_addr = node.cluster().addr_of(&holder).unwrap();
     let mut from_holder = pb::internal_client::InternalClient::connect(format!("http://{holder_addr}")).await.unwrap();
-    let read = pb::ReplicaReadRequest { keys: vec![object_key(&key)], ring_epoch: ring.epoch() };
+    let read = pb::ReplicaReadRequest { keys: vec![object_key(&key)], ring_epoch: ring.epoch(), hint_for: vec![] };
     let object = from_holder.replica_read(read).await.unwrap().into_inner().results[0].object.clone();
     assert!(!object.is_empty());
 
     let mut raw = pb::internal_client::InternalClient::connect(format!("http://{}", node.local_addr())).await.unwrap();
     for (epoch, refused) in [(ring.epoch() - 1, true), (ring.epoch(), false), (0, false)] {
-        let read = pb::ReplicaReadRequest { keys: vec![object_key(&key)], ring_epoch: epoch };
+        let read = pb::ReplicaReadRequest { keys: vec![object_key(&key)], ring_epoch: epoch, hint_for: vec![] };
         let error = raw.replica_read(read).await.unwrap().into_inner().results[0].error.clone();
         assert_eq!(error.contains("does not hold this key"), refused, "read at epoch {epoch}: {error:?}");
         let write = pb::ReplicaWriteRequest {
@@ -321,7 +321,7 @@ async fn replica_calls_made_on_an_older_ring_are_refused_for_keys_no_longer_held
         assert_eq!(error.contains("does not hold this key"), refused, "write at epoch {epoch}: {error:?}");
     }
     // Keys the node does hold are served whatever the sender's epoch.
-    let read = pb::ReplicaReadRequest { keys: vec![object_key(&holder_key)], ring_epoch: 1 };
+    let read = pb::ReplicaReadRequest { keys: vec![object_key(&holder_key)], ring_epoch: 1, hint_for: vec![] };
     assert_eq!(raw.replica_read(read).await.unwrap().into_inner().results[0].error, "");
     cluster.shutdown().await;
 }

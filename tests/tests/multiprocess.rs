@@ -1,6 +1,6 @@
 //! Real `concord serve` processes on 127.0.0.1: a node killed with SIGKILL
-//! in the middle of a write loop, restarted, and a node joining with the
-//! CLI.
+//! in the middle of a write loop, restarted; writes a stopped node missed
+//! reaching it through hints; a node joining with the CLI.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -145,10 +145,21 @@ async fn a_fourth_node_joins_with_the_cli_and_one_leaves() {
     })
     .await
     .unwrap();
-    let out = std::process::Command::new(concord_bin())
-        .args(["cluster", "join", &servers[0].addr.to_string(), "--endpoint", &fourth.addr.to_string()])
-        .output()
-        .unwrap();
+    // Serving alone, it took a write: joining would hide that key (and could
+    // bring old versions back), so it is refused unless told to discard it.
+    fourth.client().await.put("solo", b"k", b"v", &Context::none()).await.unwrap();
+    let join = |extra: &[&str]| {
+        std::process::Command::new(concord_bin())
+            .args(["cluster", "join", &servers[0].addr.to_string(), "--endpoint", &fourth.addr.to_string()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = join(&[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds data of its own") && stderr.contains("--discard-data"), "{stderr}");
+    let out = join(&["--discard-data"]);
     assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
     let status = wait_up(&c0, 4, 30).await;
     let mut parts: Vec<u32> = status.nodes.iter().map(|n| n.partitions).collect();
@@ -205,4 +216,89 @@ async fn a_fourth_node_joins_with_the_cli_and_one_leaves() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(" leaving ") && text.contains(" up "), "{text}");
+}
+
+/// Waits until `client`'s node reports `node` as `status`.
+async fn wait_status(client: &Client, node: &str, status: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(s) = client.cluster_status().await
+            && s.nodes.iter().any(|n| n.node_id == node && n.status == status)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{node} is not {status}: {:?}", client.cluster_status().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Hints the node behind `client` holds, over all targets.
+async fn hints_held(client: &Client) -> u64 {
+    client.cluster_status().await.map(|s| s.hints.iter().map(|h| h.count).sum()).unwrap_or(u64::MAX)
+}
+
+/// Node 2 of three is stopped while 500 keys are written at W=2; it comes
+/// back and its hints are delivered; then node 1 stops, and nodes 2 and 3
+/// must serve every key at R=2. With `restart_holder`, node 1, which holds
+/// the hints, is restarted before node 2 returns.
+async fn writes_a_stopped_node_missed_reach_it_through_hints(restart_holder: bool) {
+    let mut servers = start(3).await;
+    let c0 = servers[0].client().await;
+    wait_up(&c0, 3, 30).await;
+    servers[1].stop().await.unwrap();
+    wait_status(&c0, "p1", "down", 30).await;
+    let opts = WriteOptions { w: 2, ..Default::default() };
+    for i in 0..500u32 {
+        let key = format!("k{i}");
+        let put = c0.put_with("hinted", key.as_bytes(), format!("v{i}").as_bytes(), &Context::none(), opts).await;
+        let put = put.unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert!(!put.acked_by.contains(&"p1".to_owned()));
+    }
+    // p0 coordinated every write and keeps a hint per key for p1 (written
+    // just after each reply).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hints_held(&c0).await != 500 {
+        assert!(
+            Instant::now() < deadline,
+            "p0 does not hold 500 hints: {:?}\n{}",
+            c0.cluster_status().await,
+            servers[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if restart_holder {
+        servers[0].restart().await.unwrap();
+        assert_eq!(hints_held(&servers[0].client().await).await, 500, "hints survive a restart of their holder");
+    }
+    servers[1].restart().await.unwrap();
+    let c0 = servers[0].client().await;
+    wait_up(&c0, 3, 30).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for s in &servers {
+        let c = s.client().await;
+        while hints_held(&c).await > 0 {
+            assert!(Instant::now() < deadline, "hints were not delivered: {:?}", c.cluster_status().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    servers[0].stop().await.unwrap();
+    let r2 = ReadOptions { r: 2, ..Default::default() };
+    for (i, s) in servers.iter().enumerate().skip(1) {
+        let c = s.client().await;
+        for k in 0..500u32 {
+            let key = format!("k{k}");
+            let got = c.get_with("hinted", key.as_bytes(), r2).await.unwrap_or_else(|e| panic!("p{i} {key}: {e}"));
+            assert_eq!(got.values(), vec![format!("v{k}").as_bytes()], "p{i} {key}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_stopped_node_missed_reach_it_through_hints_from_a_live_holder() {
+    writes_a_stopped_node_missed_reach_it_through_hints(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_survive_a_restart_of_the_node_that_holds_them() {
+    writes_a_stopped_node_missed_reach_it_through_hints(true).await;
 }

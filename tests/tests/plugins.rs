@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use concord::cluster::{BucketProps, PluginRef};
+use concord::buckets::{BucketProps, PluginRef};
 use concord::plugins::{PluginConfig, Plugins};
 use concord::storage::MemStore;
 use concord_client::{Client, ClientError, Context, SetBucketRequest};

@@ -6,8 +6,11 @@ use concord_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::admin_status;
-use crate::cluster::buckets::validate_bucket_name;
-use crate::cluster::{BucketChange, BucketProps, Buckets, Cluster, PluginRef, ResolveOn, ValidatorFailure};
+use crate::buckets::{
+    BucketChange, BucketProps, Buckets, PluginRef, ResolveOn, ValidatorFailure, validate_bucket_name,
+};
+use crate::cluster::{Cluster, LocalData};
+use crate::handoff::Handoff;
 use crate::plugins::{PluginInfo, PluginKind, Plugins};
 use crate::{Error, Result};
 
@@ -16,12 +19,20 @@ pub struct AdminService {
     buckets: Arc<Buckets>,
     plugins: Arc<Plugins>,
     cluster: Arc<Cluster>,
+    handoff: Arc<Handoff>,
+    local: Arc<dyn LocalData>,
 }
 
 impl AdminService {
     /// Wires the service.
-    pub fn new(buckets: Arc<Buckets>, plugins: Arc<Plugins>, cluster: Arc<Cluster>) -> Self {
-        Self { buckets, plugins, cluster }
+    pub fn new(
+        buckets: Arc<Buckets>,
+        plugins: Arc<Plugins>,
+        cluster: Arc<Cluster>,
+        handoff: Arc<Handoff>,
+        local: Arc<dyn LocalData>,
+    ) -> Self {
+        Self { buckets, plugins, cluster, handoff, local }
     }
 
     /// Refuses a change that binds a plugin that is not deployed, or one of
@@ -73,6 +84,7 @@ pub fn props_to_proto(name: &str, p: &BucketProps) -> pb::BucketProps {
             ValidatorFailure::Reject => pb::ValidatorFailure::Reject,
             ValidatorFailure::Accept => pb::ValidatorFailure::Accept,
         } as i32,
+        sloppy: p.sloppy,
         configured: p.version > 0,
         version: p.version,
     }
@@ -113,6 +125,7 @@ fn change_from_proto(req: &pb::SetBucketRequest) -> Result<BucketChange> {
                 Err(_) => Err(Error::invalid(format!("unknown validator_failure value {v}"))),
             })
             .transpose()?,
+        sloppy: req.sloppy,
     })
 }
 
@@ -122,15 +135,36 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Ok(Response::new(self.cluster.status()))
+        let mut status = self.cluster.status();
+        let now = crate::now_ms();
+        status.hints = self
+            .handoff
+            .status()
+            .into_iter()
+            .map(|q| pb::HintQueue {
+                target: q.target,
+                count: q.stats.count,
+                bytes: q.stats.bytes,
+                oldest_age_ms: q.stats.oldest_ms.map_or(0, |o| now.saturating_sub(o)),
+                last_error: q.last_error.unwrap_or_default(),
+            })
+            .collect();
+        // This node's own row shows what it holds now, not what it last
+        // gossiped.
+        let held = self.handoff.hints().total();
+        for n in status.nodes.iter_mut().filter(|n| n.is_self) {
+            n.hints = held;
+        }
+        Ok(Response::new(status))
     }
 
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
-        let seed = request.into_inner().seed;
-        if seed.trim().is_empty() {
+        let req = request.into_inner();
+        let seed = req.seed.trim();
+        if seed.is_empty() {
             return Err(Status::invalid_argument("give the address of a node of the cluster to join"));
         }
-        let members = self.cluster.join(seed.trim()).await.map_err(admin_status)?;
+        let members = self.cluster.join(seed, req.discard_data, &*self.local).await.map_err(admin_status)?;
         Ok(Response::new(pb::JoinResponse { members: members as u32 }))
     }
 

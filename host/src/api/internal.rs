@@ -8,8 +8,10 @@ use concord_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{admin_status, check_object};
-use crate::cluster::{Cluster, PluginRef};
+use crate::buckets::PluginRef;
+use crate::cluster::Cluster;
 use crate::coordinator::{Coordinator, forward_reply, write_from_forward};
+use crate::handoff::{HintKey, HintStore};
 use crate::plugins::Plugins;
 use crate::ring::Ring;
 use crate::storage::ObjectStore;
@@ -20,6 +22,9 @@ use crate::{Error, Result};
 pub struct InternalService {
     coordinator: Arc<Coordinator>,
     objects: Arc<ObjectStore>,
+    /// Where writes this node takes as a fallback go; `None` with hinted
+    /// handoff off, and then it refuses them.
+    hints: Option<Arc<HintStore>>,
     cluster: Arc<Cluster>,
     plugins: Arc<Plugins>,
 }
@@ -29,10 +34,28 @@ impl InternalService {
     pub fn new(
         coordinator: Arc<Coordinator>,
         objects: Arc<ObjectStore>,
+        hints: Option<Arc<HintStore>>,
         cluster: Arc<Cluster>,
         plugins: Arc<Plugins>,
     ) -> Self {
-        Self { coordinator, objects, cluster, plugins }
+        Self { coordinator, objects, hints, cluster, plugins }
+    }
+
+    /// Refuses replica traffic while this node has no cluster ring: its
+    /// placeholder ring may not even have the cluster's partition count.
+    fn check_ready(&self) -> Result<(), Status> {
+        if self.cluster.is_ready() { Ok(()) } else { Err(super::admin_status(self.cluster.not_ready())) }
+    }
+
+    /// The hint store, for a write or read addressed to this node as a
+    /// fallback for `target`.
+    fn hints_for(&self, target: &str) -> Result<&HintStore> {
+        self.hints.as_deref().ok_or_else(|| {
+            Error::NotReady(format!(
+                "{} keeps no hints (hinted handoff is off here), so it cannot stand in for {target}",
+                self.cluster.node_id()
+            ))
+        })
     }
 
     /// Refuses a key this node does not hold when its ring is newer than
@@ -64,7 +87,7 @@ impl InternalService {
 
 /// Object bytes a `ReplicaRead` reply carries before it stops reading
 /// more keys, so that replies stay under the 64 MiB message limit (a key
-/// holds at most 16 MiB; see [`crate::cluster::buckets::MAX_KEY_DATA_BYTES`]).
+/// holds at most 16 MiB; see [`crate::buckets::MAX_KEY_DATA_BYTES`]).
 const REPLY_BUDGET: usize = 32 << 20;
 
 #[tonic::async_trait]
@@ -73,12 +96,21 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::ReplicaReadRequest>,
     ) -> Result<Response<pb::ReplicaReadResponse>, Status> {
+        self.check_ready()?;
         let ring = self.cluster.ring();
         let mut results = Vec::new();
         let mut reply_bytes = 0;
         let req = request.into_inner();
+        if !req.hint_for.is_empty() && req.hint_for.len() != req.keys.len() {
+            return Err(Status::invalid_argument(format!(
+                "hint_for lists {} entries for {} keys",
+                req.hint_for.len(),
+                req.keys.len()
+            )));
+        }
         // A batch mixes unrelated requests: each key succeeds or fails alone.
-        for k in req.keys {
+        for (i, k) in req.keys.into_iter().enumerate() {
+            let hint_for = req.hint_for.get(i).filter(|h| !h.is_empty() && *h != self.cluster.node_id());
             if reply_bytes >= REPLY_BUDGET {
                 results.push(pb::ReplicaReadResult {
                     object: Default::default(),
@@ -88,6 +120,11 @@ impl pb::internal_server::Internal for InternalService {
             }
             let read = Self::key(Some(k)).and_then(|k| {
                 let partition = ring.partition_of(&k.bucket, &k.key);
+                if let Some(target) = hint_for {
+                    let key = HintKey { target: target.clone(), partition, bucket: k.bucket, key: k.key.to_vec() };
+                    let hint = self.hints_for(target)?.get(&key)?;
+                    return Ok(hint.map(|o| crate::storage::codec::encode_object(&o)));
+                }
                 self.check_holder(&ring, req.ring_epoch, &k, partition)?;
                 self.objects.read_encoded(partition, &k.bucket, &k.key)
             });
@@ -107,13 +144,22 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::ReplicaWriteRequest>,
     ) -> Result<Response<pb::ReplicaWriteResponse>, Status> {
+        self.check_ready()?;
         let ring = self.cluster.ring();
         let mut results = Vec::new();
         let req = request.into_inner();
+        let now_ms = crate::now_ms();
         for w in req.writes {
             let applied = Self::key(w.key).and_then(|k| {
                 let object = decode_object(&w.object)?;
                 let partition = ring.partition_of(&k.bucket, &k.key);
+                // A fallback keeps the write for the replica it stands in
+                // for; a replica (also one that was named as its own
+                // target after a ring change) merges it.
+                if !w.hint_for.is_empty() && w.hint_for != self.cluster.node_id() {
+                    let key = HintKey { target: w.hint_for.clone(), partition, bucket: k.bucket, key: k.key.to_vec() };
+                    return self.hints_for(&w.hint_for)?.add(&key, &object, req.ring_epoch, now_ms);
+                }
                 self.check_holder(&ring, req.ring_epoch, &k, partition)?;
                 self.objects.merge(partition, &k.bucket, &k.key, &object).map(|_| ())
             });

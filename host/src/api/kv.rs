@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{read_options, sibling_to_proto, write_options};
 use super::{check_object, check_size, to_status};
 use crate::causal::{Content, decode_context, encode_context};
+use crate::coordinator::wire::fallbacks_to_proto;
 use crate::coordinator::{Coordinator, ReadRequest, WriteRequest};
 use crate::telemetry::{OpMetrics, RequestMetrics};
 use crate::{Error, Result};
@@ -40,7 +41,8 @@ impl KvService {
         }
         let context = decode_context(context, &bucket, key).map_err(|e| Error::invalid(e.to_string()))?;
         let (quorum, timeout) = write_options(options).map_err(Error::invalid)?;
-        Ok(WriteRequest { bucket, key: key.to_vec(), content, context, quorum, timeout, zone: None })
+        let sloppy = options.and_then(|o| o.sloppy);
+        Ok(WriteRequest { bucket, key: key.to_vec(), content, context, quorum, timeout, zone: None, sloppy })
     }
 }
 
@@ -58,8 +60,9 @@ impl pb::kv_server::Kv for KvService {
         let result = async {
             check_object(&req.bucket, &req.key)?;
             let (quorum, timeout) = read_options(req.options.as_ref()).map_err(Error::invalid)?;
+            let sloppy = req.options.as_ref().and_then(|o| o.sloppy);
             self.coordinator
-                .get(ReadRequest { bucket: req.bucket.clone(), key: req.key.to_vec(), quorum, timeout })
+                .get(ReadRequest { bucket: req.bucket.clone(), key: req.key.to_vec(), quorum, timeout, sloppy })
                 .await
         }
         .await;
@@ -129,8 +132,9 @@ impl pb::kv_server::Kv for KvService {
                     Vec::new()
                 },
                 sibling_count: out.object.siblings().len() as u32,
+                sloppy: out.sloppy(),
                 acked_by: out.acked_by,
-                sloppy: out.sloppy,
+                fallbacks: fallbacks_to_proto(out.fallbacks),
                 resolved_by: out.resolved_by.map(|b| b.to_string()).unwrap_or_default(),
                 validated_by,
             })
@@ -160,8 +164,9 @@ impl pb::kv_server::Kv for KvService {
             };
             Response::new(pb::DeleteResponse {
                 context: encode_context(out.object.context(), &req.bucket, &req.key).into(),
+                sloppy: out.sloppy(),
                 acked_by: out.acked_by,
-                sloppy: out.sloppy,
+                fallbacks: fallbacks_to_proto(out.fallbacks),
                 siblings,
             })
         });

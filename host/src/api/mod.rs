@@ -15,7 +15,7 @@ pub use internal::InternalService;
 pub use kv::KvService;
 pub use status::{admin_status, to_status};
 
-use crate::cluster::buckets::{BucketProps, MAX_KEY_BYTES, validate_bucket_name};
+use crate::buckets::{BucketProps, MAX_KEY_BYTES, validate_bucket_name};
 use crate::{Error, Result};
 
 /// Checks a key: 1 to 1024 bytes.

@@ -71,6 +71,10 @@ pub struct SetArgs {
     /// What a failing validator means for a write.
     #[arg(long, value_enum)]
     validator_failure: Option<OnFailure>,
+    /// Let fallback nodes stand in for unreachable replicas (sloppy quorum):
+    /// true or false.
+    #[arg(long)]
+    sloppy: Option<bool>,
     #[command(flatten)]
     target: Target,
 }
@@ -104,6 +108,7 @@ pub async fn run(cmd: BucketCommand) -> anyhow::Result<()> {
                     OnFailure::Reject => pb::ValidatorFailure::Reject as i32,
                     OnFailure::Accept => pb::ValidatorFailure::Accept as i32,
                 }),
+                sloppy: a.sloppy,
             };
             print(&client.set_bucket(req).await?, a.target.json);
         }
@@ -137,6 +142,7 @@ fn props_json(p: &BucketProps) -> serde_json::Value {
         "validators": p.validators,
         "resolve_on": if p.resolve_on == pb::ResolveOn::Write as i32 { "write" } else { "read" },
         "validator_failure": if p.validator_failure == pb::ValidatorFailure::Accept as i32 { "accept" } else { "reject" },
+        "sloppy": p.sloppy,
         "configured": p.configured,
         "version": p.version,
     })
@@ -151,8 +157,8 @@ fn print(p: &BucketProps, as_json: bool) {
     let none = |s: &str| if s.is_empty() { "none".to_owned() } else { s.to_owned() };
     println!("{}{}", p.name, if p.configured { "" } else { " (defaults)" });
     println!(
-        "  n={} r={} w={}  max_object_bytes={} max_siblings={}",
-        p.n, p.r, p.w, p.max_object_bytes, p.max_siblings
+        "  n={} r={} w={} sloppy={}  max_object_bytes={} max_siblings={}",
+        p.n, p.r, p.w, p.sloppy, p.max_object_bytes, p.max_siblings
     );
     println!(
         "  resolver={} shadow_resolver={} resolve_on={}",

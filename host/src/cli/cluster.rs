@@ -15,6 +15,10 @@ pub enum ClusterCommand {
     Join {
         /// Address of any node of the cluster to join.
         seed: String,
+        /// Delete the node's own data (and the hints it holds) first; a node
+        /// that holds data is refused otherwise.
+        #[arg(long)]
+        discard_data: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -29,10 +33,10 @@ pub enum ClusterCommand {
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
-        ClusterCommand::Join { seed, target } => {
+        ClusterCommand::Join { seed, discard_data, target } => {
             let mut admin = connect(&target).await?.admin();
             let r = admin
-                .join(concord_proto::v1::JoinRequest { seed: seed.clone() })
+                .join(concord_proto::v1::JoinRequest { seed: seed.clone(), discard_data })
                 .await
                 .map_err(concord_client::ClientError::from)?
                 .into_inner();
@@ -71,6 +75,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                             "status": n.status, "phi": n.phi, "partitions": n.partitions,
                             "ring_epoch": n.ring_epoch, "buckets_version": n.buckets_version,
                             "plugins_version": n.plugins_version, "self": n.is_self,
+                            "hints": n.hints,
                         })
                     })
                     .collect();
@@ -79,22 +84,35 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|t| json!({"bucket": t.bucket, "plugin": t.plugin, "reason": t.reason, "tripped_at_ms": t.tripped_at_ms}))
                     .collect();
+                let hints: Vec<_> = s
+                    .hints
+                    .iter()
+                    .map(|h| json!({"target": h.target, "count": h.count, "bytes": h.bytes, "oldest_age_ms": h.oldest_age_ms, "last_error": h.last_error}))
+                    .collect();
                 println!(
                     "{}",
-                    json!({"nodes": nodes, "partitions": s.partitions, "ring_epoch": s.ring_epoch, "tripped_plugins": tripped})
+                    json!({
+                        "nodes": nodes, "partitions": s.partitions, "ring_epoch": s.ring_epoch,
+                        "ready": s.ready, "tripped_plugins": tripped, "hints": hints,
+                    })
                 );
                 return Ok(());
             }
             println!("ring: {} partitions, epoch {}", s.partitions, s.ring_epoch);
+            if !s.ready {
+                println!(
+                    "this node has not received the cluster's ring yet: it refuses reads and writes until it does"
+                );
+            }
             println!(
-                "{:<24} {:<22} {:<10} {:<8} {:>6} {:>10} {:>6} {:>8} {:>8}",
-                "NODE", "ADDRESS", "ZONE", "STATUS", "PHI", "PARTITIONS", "RING", "BUCKETS", "PLUGINS"
+                "{:<24} {:<22} {:<10} {:<8} {:>6} {:>10} {:>6} {:>8} {:>8} {:>7}",
+                "NODE", "ADDRESS", "ZONE", "STATUS", "PHI", "PARTITIONS", "RING", "BUCKETS", "PLUGINS", "HINTS"
             );
             for n in &s.nodes {
                 let phi = n.phi.map_or("-".to_owned(), |p| format!("{p:.1}"));
                 let me = if n.is_self { " *" } else { "" };
                 println!(
-                    "{:<24} {:<22} {:<10} {:<8} {:>6} {:>10} {:>6} {:>8} {:>8}",
+                    "{:<24} {:<22} {:<10} {:<8} {:>6} {:>10} {:>6} {:>8} {:>8} {:>7}",
                     format!("{}{me}", n.node_id),
                     n.address,
                     n.zone,
@@ -103,7 +121,22 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                     n.partitions,
                     n.ring_epoch,
                     n.buckets_version,
-                    n.plugins_version
+                    n.plugins_version,
+                    n.hints
+                );
+            }
+            for h in &s.hints {
+                let error = if h.last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!("; last delivery failed: {}", h.last_error)
+                };
+                println!(
+                    "hints held here for {}: {} ({} bytes), oldest {:.1} s old{error}",
+                    h.target,
+                    h.count,
+                    h.bytes,
+                    h.oldest_age_ms as f64 / 1000.0
                 );
             }
             for t in &s.tripped_plugins {

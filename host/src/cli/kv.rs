@@ -61,6 +61,14 @@ pub struct WriteFlags {
     /// Named consistency level.
     #[arg(long, value_enum)]
     consistency: Option<Level>,
+    /// Of the acknowledgements, how many must come from the key's own
+    /// replicas (fallbacks never count).
+    #[arg(long)]
+    pw: Option<u32>,
+    /// Let fallbacks stand in for replicas that are down (true or false;
+    /// default: the bucket's setting).
+    #[arg(long)]
+    sloppy: Option<bool>,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +81,13 @@ pub struct GetArgs {
     /// Named consistency level.
     #[arg(long, value_enum)]
     consistency: Option<Level>,
+    /// Of the answers, how many must come from the key's own replicas.
+    #[arg(long)]
+    pr: Option<u32>,
+    /// Let fallbacks answer for replicas that are down (true or false;
+    /// default: the bucket's setting).
+    #[arg(long)]
+    sloppy: Option<bool>,
     #[command(flatten)]
     target: Target,
 }
@@ -103,6 +118,8 @@ impl WriteFlags {
         WriteOptions {
             w: self.w.unwrap_or(0),
             consistency: self.consistency.map(Into::into).unwrap_or_default(),
+            pw: self.pw.unwrap_or(0),
+            sloppy: self.sloppy,
             return_body,
             ..Default::default()
         }
@@ -139,17 +156,13 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
                 "siblings": r.siblings.iter().map(sibling_json).collect::<Vec<_>>(),
                 "acked_by": r.acked_by,
                 "sloppy": r.sloppy,
+                "fallbacks": fallbacks_json(&r.fallbacks),
                 "resolved_by": r.resolved_by,
                 "validated_by": r.validated_by,
             })
         );
     } else {
-        println!(
-            "ok: {} sibling(s), acked by {}{}",
-            r.sibling_count,
-            r.acked_by.join(", "),
-            if r.sloppy { " (sloppy)" } else { "" }
-        );
+        println!("ok: {} sibling(s), acked by {}", r.sibling_count, acks(&r));
         for (i, s) in r.siblings.iter().enumerate() {
             print_sibling(i, s);
         }
@@ -159,6 +172,22 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
         println!("context: {}", r.context.to_base64());
     }
     Ok(())
+}
+
+/// `n1, n4 (fallback for n2)`.
+fn acks(r: &concord_client::WriteResult) -> String {
+    r.acked_by
+        .iter()
+        .map(|n| match r.fallbacks.iter().find(|(f, _)| f == n) {
+            Some((_, replica)) => format!("{n} (fallback for {replica})"),
+            None => n.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn fallbacks_json(f: &[(String, String)]) -> serde_json::Value {
+    f.iter().map(|(node, replica)| json!({"node": node, "replica": replica})).collect()
 }
 
 fn print_sibling(i: usize, s: &concord_client::Sibling) {
@@ -172,6 +201,8 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let opts = ReadOptions {
         r: args.r.unwrap_or(0),
         consistency: args.consistency.map(Into::into).unwrap_or_default(),
+        pr: args.pr.unwrap_or(0),
+        sloppy: args.sloppy,
         ..Default::default()
     };
     let r = client.get_with(&args.bucket, args.key.as_bytes(), opts).await?;
@@ -219,11 +250,12 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
                 "context": r.context.to_base64(),
                 "acked_by": r.acked_by,
                 "sloppy": r.sloppy,
+                "fallbacks": fallbacks_json(&r.fallbacks),
                 "siblings": r.siblings.iter().map(sibling_json).collect::<Vec<_>>(),
             })
         );
     } else {
-        println!("deleted, acked by {}", r.acked_by.join(", "));
+        println!("deleted, acked by {}", acks(&r));
         if !r.siblings.is_empty() {
             println!("concurrent writes remain beside the tombstone:");
         }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
+use concord::buckets::MAX_OBJECT_BYTES_LIMIT;
 use concord::causal::{Content, Dot, Sibling};
-use concord::cluster::buckets::MAX_OBJECT_BYTES_LIMIT;
 use concord::plugins::{Loaded, PluginConfig, PluginInfo, PluginKind, Resolution, Runtime, Verdict, package, verify};
 use concord_proto::v1 as pb;
 use serde::Deserialize;

@@ -13,6 +13,7 @@
 //! | `status` | `joining`, `up` or `leaving` |
 //! | `meta:ring`, `meta:buckets`, `meta:plugins` | digests of cluster metadata; a peer with another digest is synced over gRPC |
 //! | `remove:<node>` | an operator asked to remove that (down) node |
+//! | `hints` | how many hints it holds for other nodes |
 //!
 //! A background task reads chitchat's state a few times per gossip round
 //! and publishes a [`Members`] snapshot, so the rest of the node never
@@ -99,6 +100,8 @@ pub struct Peer {
     pub meta: MetaDigests,
     /// Nodes it has asked to remove.
     pub removals: Vec<NodeId>,
+    /// Hints it holds for other nodes, as it last announced.
+    pub hints: u64,
 }
 
 /// A snapshot of membership, this node included.
@@ -317,6 +320,7 @@ async fn snapshot(cc: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>, heartbeats: 
                     plugins: state.get("meta:plugins").unwrap_or_default().to_owned(),
                 },
                 removals,
+                hints: state.get("hints").and_then(|h| h.parse().ok()).unwrap_or(0),
             },
         );
     }

@@ -2,10 +2,8 @@
 //! ring, bucket properties and the plugin manifest, and the worker that
 //! keeps them converged.
 
-pub mod buckets;
 pub mod membership;
 mod state;
 
-pub use buckets::{BucketChange, BucketProps, Buckets, PluginRef, ResolveOn, ValidatorFailure};
 pub use membership::{Members, Membership, MembershipConfig, Peer, Status};
-pub use state::{Cluster, load_ring, load_seeds};
+pub use state::{Cluster, LocalData, load_ring, load_seeds};

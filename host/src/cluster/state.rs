@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::buckets::Buckets;
 use super::membership::{Members, Membership, Status};
+use crate::buckets::Buckets;
 use crate::net::Net;
 use crate::plugins::Plugins;
 use crate::ring::{Member, NodeId, Ring};
@@ -69,6 +69,22 @@ fn encode_ring(ring: &Ring) -> Vec<u8> {
     serde_json::to_vec(&PersistedRing { format: RING_FORMAT, ring: ring.clone() }).expect("ring serializes")
 }
 
+/// Refuses a ring (`theirs`) whose partition count differs from this
+/// node's.
+fn check_partitions(theirs: &Ring, ours: &Ring) -> Result<()> {
+    if theirs.partitions() == ours.partitions() {
+        return Ok(());
+    }
+    Err(Error::FailedPrecondition(format!(
+        "the cluster's ring (epoch {}) has {} partitions and this node {}; a cluster's partition count is fixed when \
+         it is created: start this node with partitions = {} and an empty data directory to join it",
+        theirs.epoch(),
+        theirs.partitions(),
+        ours.partitions(),
+        theirs.partitions()
+    )))
+}
+
 /// Seeds a node learned through `cluster join`, kept for its next start.
 pub fn load_seeds(store: &dyn Store) -> Result<Vec<String>> {
     Ok(match store.get(Space::Meta, SEEDS_KEY)? {
@@ -76,6 +92,16 @@ pub fn load_seeds(store: &dyn Store) -> Result<Vec<String>> {
             .map_err(|e| Error::Corruption(format!("the remembered seed list does not decode: {e}")))?,
         None => Vec::new(),
     })
+}
+
+/// The node's own data, as `cluster join` sees it: a node that holds data
+/// refuses to join another cluster unless told to discard it.
+pub trait LocalData: Send + Sync {
+    /// Whether this node stores any object or hint.
+    fn holds_data(&self) -> Result<bool>;
+    /// Drops every object and hint, and takes a new incarnation so that the
+    /// node's new writes never reuse the dots of its old self.
+    fn discard(&self) -> Result<()>;
 }
 
 /// The cluster state of one node.
@@ -95,6 +121,9 @@ pub struct Cluster {
     /// Serialises ring changes (adopting, claiming). Never held across an
     /// await.
     ring_write: std::sync::Mutex<()>,
+    /// Whether this node holds a ring the cluster made (epoch above 0): only
+    /// then does it serve reads and writes.
+    ready: watch::Sender<bool>,
 }
 
 impl Cluster {
@@ -112,10 +141,12 @@ impl Cluster {
         net: Arc<Net>,
         gossip_interval: Duration,
     ) -> Arc<Self> {
+        let (ready, _) = watch::channel(ring.epoch() > 0);
         Arc::new(Self {
             node_id,
             zone,
             advertise,
+            ready,
             ring: ArcSwap::from_pointee(ring),
             leaving: AtomicBool::new(matches!(store.get(Space::Meta, LEAVING_KEY), Ok(Some(_)))),
             store,
@@ -141,6 +172,33 @@ impl Cluster {
     /// The current ring.
     pub fn ring(&self) -> Arc<Ring> {
         self.ring.load_full()
+    }
+
+    /// Whether this node has a ring the cluster made. A node started with
+    /// seeds has only a placeholder ring of its own (epoch 0) until it meets
+    /// them, and must not serve on it: what it acknowledged there nobody
+    /// else could find.
+    pub fn is_ready(&self) -> bool {
+        self.ring.load().epoch() > 0
+    }
+
+    /// Follows [`Cluster::is_ready`].
+    pub fn ready_watch(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// The error a node that is not ready answers requests with.
+    pub fn not_ready(&self) -> Error {
+        Error::NotReady(format!(
+            "{} is joining the cluster and has not received its ring yet, so it cannot serve reads or writes; it \
+             will once it reaches one of its seeds (ask another node meanwhile)",
+            self.node_id
+        ))
+    }
+
+    /// Sets one of this node's keys in gossip (small values only).
+    pub async fn announce(&self, key: &str, value: &str) {
+        self.membership.set(key, value).await;
     }
 
     /// The latest membership snapshot.
@@ -179,19 +237,10 @@ impl Cluster {
         if !force && !ring.supersedes(&current) {
             return Ok(false);
         }
-        if current.epoch() > 0 && ring.partitions() != current.partitions() {
-            // Objects are stored by partition: another count would hide
-            // every key this node holds.
-            return Err(Error::FailedPrecondition(format!(
-                "the cluster's ring (epoch {}) has {} partitions and this node {}; a cluster's partition count is \
-                 fixed when it is created: start this node with partitions = {} and an empty data directory to \
-                 join it",
-                ring.epoch(),
-                ring.partitions(),
-                current.partitions(),
-                ring.partitions()
-            )));
-        }
+        // Objects are stored by partition: another count would hide every
+        // key this node holds (and file new ones where no other node looks),
+        // whether or not this node has served yet.
+        check_partitions(&ring, &current)?;
         if ring == **current {
             return Ok(false);
         }
@@ -204,7 +253,9 @@ impl Cluster {
             owned_here = ring.owned_by(&self.node_id),
             "ring changed"
         );
+        let ready = ring.epoch() > 0;
         self.ring.store(Arc::new(ring));
+        self.ready.send_if_modified(|r| std::mem::replace(r, ready) != ready);
         Ok(true)
     }
 
@@ -381,7 +432,7 @@ impl Cluster {
     /// Joins the cluster `seed` belongs to: adopts its ring, remembers the
     /// seed, and gossips with it until it appears. Returns the number of
     /// members this node then sees.
-    pub async fn join(&self, seed: &str) -> Result<usize> {
+    pub async fn join(&self, seed: &str, discard_data: bool, local: &dyn LocalData) -> Result<usize> {
         let seed_addr: SocketAddr = tokio::net::lookup_host(seed)
             .await
             .map_err(|e| Error::invalid(format!("cannot resolve seed {seed}: {e}")))?
@@ -410,7 +461,21 @@ impl Cluster {
                 total: 1,
                 detail: format!("; cannot reach seed {seed}: {e}"),
             })?;
-        self.adopt_ring(decode_ring(&md.ring)?, true)?;
+        let theirs = decode_ring(&md.ring)?;
+        check_partitions(&theirs, &ring)?;
+        if local.holds_data()? {
+            if !discard_data {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} holds data of its own; in the cluster of {seed} its keys would be invisible, and its old \
+                     versions could come back over newer ones. Join with --discard-data to delete its data and join \
+                     empty",
+                    self.node_id
+                )));
+            }
+            local.discard()?;
+            tracing::warn!(seed, "discarded this node's data to join another cluster");
+        }
+        self.adopt_ring(theirs, true)?;
         // A node that left may join again; only now, so that a join that
         // fails does not hand it back to the cluster it left.
         if self.leaving.swap(false, Ordering::Relaxed) {
@@ -515,6 +580,7 @@ impl Cluster {
                         parse(&peer.meta.plugins)
                     },
                     is_self,
+                    hints: peer.hints,
                 },
             );
         }
@@ -531,6 +597,7 @@ impl Cluster {
                 buckets_version: 0,
                 plugins_version: 0,
                 is_self: false,
+                hints: 0,
             });
         }
         pb::ClusterStatusResponse {
@@ -548,6 +615,9 @@ impl Cluster {
                     tripped_at_ms: t.at_ms,
                 })
                 .collect(),
+            // Filled in by the Admin service, which knows the hint store.
+            hints: Vec::new(),
+            ready: self.is_ready(),
         }
     }
 

@@ -7,21 +7,34 @@
 //!
 //! * **put/delete** must be coordinated by a replica, because the new
 //!   sibling's dot names the coordinating replica. A node that is not one
-//!   forwards the write to the first live replica. The coordinator applies
-//!   the write locally, sends the resulting object to the other replicas in
-//!   parallel (they merge it), and answers once the requested number have
-//!   acknowledged. Stragglers finish in the background.
-//! * **get** can be coordinated by any node: it asks every replica, merges
-//!   the first `r` answers, and answers. Replicas that answered with less
-//!   than the merged object get it back in the background (read repair),
-//!   including those that answer after the reply. Siblings left after the
-//!   merge go to the bucket's resolver, if any.
+//!   forwards the write to the first live replica ([`forward`]). The
+//!   coordinator applies the write locally, sends the resulting object to
+//!   the other replicas in parallel (they merge it), and answers once the
+//!   requested number have acknowledged; its own copy counts once flushed,
+//!   and the flush runs beside the remote calls. Stragglers finish in the
+//!   background.
+//! * **sloppy quorum**: a replica that gossip says is down, that fails, or
+//!   that has not answered halfway to the deadline is replaced by the next
+//!   live node past the preference list (a *fallback*), which keeps the
+//!   write as a hint for it. Fallback acks count towards `w`, never `pw`,
+//!   and the reply names them. A replica write that fails leaves a hint on
+//!   the coordinator too ([`crate::handoff`] delivers both).
+//! * **get** can be coordinated by any node: it asks every replica (a
+//!   fallback instead of a replica that is down), merges the first `r`
+//!   answers, and answers. Afterwards it keeps merging the answers that
+//!   arrive until the deadline and sends the result to every replica that
+//!   holds less (read repair, [`repair`]). Siblings left after the merge go
+//!   to the bucket's resolver, if any.
 //!
 //! Every request runs under one deadline; peer calls get what is left of it.
 //! Fewer answers than needed is [`Error::Unavailable`], saying how many of
-//! how many answered and why the others did not.
+//! how many answered and why the others did not. A node that has not yet
+//! received the cluster's ring serves nothing (`Error::NotReady`).
 
+mod forward;
 pub mod quorum;
+mod repair;
+pub mod tally;
 pub mod wire;
 
 use std::sync::Arc;
@@ -32,9 +45,12 @@ use metrics::Counter;
 use tokio::sync::mpsc;
 
 pub use quorum::{Consistency, Needed, QuorumSpec};
+use tally::{Answer, Plan, Tally};
 
+use crate::buckets::{BucketProps, Buckets, ResolveOn};
 use crate::causal::{Content, Dot, Object, Sibling, VersionVector};
-use crate::cluster::{BucketProps, Buckets, Cluster, ResolveOn};
+use crate::cluster::Cluster;
+use crate::handoff::{HintKey, HintStore};
 use crate::plugins::{Plugins, Resolution, ResolveFor};
 use crate::ring::NodeId;
 use crate::storage::ObjectStore;
@@ -53,6 +69,9 @@ pub struct ReadRequest {
     pub quorum: QuorumSpec,
     /// Deadline; `None` for the node's default.
     pub timeout: Option<Duration>,
+    /// Whether fallbacks may answer for replicas that are down; `None` for
+    /// the bucket's setting.
+    pub sloppy: Option<bool>,
 }
 
 /// What a read found.
@@ -60,7 +79,7 @@ pub struct ReadRequest {
 pub struct ReadOutcome {
     /// The merged object (empty when no replica had the key).
     pub object: Object,
-    /// Replicas whose answers were merged.
+    /// Nodes whose answers were merged.
     pub replicas: Vec<NodeId>,
     /// Set when the bucket's resolver merged the siblings: what it decided
     /// (a value or a tombstone) and who decided. The object's context still
@@ -87,6 +106,9 @@ pub struct WriteRequest {
     /// the client called, carried along when the write is forwarded.
     /// `None` means this node's zone.
     pub zone: Option<String>,
+    /// Whether fallbacks may stand in for replicas that are down; `None`
+    /// for the bucket's setting.
+    pub sloppy: Option<bool>,
 }
 
 /// What a write did.
@@ -94,12 +116,29 @@ pub struct WriteRequest {
 pub struct WriteOutcome {
     /// The object as stored by the coordinating replica after the write.
     pub object: Object,
-    /// Replicas that acknowledged.
+    /// Nodes that acknowledged, fallbacks included.
     pub acked_by: Vec<NodeId>,
-    /// Whether a fallback node stood in for an unreachable replica.
-    pub sloppy: bool,
+    /// The acks that came from fallbacks: `(fallback, replica it stood in
+    /// for)`.
+    pub fallbacks: Vec<(NodeId, NodeId)>,
     /// Resolver that merged siblings during the write, if one did.
     pub resolved_by: Option<Arc<str>>,
+}
+
+impl WriteOutcome {
+    /// Whether a fallback stood in for a replica.
+    pub fn sloppy(&self) -> bool {
+        !self.fallbacks.is_empty()
+    }
+}
+
+/// Settings of the request paths.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Deadline of a request that names none.
+    pub default_timeout: Duration,
+    /// Whether reads repair replicas that answered with less.
+    pub read_repair: bool,
 }
 
 /// Metric handles of the request paths.
@@ -109,6 +148,7 @@ struct Metrics {
     write_quorum_failures: Counter,
     read_repairs: Counter,
     read_repair_failures: Counter,
+    sloppy_writes: Counter,
 }
 
 /// Coordinates requests on one node.
@@ -118,70 +158,13 @@ pub struct Coordinator {
     buckets: Arc<Buckets>,
     cluster: Arc<Cluster>,
     plugins: Arc<Plugins>,
+    /// Where replica writes that fail leave hints; `None` with hinted
+    /// handoff off (and then no fallbacks are used either: nothing would
+    /// deliver what they hold).
+    hints: Option<Arc<HintStore>>,
     default_timeout: Duration,
+    read_repair: bool,
     metrics: Metrics,
-}
-
-/// Where a request goes and what it needs.
-struct Plan {
-    /// Epoch of the ring the replicas were chosen from.
-    epoch: u64,
-    partition: u32,
-    /// The key's replicas, in preference order.
-    replicas: Vec<NodeId>,
-    /// Those in the client's zone.
-    local: Vec<NodeId>,
-    needed: Needed,
-}
-
-/// Counts answers against what a request needs.
-struct Tally {
-    needed: Needed,
-    /// The replicas in the client's zone, whose answers `LOCAL_QUORUM` counts.
-    local: Vec<NodeId>,
-    ok: Vec<NodeId>,
-    local_ok: usize,
-    failures: Vec<String>,
-    total: usize,
-}
-
-impl Tally {
-    fn new(plan: &Plan) -> Self {
-        Self {
-            needed: plan.needed,
-            local: plan.local.clone(),
-            ok: Vec::new(),
-            local_ok: 0,
-            failures: Vec::new(),
-            total: plan.replicas.len(),
-        }
-    }
-
-    fn ok(&mut self, node: NodeId) {
-        if self.local.contains(&node) {
-            self.local_ok += 1;
-        }
-        self.ok.push(node);
-    }
-
-    fn satisfied(&self) -> bool {
-        // Every replica asked is a primary, so `primaries` is met with `ok`.
-        let counted = if self.needed.local_only { self.local_ok } else { self.ok.len() };
-        counted >= self.needed.total && self.ok.len() >= self.needed.primaries
-    }
-
-    fn answered(&self) -> usize {
-        self.ok.len() + self.failures.len()
-    }
-
-    fn unavailable(&self, op: &'static str) -> Error {
-        let detail = if self.failures.is_empty() {
-            "; the others did not answer before the deadline".to_owned()
-        } else {
-            format!("; {}", self.failures.join("; "))
-        };
-        Error::Unavailable { op, needed: self.needed.total, got: self.ok.len(), total: self.total, detail }
-    }
 }
 
 impl Coordinator {
@@ -192,7 +175,8 @@ impl Coordinator {
         buckets: Arc<Buckets>,
         cluster: Arc<Cluster>,
         plugins: Arc<Plugins>,
-        default_timeout: Duration,
+        hints: Option<Arc<HintStore>>,
+        config: CoordinatorConfig,
     ) -> Arc<Self> {
         let metrics = Metrics {
             forwarded: metrics::counter!("concord_forwarded_requests_total"),
@@ -200,8 +184,19 @@ impl Coordinator {
             write_quorum_failures: metrics::counter!("concord_quorum_failures_total", "op" => "write"),
             read_repairs: metrics::counter!("concord_read_repairs_total"),
             read_repair_failures: metrics::counter!("concord_read_repair_failures_total"),
+            sloppy_writes: metrics::counter!("concord_sloppy_writes_total"),
         };
-        Arc::new(Self { node_id, objects, buckets, cluster, plugins, default_timeout, metrics })
+        Arc::new(Self {
+            node_id,
+            objects,
+            buckets,
+            cluster,
+            plugins,
+            hints,
+            default_timeout: config.default_timeout,
+            read_repair: config.read_repair,
+            metrics,
+        })
     }
 
     /// The bucket table requests are checked against.
@@ -219,12 +214,15 @@ impl Coordinator {
         self.plugins.validate(bucket, &props, key, value).await
     }
 
-    /// The replicas of a key and what a request of `op` needs from them;
-    /// `zone` is the client's, for `LOCAL_QUORUM`.
+    /// The replicas of a key, the fallbacks that may stand in for them, and
+    /// what a request of `op` needs; `zone` is the client's, for
+    /// `LOCAL_QUORUM`.
+    #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
         op: &'static str,
         spec: QuorumSpec,
+        sloppy: Option<bool>,
         zone: &str,
         props: &BucketProps,
         bucket: &str,
@@ -234,12 +232,27 @@ impl Coordinator {
         let partition = ring.partition_of(bucket, key);
         let replicas = ring.preference_list(partition, props.n as usize);
         let members = self.cluster.members();
+        // The full preference order continues the replicas' (its first n
+        // are the replicas): the nodes after them are the fallbacks.
+        let fallbacks = if self.hints.is_some()
+            && sloppy.unwrap_or(props.sloppy)
+            && ring.members().len() > replicas.len()
+        {
+            ring.preference_list(partition, ring.members().len())
+                .into_iter()
+                .skip(replicas.len())
+                .filter(|f| members.peers.get(f).is_some_and(|p| p.live && p.status != crate::cluster::Status::Leaving))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let in_zone =
             |r: &NodeId| if *r == self.node_id { self.cluster.zone() == zone } else { members.zone(r) == Some(zone) };
-        let local: Vec<NodeId> = replicas.iter().filter(|r| in_zone(r)).cloned().collect();
+        let local: Vec<NodeId> = replicas.iter().chain(&fallbacks).filter(|r| in_zone(r)).cloned().collect();
+        let local_replicas = replicas.iter().filter(|r| in_zone(r)).count();
         let default = if op == "read" { props.r() } else { props.w() };
-        let needed = quorum::needed(op, spec, props.n, default, replicas.len(), local.len())?;
-        Ok(Plan { epoch: ring.epoch(), partition, replicas, local, needed })
+        let needed = quorum::needed(op, spec, props.n, default, replicas.len(), local_replicas)?;
+        Ok(Plan { epoch: ring.epoch(), partition, replicas, fallbacks, local, needed })
     }
 
     /// Reads a key from its replicas.
@@ -250,37 +263,32 @@ impl Coordinator {
     }
 
     async fn get_inner(self: &Arc<Self>, req: ReadRequest, deadline: Instant) -> Result<ReadOutcome> {
-        let props = self.buckets.get(&req.bucket);
-        let plan = self.plan("read", req.quorum, self.cluster.zone(), &props, &req.bucket, &req.key)?;
-        let mut tally = Tally::new(&plan);
-        let (partition, replicas) = (plan.partition, &plan.replicas);
-        let mut answers: Vec<(NodeId, Option<Object>)> = Vec::with_capacity(replicas.len());
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        // The local copy (a few microseconds) is read before the remote
-        // reads start, so it is always the first answer.
-        if replicas.contains(&self.node_id) {
-            let _ = tx.send((self.node_id.clone(), self.objects.read(partition, &req.bucket, &req.key)));
+        if !self.cluster.is_ready() {
+            return Err(self.cluster.not_ready());
         }
-        for r in replicas.iter().filter(|r| **r != self.node_id) {
-            self.spawn_remote_read(r.clone(), &req, plan.epoch, deadline, tx.clone());
+        let props = self.buckets.get(&req.bucket);
+        let plan = self.plan("read", req.quorum, req.sloppy, self.cluster.zone(), &props, &req.bucket, &req.key)?;
+        let mut tally = Tally::new(&plan);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for (node, replica) in self.read_targets(&plan) {
+            tally.sent();
+            self.read_copy(node, replica, &plan, &req, deadline, &tx);
         }
         drop(tx);
-        while !tally.satisfied() && tally.answered() < replicas.len() {
-            let Some((node, answer)) = rx.recv().await else { break };
-            match answer {
-                Ok(object) => {
-                    tally.ok(node.clone());
-                    answers.push((node, object));
-                }
-                Err(e) => tally.failures.push(format!("{node}: {e}")),
+        let mut answers = Vec::with_capacity(plan.replicas.len());
+        while !tally.satisfied() && tally.waiting() > 0 {
+            let Some(a) = rx.recv().await else { break };
+            tally.answered(&a);
+            if let Ok(copy) = a.result {
+                answers.push((a.node, a.replica, copy));
             }
         }
         if !tally.satisfied() {
             self.metrics.read_quorum_failures.increment(1);
             return Err(tally.unavailable("read"));
         }
-        let merged = answers.iter().filter_map(|(_, o)| o.as_ref()).fold(Object::new(), |acc, o| acc.merged(o));
-        self.repair_in_background(&plan, &req, merged.clone(), answers, rx);
+        let merged = answers.iter().filter_map(|(_, _, o)| o.as_ref()).fold(Object::new(), |acc, o| acc.merged(o));
+        self.repair_in_background(&plan, &req, answers, rx);
         let mut out = ReadOutcome { object: merged, replicas: tally.ok, resolved: None };
         if let Some((content, by)) = self.resolve_siblings(&req, &props, &out.object).await {
             if self.plugins.runtime().config().write_back_resolved {
@@ -297,80 +305,74 @@ impl Coordinator {
         Ok(out)
     }
 
-    fn spawn_remote_read(
+    /// Who a read asks, as `(node, replica it answers for)`: each replica,
+    /// or a fallback in place of one that is down. Local copies come first:
+    /// they are read (in microseconds) before any remote call starts, so
+    /// they are always the first answers.
+    fn read_targets(&self, plan: &Plan) -> Vec<(NodeId, NodeId)> {
+        let members = self.cluster.members();
+        let mut spares = plan.fallbacks.iter();
+        let mut targets: Vec<(NodeId, NodeId)> = plan
+            .replicas
+            .iter()
+            .map(|r| {
+                let down = *r != self.node_id && !members.is_live(r);
+                match if down { spares.next() } else { None } {
+                    Some(f) => (f.clone(), r.clone()),
+                    None => (r.clone(), r.clone()),
+                }
+            })
+            .collect();
+        targets.sort_by_key(|(node, _)| *node != self.node_id);
+        targets
+    }
+
+    /// Reads one copy: this node's own (or the hint it holds for
+    /// `replica`) at once, a peer's in a spawned task.
+    fn read_copy(
         &self,
         node: NodeId,
+        replica: NodeId,
+        plan: &Plan,
         req: &ReadRequest,
-        ring_epoch: u64,
         deadline: Instant,
-        tx: mpsc::UnboundedSender<(NodeId, Result<Option<Object>>)>,
+        tx: &mpsc::UnboundedSender<Answer<Option<Object>>>,
     ) {
+        let partition = plan.partition;
+        if node == self.node_id {
+            let result = if node == replica {
+                self.objects.read(partition, &req.bucket, &req.key)
+            } else {
+                let key =
+                    HintKey { target: replica.clone(), partition, bucket: req.bucket.clone(), key: req.key.clone() };
+                self.hints.as_ref().map_or(Ok(None), |h| h.get(&key))
+            };
+            let _ = tx.send(Answer { node, replica, result });
+            return;
+        }
         let cluster = Arc::clone(&self.cluster);
         let key = pb::ObjectKey { bucket: req.bucket.clone(), key: req.key.clone().into() };
+        let (epoch, tx) = (plan.epoch, tx.clone());
         tokio::spawn(async move {
             let result = async {
                 let addr = cluster.addr_of(&node).ok_or_else(|| Error::internal("address unknown"))?;
+                let hint_for = if node == replica { String::new() } else { replica.clone() };
                 let started = Instant::now();
-                let r = cluster.net().replica_read_one(addr, key, ring_epoch, deadline).await;
+                let r = cluster.net().replica_read_one(addr, key, hint_for, epoch, deadline).await;
                 metrics::histogram!("concord_replica_request_duration_seconds", "peer" => node.clone(), "op" => "read")
                     .record(started.elapsed().as_secs_f64());
                 let bytes = r.map_err(|e| Error::Remote(tonic::Status::unavailable(e)))?;
                 if bytes.is_empty() { Ok(None) } else { Ok(Some(decode_object(&bytes)?)) }
             }
             .await;
-            let _ = tx.send((node, result));
+            let _ = tx.send(Answer { node, replica, result });
         });
     }
 
-    /// Sends the merged object to replicas that answered with less, now and
-    /// as late answers arrive.
-    fn repair_in_background(
-        self: &Arc<Self>,
-        plan: &Plan,
-        req: &ReadRequest,
-        merged: Object,
-        answers: Vec<(NodeId, Option<Object>)>,
-        mut late: mpsc::UnboundedReceiver<(NodeId, Result<Option<Object>>)>,
-    ) {
-        if merged.context().is_empty() && answers.iter().all(|(_, o)| o.is_none()) && late.is_closed() {
-            return;
-        }
-        let this = Arc::clone(self);
-        let (bucket, key, partition, epoch) = (req.bucket.clone(), req.key.clone(), plan.partition, plan.epoch);
-        tokio::spawn(async move {
-            let stale = |o: &Option<Object>| o.as_ref() != Some(&merged);
-            let mut targets: Vec<NodeId> = answers.iter().filter(|(_, o)| stale(o)).map(|(n, _)| n.clone()).collect();
-            while let Some((node, answer)) = late.recv().await {
-                if let Ok(o) = answer
-                    && stale(&o)
-                {
-                    targets.push(node);
-                }
-            }
-            if merged.siblings().is_empty() && merged.context().is_empty() {
-                return;
-            }
-            // Encoded once for every stale replica, like a write.
-            let mut encoded: Option<bytes::Bytes> = None;
-            for node in targets {
-                this.metrics.read_repairs.increment(1);
-                let repaired = if node == this.node_id {
-                    this.objects.merge(partition, &bucket, &key, &merged).map(drop)
-                } else {
-                    let object = encoded.get_or_insert_with(|| encode_object(&merged).into()).clone();
-                    this.send_encoded(&node, &bucket, &key, object, epoch, Instant::now() + REPAIR_TIMEOUT).await
-                };
-                if let Err(e) = repaired {
-                    // Not lost: the next read of the key repairs it again.
-                    this.metrics.read_repair_failures.increment(1);
-                    tracing::debug!(replica = %node, error = %e, "read repair failed");
-                }
-            }
-        });
-    }
-
-    /// Sends an encoded object to one replica (batched with other writes to
-    /// the same peer), which merges it.
+    /// Sends an encoded object to one node (batched with other writes to
+    /// the same peer), which merges it; with `hint_for`, the node is a
+    /// fallback and keeps it as a hint for that replica.
+    #[allow(clippy::too_many_arguments)]
     async fn send_encoded(
         &self,
         node: &str,
@@ -379,66 +381,19 @@ impl Coordinator {
         object: bytes::Bytes,
         ring_epoch: u64,
         deadline: Instant,
+        hint_for: Option<&str>,
     ) -> Result<()> {
         let addr = self.cluster.addr_of(node).ok_or_else(|| Error::internal(format!("address of {node} unknown")))?;
         let write = pb::ReplicaWrite {
             key: Some(pb::ObjectKey { bucket: bucket.to_owned(), key: key.to_vec().into() }),
             object,
-            hint_for: String::new(),
+            hint_for: hint_for.unwrap_or_default().to_owned(),
         };
         let started = Instant::now();
         let r = self.cluster.net().replica_write_one(addr, write, ring_epoch, deadline).await;
         metrics::histogram!("concord_replica_request_duration_seconds", "peer" => node.to_owned(), "op" => "write")
             .record(started.elapsed().as_secs_f64());
         r.map_err(|e| Error::Remote(tonic::Status::unavailable(e)))
-    }
-
-    /// Runs the bucket's resolver on a read's siblings (and its shadow, in
-    /// the background).
-    async fn resolve_siblings(
-        self: &Arc<Self>,
-        req: &ReadRequest,
-        props: &BucketProps,
-        object: &Object,
-    ) -> Option<(Content, Arc<str>)> {
-        let has_resolver = props.resolver.is_some() || props.shadow_resolver.is_some();
-        if !has_resolver || object.live_siblings().nth(1).is_none() {
-            return None;
-        }
-        let resolved = self.plugins.resolve(&req.bucket, props, &req.key, object.siblings(), ResolveFor::Read).await?;
-        Some((content_of(resolved.resolution)?, resolved.by))
-    }
-
-    /// Stores a resolved value over the siblings it merged, so later reads
-    /// find one sibling, and spreads it to the other replicas in the
-    /// background. Only a replica writes back, and only if its copy is
-    /// still what was read: concurrent readers of one conflict write it back
-    /// once. The resolution is deterministic, so a write-back that does not
-    /// happen only means a later read resolves again.
-    async fn write_back(
-        self: &Arc<Self>,
-        plan: &Plan,
-        req: &ReadRequest,
-        read: &Object,
-        content: Content,
-        deadline: Instant,
-    ) -> Option<Object> {
-        if !plan.replicas.contains(&self.node_id) {
-            return None;
-        }
-        let written = self
-            .objects
-            .replace_if_unchanged(plan.partition, &req.bucket, &req.key, read, content, crate::now_ms())
-            .map_err(|e| tracing::debug!(error = %e, "writing back a resolved value failed"))
-            .ok()??;
-        let encoded: bytes::Bytes = encode_object(&written).into();
-        for r in plan.replicas.iter().filter(|r| **r != self.node_id) {
-            let (this, r, bucket, key, encoded) =
-                (Arc::clone(self), r.clone(), req.bucket.clone(), req.key.clone(), encoded.clone());
-            let epoch = plan.epoch;
-            tokio::spawn(async move { this.send_encoded(&r, &bucket, &key, encoded, epoch, deadline).await });
-        }
-        Some(written)
     }
 
     /// Writes a value or a tombstone.
@@ -461,9 +416,12 @@ impl Coordinator {
         deadline: Instant,
         forwarded: bool,
     ) -> Result<WriteOutcome> {
+        if !self.cluster.is_ready() {
+            return Err(self.cluster.not_ready());
+        }
         let props = self.buckets.get(&req.bucket);
         let zone = req.zone.as_deref().unwrap_or(self.cluster.zone());
-        let plan = self.plan("write", req.quorum, zone, &props, &req.bucket, &req.key)?;
+        let plan = self.plan("write", req.quorum, req.sloppy, zone, &props, &req.bucket, &req.key)?;
         let (partition, replicas) = (plan.partition, &plan.replicas);
         if !replicas.contains(&self.node_id) {
             if forwarded {
@@ -504,109 +462,138 @@ impl Coordinator {
             object = update(&object.context().clone(), content)?;
             resolved_by = Some(r.by);
         }
-        let acked_by = self.replicate(&req, &plan, &object, deadline).await?;
-        Ok(WriteOutcome { object, acked_by, sloppy: false, resolved_by })
+        let tally = self.replicate(&req, &plan, &object, deadline).await?;
+        if !tally.fallbacks.is_empty() {
+            self.metrics.sloppy_writes.increment(1);
+        }
+        Ok(WriteOutcome { object, acked_by: tally.ok, fallbacks: tally.fallbacks, resolved_by })
     }
 
-    /// Makes the local write durable and sends it to the other replicas;
-    /// returns once enough have acknowledged. The rest finish in the
-    /// background.
+    /// Makes the local write durable and sends it to the other replicas (or
+    /// fallbacks for those that are down); returns once enough have
+    /// acknowledged. The rest finish in the background.
     async fn replicate(
         self: &Arc<Self>,
         req: &WriteRequest,
         plan: &Plan,
         object: &Object,
         deadline: Instant,
-    ) -> Result<Vec<NodeId>> {
-        let (replicas, epoch) = (&plan.replicas, plan.epoch);
+    ) -> Result<Tally> {
         let mut tally = Tally::new(plan);
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Answer<()>>();
+        // This replica's copy counts once it is durable. The flush runs
+        // beside the remote calls, so a slow local disk does not hold up a
+        // quorum the other replicas can make.
+        let (objects, me, local_tx) = (Arc::clone(&self.objects), self.node_id.clone(), tx.clone());
+        tokio::spawn(async move {
+            let result = objects.sync().await;
+            let _ = local_tx.send(Answer { node: me.clone(), replica: me, result });
+        });
+        tally.sent();
         // Encoded once, shared by every replica's request.
         let encoded: bytes::Bytes = encode_object(object).into();
-        for r in replicas.iter().filter(|r| **r != self.node_id) {
-            let (this, r, tx) = (Arc::clone(self), r.clone(), tx.clone());
-            let (bucket, key, encoded) = (req.bucket.clone(), req.key.clone(), encoded.clone());
-            tokio::spawn(async move {
-                let result = this.send_encoded(&r, &bucket, &key, encoded, epoch, deadline).await;
-                let _ = tx.send((r, result));
-            });
+        let members = self.cluster.members();
+        let mut spares = plan.fallbacks.clone().into_iter();
+        let mut unanswered: Vec<NodeId> = Vec::new();
+        for r in plan.replicas.iter().filter(|r| **r != self.node_id) {
+            if members.is_live(r) {
+                self.send_write(r.clone(), r.clone(), req, plan, &encoded, deadline, &tx);
+                unanswered.push(r.clone());
+            } else if let Some(f) = spares.next() {
+                self.send_write(f, r.clone(), req, plan, &encoded, deadline, &tx);
+            } else {
+                // Down as far as gossip knows, and nobody to stand in: keep
+                // the write for it here rather than wait on a dead node.
+                self.keep_hint(self.hint_key(r, plan, req), plan.epoch, object.clone());
+                tally.skipped(format!("{r}: down (a hint is kept for it)"));
+                continue;
+            }
+            tally.sent();
         }
-        drop(tx);
-        match self.objects.sync().await {
-            Ok(()) => tally.ok(self.node_id.clone()),
-            Err(e) => tally.failures.push(format!("{}: {e}", self.node_id)),
-        }
-        while !tally.satisfied() && tally.answered() < replicas.len() {
-            let Some((node, result)) = rx.recv().await else { break };
-            match result {
-                Ok(()) => tally.ok(node),
-                Err(e) => tally.failures.push(format!("{node}: {e}")),
+        // A replica that fails, or is still silent halfway to the deadline,
+        // gets a fallback while the quorum still needs answers.
+        let halfway = tokio::time::Instant::now() + remaining(deadline) / 2;
+        let mut stood_in = false;
+        while !tally.satisfied() && tally.waiting() > 0 {
+            tokio::select! {
+                a = rx.recv() => {
+                    let Some(a) = a else { break };
+                    tally.answered(&a);
+                    unanswered.retain(|r| *r != a.node);
+                    if a.result.is_err() && a.node != self.node_id && let Some(f) = spares.next() {
+                        self.send_write(f, a.replica.clone(), req, plan, &encoded, deadline, &tx);
+                        tally.sent();
+                    }
+                }
+                _ = tokio::time::sleep_until(halfway), if !stood_in && spares.len() > 0 && !unanswered.is_empty() => {
+                    stood_in = true;
+                    for r in std::mem::take(&mut unanswered) {
+                        let Some(f) = spares.next() else { break };
+                        self.send_write(f, r, req, plan, &encoded, deadline, &tx);
+                        tally.sent();
+                    }
+                }
             }
         }
         if !tally.satisfied() {
             self.metrics.write_quorum_failures.increment(1);
             return Err(tally.unavailable("write"));
         }
-        Ok(tally.ok)
+        Ok(tally)
     }
 
-    /// Hands a write to the first replica that takes it. Another replica
-    /// is tried only when the call provably never reached the previous one
-    /// (the connection failed): after a timeout the write may have been
-    /// applied, and applying it again elsewhere would duplicate it.
-    async fn forward(
+    /// Sends the write to `node` in a task, for `replica` (itself, or the
+    /// replica it stands in for). A failed call leaves a hint for the
+    /// replica on this node.
+    #[allow(clippy::too_many_arguments)]
+    fn send_write(
         self: &Arc<Self>,
-        req: WriteRequest,
-        replicas: &[NodeId],
+        node: NodeId,
+        replica: NodeId,
+        req: &WriteRequest,
+        plan: &Plan,
+        encoded: &bytes::Bytes,
         deadline: Instant,
-    ) -> Result<WriteOutcome> {
-        self.metrics.forwarded.increment(1);
-        let members = self.cluster.members();
-        let mut failures = Vec::new();
-        // Live replicas first, in preference order; then the rest, in case
-        // gossip is behind.
-        let mut order: Vec<&NodeId> = replicas.iter().filter(|r| members.is_live(r)).collect();
-        order.extend(replicas.iter().filter(|r| !members.is_live(r)));
-        let unavailable =
-            |detail: String| Error::Unavailable { op: "write", needed: 1, got: 0, total: replicas.len(), detail };
-        for r in order {
-            let Some(addr) = self.cluster.addr_of(r) else {
-                failures.push(format!("{r}: address unknown"));
-                continue;
-            };
-            // The replica gets less time than this call, so its own answer
-            // (a quorum failure, say) arrives before this call gives up.
-            let zone = req.zone.as_deref().unwrap_or(self.cluster.zone());
-            let fwd = wire::forward_request(&req, zone, remaining(deadline).saturating_sub(FORWARD_MARGIN));
-            let answer = self
-                .cluster
-                .net()
-                .call(addr, remaining(deadline), |mut c| async move { c.forward_write(fwd).await })
-                .await;
-            match answer {
-                Ok(r) => return wire::outcome_from_reply(r),
-                Err(crate::net::NetError::Status { status, .. }) if crate::net::never_delivered(&status) => {
-                    failures.push(format!("{r}: {}", status.message()));
-                }
-                // A transport failure after connecting: the request may
-                // have arrived.
-                Err(crate::net::NetError::Status { status, .. }) if std::error::Error::source(&status).is_some() => {
-                    return Err(unavailable(format!(
-                        "; the connection to {r}, which the write was handed to, failed during the call ({}); it may \
-                         have applied the write",
-                        status.message()
-                    )));
-                }
-                // The replica's own answer (its quorum failure, say).
-                Err(crate::net::NetError::Status { status, .. }) => return Err(Error::Remote(status)),
-                Err(e @ crate::net::NetError::Timeout(_)) => {
-                    return Err(unavailable(format!(
-                        "; {r}, which the write was handed to, did not answer in time ({e}); it may have applied it"
-                    )));
-                }
+        tx: &mpsc::UnboundedSender<Answer<()>>,
+    ) {
+        let (this, tx, encoded) = (Arc::clone(self), tx.clone(), encoded.clone());
+        let hint = self.hint_key(&replica, plan, req);
+        let epoch = plan.epoch;
+        tokio::spawn(async move {
+            let hint_for = (node != replica).then_some(replica.as_str());
+            let result =
+                this.send_encoded(&node, &hint.bucket, &hint.key, encoded.clone(), epoch, deadline, hint_for).await;
+            let failed = result.is_err();
+            let _ = tx.send(Answer { node, replica, result });
+            if failed && let Ok(object) = decode_object(&encoded) {
+                this.keep_hint(hint, epoch, object);
             }
+        });
+    }
+
+    /// Where a hint for `target` about this request's key goes.
+    fn hint_key(&self, target: &str, plan: &Plan, req: &WriteRequest) -> HintKey {
+        HintKey {
+            target: target.to_owned(),
+            partition: plan.partition,
+            bucket: req.bucket.clone(),
+            key: req.key.clone(),
         }
-        Err(unavailable(format!("; no replica of this key could be reached: {}", failures.join("; "))))
+    }
+
+    /// Keeps `object` on this node as a hint, in the background. Nothing
+    /// waits for it: it is not an acknowledgement.
+    fn keep_hint(self: &Arc<Self>, key: HintKey, epoch: u64, object: Object) {
+        let Some(hints) = self.hints.clone() else { return };
+        tokio::spawn(async move {
+            let kept = match hints.add(&key, &object, epoch, crate::now_ms()) {
+                Ok(()) => hints.sync().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = kept {
+                tracing::warn!(target = %key.target, error = %e, "keeping a hint failed; anti-entropy will repair the replica");
+            }
+        });
     }
 
     /// Resolves `stored`'s siblings together with the write that would push
@@ -640,7 +627,7 @@ impl Coordinator {
 
 /// What a resolution means for the stored object: a value, a tombstone,
 /// or nothing (keep the siblings).
-fn content_of(r: Resolution) -> Option<Content> {
+pub(super) fn content_of(r: Resolution) -> Option<Content> {
     match r {
         Resolution::Resolved(v) => Some(Content::Value(v)),
         Resolution::Delete => Some(Content::Tombstone),
@@ -648,13 +635,7 @@ fn content_of(r: Resolution) -> Option<Content> {
     }
 }
 
-/// How long a read repair may take to reach a replica.
-const REPAIR_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Time a forwarded write leaves for the forwarder to hear the answer.
-const FORWARD_MARGIN: Duration = Duration::from_millis(50);
-
-fn remaining(deadline: Instant) -> Duration {
+pub(super) fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))
 }
 

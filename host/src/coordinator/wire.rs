@@ -47,6 +47,7 @@ pub fn forward_request(req: &WriteRequest, zone: &str, timeout: Duration) -> pb:
         primaries: req.quorum.primaries,
         timeout_ms: timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
         zone: zone.to_owned(),
+        sloppy: req.sloppy,
     }
 }
 
@@ -69,6 +70,7 @@ pub fn write_from_forward(req: pb::ForwardWriteRequest) -> Result<WriteRequest> 
             .then(|| Duration::from_millis(req.timeout_ms.min(crate::api::convert::MAX_TIMEOUT_MS).into())),
         // Empty from a sender that predates the field: count this node's zone.
         zone: (!req.zone.is_empty()).then_some(req.zone),
+        sloppy: req.sloppy,
     })
 }
 
@@ -76,9 +78,10 @@ pub fn write_from_forward(req: pb::ForwardWriteRequest) -> Result<WriteRequest> 
 pub fn forward_reply(out: WriteOutcome) -> pb::ForwardWriteResponse {
     pb::ForwardWriteResponse {
         object: encode_object(&out.object).into(),
+        sloppy: out.sloppy(),
         acked_by: out.acked_by,
-        sloppy: out.sloppy,
         resolved_by: out.resolved_by.map(|b| b.to_string()).unwrap_or_default(),
+        fallbacks: fallbacks_to_proto(out.fallbacks),
     }
 }
 
@@ -88,7 +91,12 @@ pub fn outcome_from_reply(r: pb::ForwardWriteResponse) -> Result<WriteOutcome> {
         object: decode_object(&r.object)
             .map_err(|e| Error::Internal(format!("a replica applied the write but its answer is unreadable: {e}")))?,
         acked_by: r.acked_by,
-        sloppy: r.sloppy,
+        fallbacks: r.fallbacks.into_iter().map(|f| (f.node, f.replica)).collect(),
         resolved_by: (!r.resolved_by.is_empty()).then(|| r.resolved_by.into()),
     })
+}
+
+/// Fallback acks as the API and forwarding carry them.
+pub fn fallbacks_to_proto(fallbacks: Vec<(String, String)>) -> Vec<pb::FallbackAck> {
+    fallbacks.into_iter().map(|(node, replica)| pb::FallbackAck { node, replica }).collect()
 }

@@ -173,12 +173,14 @@ impl Batched for Writes {
 struct Reads;
 
 impl Batched for Reads {
-    type Item = pb::ObjectKey;
+    /// The key, and the replica whose hint a fallback is asked for (empty
+    /// for the node's own copy).
+    type Item = (pb::ObjectKey, String);
     type Out = bytes::Bytes;
     const METRIC: &'static str = "concord_replica_read_batch_size";
 
-    fn bytes(k: &pb::ObjectKey) -> usize {
-        k.bucket.len() + k.key.len()
+    fn bytes((k, hint_for): &(pb::ObjectKey, String)) -> usize {
+        k.bucket.len() + k.key.len() + hint_for.len()
     }
 
     async fn call(
@@ -186,9 +188,14 @@ impl Batched for Reads {
         addr: SocketAddr,
         timeout: Duration,
         ring_epoch: u64,
-        keys: Vec<pb::ObjectKey>,
+        items: Vec<(pb::ObjectKey, String)>,
     ) -> Result<Vec<Result<bytes::Bytes, String>>, String> {
-        let resp = net.replica_read(addr, timeout, pb::ReplicaReadRequest { keys, ring_epoch }).await;
+        let (keys, mut hint_for): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+        // Most batches ask for own copies only: then the list is left out.
+        if hint_for.iter().all(String::is_empty) {
+            hint_for.clear();
+        }
+        let resp = net.replica_read(addr, timeout, pb::ReplicaReadRequest { keys, ring_epoch, hint_for }).await;
         let resp = resp.map_err(|e| e.to_string())?;
         Ok(resp.results.into_iter().map(|r| if r.error.is_empty() { Ok(r.object) } else { Err(r.error) }).collect())
     }
@@ -224,10 +231,16 @@ pub struct Net {
     read_queues: Mutex<HashMap<SocketAddr, Queue<Reads>>>,
     /// For the batching tasks, which must not keep the net alive.
     me: Weak<Net>,
+    /// The runtime the net was made on (the node's request runtime).
+    /// Connections and batchers run there whichever runtime first calls a
+    /// peer, so a call from the low-priority background runtime never
+    /// leaves a connection that request traffic shares on that runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Net {
-    /// A net with the given fault rules (empty in production).
+    /// A net with the given fault rules (empty in production). Must be
+    /// called on the runtime that serves requests.
     pub fn new(faults: Arc<Faults>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             faults,
@@ -235,6 +248,7 @@ impl Net {
             write_queues: Mutex::new(HashMap::new()),
             read_queues: Mutex::new(HashMap::new()),
             me: me.clone(),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -258,14 +272,17 @@ impl Net {
 
     /// Reads one object's copy on `addr` as part of a batch (as
     /// [`Net::replica_write_one`]). Empty bytes mean the replica has none.
+    /// A non-empty `hint_for` asks a fallback for the hint it holds for that
+    /// replica instead.
     pub async fn replica_read_one(
         &self,
         addr: SocketAddr,
         key: pb::ObjectKey,
+        hint_for: String,
         ring_epoch: u64,
         deadline: Instant,
     ) -> Result<bytes::Bytes, String> {
-        self.enqueue::<Reads>(&self.read_queues, addr, key, ring_epoch, deadline).await
+        self.enqueue::<Reads>(&self.read_queues, addr, (key, hint_for), ring_epoch, deadline).await
     }
 
     async fn enqueue<B: Batched>(
@@ -283,7 +300,7 @@ impl Net {
             loop {
                 let tx = queues.entry(addr).or_insert_with(|| {
                     let (tx, rx) = tokio::sync::mpsc::channel(MAX_QUEUED);
-                    tokio::spawn(run_batcher::<B>(self.me.clone(), addr, rx));
+                    self.runtime.spawn(run_batcher::<B>(self.me.clone(), addr, rx));
                     tx
                 });
                 match tx.try_send(pending) {
@@ -317,6 +334,8 @@ impl Net {
 
     fn client(&self, addr: SocketAddr) -> InternalClient<Channel> {
         let mut channels = self.channels.lock().expect("channel map lock");
+        // The channel's worker task starts on the request runtime.
+        let _runtime = self.runtime.enter();
         channels
             .entry(addr)
             .or_insert_with(|| {

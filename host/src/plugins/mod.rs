@@ -47,9 +47,8 @@ pub use engine::Runtime;
 pub use loaded::Loaded;
 pub use registry::Registry;
 
+use crate::buckets::{BucketProps, PluginRef, ValidatorFailure, validate_plugin_word};
 use crate::causal::Sibling;
-use crate::cluster::buckets::validate_plugin_word;
-use crate::cluster::{BucketProps, PluginRef, ValidatorFailure};
 use crate::storage::Store;
 use crate::{Error, Result};
 

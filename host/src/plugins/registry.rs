@@ -27,7 +27,7 @@ use super::PluginInfo;
 use super::engine::Runtime;
 use super::loaded::Loaded;
 use super::package::Prepared;
-use crate::cluster::PluginRef;
+use crate::buckets::PluginRef;
 use crate::storage::{Space, Store};
 use crate::{Error, Result};
 

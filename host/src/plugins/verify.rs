@@ -74,7 +74,7 @@ pub fn verify_loaded(loaded: &Loaded, slots: &Arc<Semaphore>, samples: &[Vec<u8>
             }
         };
         // No bucket could store a larger value.
-        let max_bytes = crate::cluster::buckets::MAX_OBJECT_BYTES_LIMIT as usize;
+        let max_bytes = crate::buckets::MAX_OBJECT_BYTES_LIMIT as usize;
         loaded.resolve(slot, "verify", b"verify", siblings, max_bytes).map(|(r, _)| r)
     };
     verify(&mut call, samples, cases, seed)

@@ -24,6 +24,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +47,8 @@ struct Identity {
 pub struct DataDir {
     path: PathBuf,
     node_id: String,
-    incarnation: Incarnation,
+    /// Changes only through [`DataDir::renew_incarnation`].
+    incarnation: AtomicU64,
     /// Holds the exclusive lock for as long as the node runs.
     _lock: File,
 }
@@ -77,12 +79,7 @@ impl DataDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::Internal(format!("cannot read {}: {e}", identity_path.display()))),
         };
-        let mint = || loop {
-            let i: u64 = rand::random();
-            if i != 0 {
-                break i;
-            }
-        };
+        let mint = mint_incarnation;
         let identity = match existing {
             Some(bytes) if db_exists => {
                 let id: Identity = serde_json::from_slice(&bytes).map_err(|e| {
@@ -129,7 +126,28 @@ impl DataDir {
                 id
             }
         };
-        Ok(Self { path: path.to_owned(), node_id: identity.node_id, incarnation: identity.incarnation, _lock: lock })
+        Ok(Self {
+            path: path.to_owned(),
+            node_id: identity.node_id,
+            incarnation: AtomicU64::new(identity.incarnation),
+            _lock: lock,
+        })
+    }
+
+    /// Mints and records a new incarnation, for a node that has just
+    /// discarded its data: its new writes must not reuse its old dots.
+    pub fn renew_incarnation(&self) -> Result<Incarnation> {
+        let identity_path = self.path.join("IDENTITY");
+        let incarnation = mint_incarnation();
+        let id = Identity {
+            format: IDENTITY_FORMAT,
+            node_id: self.node_id.clone(),
+            incarnation,
+            created_at_ms: crate::now_ms(),
+        };
+        write_atomically(&identity_path, &serde_json::to_vec_pretty(&id).expect("identity serializes"))?;
+        self.incarnation.store(incarnation, Ordering::Release);
+        Ok(incarnation)
     }
 
     /// Records a clean shutdown: everything is flushed, so the next start may
@@ -160,7 +178,17 @@ impl DataDir {
 
     /// This directory's incarnation (the node's actor id).
     pub fn incarnation(&self) -> Incarnation {
-        self.incarnation
+        self.incarnation.load(Ordering::Acquire)
+    }
+}
+
+/// A random non-zero actor id.
+fn mint_incarnation() -> Incarnation {
+    loop {
+        let i: u64 = rand::random();
+        if i != 0 {
+            break i;
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //! not occupy a tokio worker.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub struct Durability {
     /// The worker thread, joined on drop so its final flush has finished
     /// before the store can be closed.
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Microseconds every flush waits before it starts: 0 except in tests
+    /// that stand in for a stalled disk ([`Durability::delay_flushes`]).
+    delay_us: Arc<AtomicU64>,
 }
 
 impl Drop for Durability {
@@ -76,6 +80,8 @@ impl Durability {
     /// writers to join it in `fsync` mode.
     pub fn start(store: Arc<dyn Store>, mode: DurabilityMode, interval: Duration, commit_delay: Duration) -> Self {
         let (tx, rx) = mpsc::channel::<Waiter>();
+        let delay_us = Arc::new(AtomicU64::new(0));
+        let delay = Arc::clone(&delay_us);
         let name = match mode {
             DurabilityMode::Fsync => "concord-group-commit",
             DurabilityMode::Periodic => "concord-flusher",
@@ -83,11 +89,18 @@ impl Durability {
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || match mode {
-                DurabilityMode::Fsync => group_commit(&*store, rx, commit_delay),
-                DurabilityMode::Periodic => periodic(&*store, rx, interval),
+                DurabilityMode::Fsync => group_commit(&*store, rx, commit_delay, &delay),
+                DurabilityMode::Periodic => periodic(&*store, rx, interval, &delay),
             })
             .expect("spawning the durability thread");
-        Self { mode, tx: Some(tx), thread: Some(thread) }
+        Self { mode, tx: Some(tx), thread: Some(thread), delay_us }
+    }
+
+    /// Makes every later flush wait `delay` before it starts, as a stalled
+    /// disk would. For tests of what the request paths do meanwhile;
+    /// `Duration::ZERO` restores normal flushing.
+    pub fn delay_flushes(&self, delay: Duration) {
+        self.delay_us.store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// The configured mode.
@@ -121,7 +134,7 @@ impl Durability {
 /// recent batch sizes and, before flushing, waits up to `max_delay` for that
 /// many waiters to gather. A lone writer (average 1) never waits; many
 /// concurrent writers share one flush.
-fn group_commit(store: &dyn Store, rx: mpsc::Receiver<Waiter>, max_delay: Duration) {
+fn group_commit(store: &dyn Store, rx: mpsc::Receiver<Waiter>, max_delay: Duration, stall: &AtomicU64) {
     let batches = metrics::histogram!("concord_group_commit_batch_size");
     let flushes = metrics::counter!("concord_group_commit_flushes_total");
     let mut expected = 1.0f64;
@@ -142,6 +155,7 @@ fn group_commit(store: &dyn Store, rx: mpsc::Receiver<Waiter>, max_delay: Durati
         expected = 0.8 * expected + 0.2 * waiters.len() as f64;
         batches.record(waiters.len() as f64);
         flushes.increment(1);
+        stall_if_asked(stall);
         let result = store.flush().map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "group commit flush failed");
@@ -155,16 +169,25 @@ fn group_commit(store: &dyn Store, rx: mpsc::Receiver<Waiter>, max_delay: Durati
 
 /// Flushes every `interval` until the [`Durability`] is dropped, then once
 /// more so a clean shutdown loses nothing.
-fn periodic(store: &dyn Store, rx: mpsc::Receiver<Waiter>, interval: Duration) {
+fn periodic(store: &dyn Store, rx: mpsc::Receiver<Waiter>, interval: Duration, stall: &AtomicU64) {
     // Wakes on each timeout (or stray message) to flush; stops once the
     // sender is dropped.
     while let Err(mpsc::RecvTimeoutError::Timeout) | Ok(_) = rx.recv_timeout(interval) {
+        stall_if_asked(stall);
         if let Err(e) = store.flush() {
             tracing::error!(error = %e, "periodic flush failed");
         }
     }
     if let Err(e) = store.flush() {
         tracing::error!(error = %e, "final flush failed");
+    }
+}
+
+/// Sleeps for the test-only flush delay, if one is set.
+fn stall_if_asked(stall: &AtomicU64) {
+    let us = stall.load(Ordering::Relaxed);
+    if us > 0 {
+        std::thread::sleep(Duration::from_micros(us));
     }
 }
 

@@ -1,5 +1,6 @@
 //! Objects on a replica: atomic per-key read-modify-write over a [`Store`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::codec::{decode_object, encode_object};
@@ -49,19 +50,25 @@ const STRIPES: usize = 1024;
 /// the right tool. Durability waits happen after the lock is released.
 pub struct ObjectStore {
     engine: Arc<dyn Store>,
-    durability: Durability,
+    durability: Arc<Durability>,
     locks: Box<[Mutex<()>]>,
-    /// This replica's actor id (its data directory's incarnation).
-    actor: Actor,
+    /// This replica's actor id (its data directory's incarnation). Changes
+    /// only when the node discards its data to join a cluster.
+    actor: AtomicU64,
     /// This node's id, recorded as the writer of siblings it accepts.
     node_id: String,
 }
 
 impl ObjectStore {
     /// Wraps an engine.
-    pub fn new(engine: Arc<dyn Store>, durability: Durability, actor: Actor, node_id: String) -> Self {
+    pub fn new(engine: Arc<dyn Store>, durability: Arc<Durability>, actor: Actor, node_id: String) -> Self {
         let locks = (0..STRIPES).map(|_| Mutex::new(())).collect();
-        Self { engine, durability, locks, actor, node_id }
+        Self { engine, durability, locks, actor: AtomicU64::new(actor), node_id }
+    }
+
+    /// The durability worker writes wait for (shared with the hint store).
+    pub fn durability(&self) -> &Arc<Durability> {
+        &self.durability
     }
 
     /// The underlying engine.
@@ -71,7 +78,28 @@ impl ObjectStore {
 
     /// This replica's actor id.
     pub fn actor(&self) -> Actor {
-        self.actor
+        self.actor.load(Ordering::Acquire)
+    }
+
+    /// Removes every object of every partition and takes `actor` as this
+    /// replica's new actor id: a node that drops its data must never reuse
+    /// the dots of its old self (see [`crate::storage::Incarnation`]).
+    pub fn discard_all(&self, partitions: u32, actor: Actor) -> Result<()> {
+        for p in 0..partitions {
+            self.engine.clear(Space::Partition(p))?;
+        }
+        self.actor.store(actor, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether any partition holds an object.
+    pub fn holds_data(&self, partitions: u32) -> Result<bool> {
+        for p in 0..partitions {
+            if !self.engine.scan(Space::Partition(p), None, 1)?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn lock(&self, key: &StoreKey) -> std::sync::MutexGuard<'_, ()> {
@@ -123,13 +151,14 @@ impl ObjectStore {
         // have seen more of them than the replica holds. One that claims to
         // is forged or corrupt; taking it would let new dots skip (or
         // overflow) the counter.
-        if context.get(self.actor) > current.context().get(self.actor) {
+        let actor = self.actor();
+        if context.get(actor) > current.context().get(actor) {
             return Err(Error::invalid(
                 "the context claims writes this replica never made; read the key again and write with that read's context",
             ));
         }
         let mut next = current.clone();
-        next.update(self.actor, context, content, now_ms, &self.node_id);
+        next.update(actor, context, content, now_ms, &self.node_id);
         if next.siblings().len() > max_siblings {
             return Err(Error::SiblingLimit {
                 limit: max_siblings,
@@ -161,7 +190,7 @@ impl ObjectStore {
             return Ok(None);
         }
         let mut next = current;
-        next.update(self.actor, read.context(), content, now_ms, &self.node_id);
+        next.update(self.actor(), read.context(), content, now_ms, &self.node_id);
         self.engine.insert(Space::Partition(partition), skey.as_bytes(), &encode_object(&next))?;
         Ok(Some(next))
     }
@@ -198,7 +227,12 @@ mod tests {
 
     fn store() -> ObjectStore {
         let engine: Arc<dyn Store> = Arc::new(MemStore::new());
-        let d = Durability::start(engine.clone(), DurabilityMode::Periodic, Duration::from_millis(50), Duration::ZERO);
+        let d = Arc::new(Durability::start(
+            engine.clone(),
+            DurabilityMode::Periodic,
+            Duration::from_millis(50),
+            Duration::ZERO,
+        ));
         ObjectStore::new(engine, d, 42, "n1".into())
     }
 

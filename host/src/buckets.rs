@@ -9,6 +9,10 @@
 //! Readers take a snapshot ([`Buckets::get`]) without locking; writers are
 //! serialised by a mutex held for the in-memory change and the metadata
 //! write, never across an await.
+//!
+//! The module depends only on storage: [`crate::cluster`] gossips and
+//! merges the table, [`crate::plugins`] reads the bindings, and neither has
+//! to import the other for it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -140,6 +144,11 @@ pub struct BucketProps {
     pub resolve_on: ResolveOn,
     /// What a failing validator means.
     pub validator_failure: ValidatorFailure,
+    /// Whether writes may count acknowledgements from fallback nodes that
+    /// stand in for unreachable replicas (sloppy quorum), and reads may ask
+    /// them. Tables persisted before the property existed read as `true`.
+    #[serde(default = "sloppy_default")]
+    pub sloppy: bool,
     /// 0 for a bucket never configured; grows with every change.
     pub version: u64,
     /// Node that made the latest change (breaks version ties).
@@ -159,10 +168,15 @@ impl Default for BucketProps {
             validators: Vec::new(),
             resolve_on: ResolveOn::Read,
             validator_failure: ValidatorFailure::Reject,
+            sloppy: true,
             version: 0,
             updated_by: String::new(),
         }
     }
+}
+
+fn sloppy_default() -> bool {
+    true
 }
 
 impl BucketProps {
@@ -247,6 +261,8 @@ pub struct BucketChange {
     pub resolve_on: Option<ResolveOn>,
     /// New validator failure policy.
     pub validator_failure: Option<ValidatorFailure>,
+    /// Sloppy quorum on or off.
+    pub sloppy: Option<bool>,
 }
 
 impl BucketChange {
@@ -281,6 +297,9 @@ impl BucketChange {
         }
         if let Some(v) = self.validator_failure {
             props.validator_failure = v;
+        }
+        if let Some(v) = self.sloppy {
+            props.sloppy = v;
         }
     }
 }
