@@ -122,7 +122,11 @@ impl Node {
                 seeds,
                 gossip_interval,
                 cluster_name: config.cluster_name.clone(),
-                initial: vec![("status".into(), "joining".into()), ("meta:ring".into(), ring.digest())],
+                initial: vec![
+                    ("status".into(), "joining".into()),
+                    ("meta:ring".into(), ring.digest()),
+                    ("partitions".into(), ring.partitions().to_string()),
+                ],
             },
             Arc::clone(&faults),
             stopped.clone(),

@@ -14,6 +14,7 @@
 //! | `meta:ring`, `meta:buckets`, `meta:plugins` | digests of cluster metadata; a peer with another digest is synced over gRPC |
 //! | `remove:<node>` | an operator asked to remove that (down) node |
 //! | `hints` | how many hints it holds for other nodes |
+//! | `partitions` | its ring's partition count: nodes with another count are not of this cluster |
 //!
 //! A background task reads chitchat's state a few times per gossip round
 //! and publishes a [`Members`] snapshot, so the rest of the node never
@@ -102,6 +103,8 @@ pub struct Peer {
     pub removals: Vec<NodeId>,
     /// Hints it holds for other nodes, as it last announced.
     pub hints: u64,
+    /// The partition count of its ring (`None` if it does not say).
+    pub partitions: Option<u32>,
 }
 
 /// A snapshot of membership, this node included.
@@ -321,6 +324,7 @@ async fn snapshot(cc: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>, heartbeats: 
                 },
                 removals,
                 hints: state.get("hints").and_then(|h| h.parse().ok()).unwrap_or(0),
+                partitions: state.get("partitions").and_then(|p| p.parse().ok()),
             },
         );
     }

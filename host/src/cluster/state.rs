@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::membership::{Members, Membership, Status};
+use super::membership::{Members, Membership, Peer, Status};
 use crate::buckets::Buckets;
 use crate::net::Net;
 use crate::plugins::Plugins;
@@ -124,6 +124,8 @@ pub struct Cluster {
     /// Whether this node holds a ring the cluster made (epoch above 0): only
     /// then does it serve reads and writes.
     ready: watch::Sender<bool>,
+    /// Peers already reported for gossiping with another partition count.
+    mismatched: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
 impl Cluster {
@@ -147,6 +149,7 @@ impl Cluster {
             zone,
             advertise,
             ready,
+            mismatched: Default::default(),
             ring: ArcSwap::from_pointee(ring),
             leaving: AtomicBool::new(matches!(store.get(Space::Meta, LEAVING_KEY), Ok(Some(_)))),
             store,
@@ -327,6 +330,9 @@ impl Cluster {
         let me = members.peers.get(&self.node_id).cloned();
         let mut agree = true;
         for peer in members.peers.values().filter(|p| p.live && p.node_id != self.node_id) {
+            if !self.same_partitions(peer) {
+                continue;
+            }
             let mine = me.as_ref().map(|m| &m.meta);
             if mine == Some(&peer.meta) || peer.meta.ring.is_empty() {
                 continue;
@@ -364,6 +370,31 @@ impl Cluster {
         self.publish().await;
     }
 
+    /// Whether `peer`'s ring has this node's partition count (or it does not
+    /// say). A node configured with another count can never share a ring
+    /// with this one: it is left out of ring agreement, metadata sync and
+    /// claims (so it cannot stall the cluster's ring changes), and a warning
+    /// names it once.
+    fn same_partitions(&self, peer: &Peer) -> bool {
+        let ours = self.ring().partitions();
+        match peer.partitions {
+            Some(theirs) if theirs != ours => {
+                let mut warned = self.mismatched.lock().unwrap_or_else(|p| p.into_inner());
+                if warned.insert(peer.node_id.clone()) {
+                    tracing::warn!(
+                        peer = %peer.node_id,
+                        theirs,
+                        ours,
+                        "a node gossips with a ring of another partition count; it cannot join this node's cluster \
+                         (a cluster's partition count is fixed when it is created), so it is ignored"
+                    );
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
     /// Who makes ring changes: the live ring member with the smallest id
     /// that is not leaving.
     fn claimant(&self, ring: &Ring, members: &Members) -> Option<NodeId> {
@@ -387,7 +418,7 @@ impl Cluster {
         }
         let mut desired: BTreeMap<NodeId, Member> = ring.members().clone();
         for peer in members.peers.values() {
-            if !peer.live {
+            if !peer.live || !self.same_partitions(peer) {
                 continue;
             }
             match peer.status {

@@ -147,7 +147,10 @@ impl Handoff {
             let states = self.targets();
             let s = states.get(target);
             let backing_off = s.and_then(|s| s.retry_at).is_some_and(|at| at > now);
-            let swept_lately = s.and_then(|s| s.last_sweep).is_some_and(|at| now.duration_since(at) < SWEEP_INTERVAL);
+            // A short window is swept more often, so hints never outlive it
+            // by much.
+            let every = SWEEP_INTERVAL.min(Duration::from_secs(self.config.window_secs) / 4);
+            let swept_lately = s.and_then(|s| s.last_sweep).is_some_and(|at| now.duration_since(at) < every);
             (live && !backing_off, !swept_lately)
         };
         if !deliver && !due_sweep {
