@@ -356,6 +356,21 @@ impl Buckets {
         self.table.load().get(name).cloned().unwrap_or_else(|| Arc::clone(&self.defaults))
     }
 
+    /// The properties of buckets nobody configured.
+    pub fn defaults(&self) -> Arc<BucketProps> {
+        Arc::clone(&self.defaults)
+    }
+
+    /// The replica counts in use: the default's and every configured
+    /// bucket's, each once, ascending.
+    pub fn replica_counts(&self) -> Vec<u8> {
+        let mut ns: Vec<u8> =
+            std::iter::once(self.defaults.n).chain(self.table.load().values().map(|p| p.n)).map(|n| n as u8).collect();
+        ns.sort();
+        ns.dedup();
+        ns
+    }
+
     /// Every configured bucket, by name.
     pub fn list(&self) -> Vec<(String, Arc<BucketProps>)> {
         self.table.load().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect()

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::antientropy::AntiEntropyConfig;
 use crate::buckets::{BucketProps, DEFAULT_MAX_OBJECT_BYTES, DEFAULT_MAX_SIBLINGS, DEFAULT_N};
 use crate::handoff::HandoffConfig;
 use crate::plugins::PluginConfig;
@@ -70,6 +71,8 @@ pub struct Config {
     pub read_repair: bool,
     /// Hinted handoff: hints for replicas that missed writes.
     pub handoff: HandoffConfig,
+    /// Anti-entropy: hash-tree exchanges between replicas.
+    pub antientropy: AntiEntropyConfig,
 }
 
 /// Defaults for implicit buckets.
@@ -114,6 +117,7 @@ impl Default for Config {
             plugins: PluginConfig::default(),
             read_repair: true,
             handoff: HandoffConfig::default(),
+            antientropy: AntiEntropyConfig::default(),
         }
     }
 }
@@ -176,6 +180,7 @@ impl Config {
         }
         self.plugins.validate()?;
         self.handoff.validate()?;
+        self.antientropy.validate()?;
         self.bucket_defaults().map(|_| ())
     }
 

@@ -16,9 +16,11 @@
 //! | [`net`] | every node-to-node call, and the fault rules tests use |
 //! | [`coordinator`] | the get / put / delete paths and quorums |
 //! | [`handoff`] | hints for replicas that missed writes, and their delivery |
+//! | [`antientropy`] | hash trees, exchanges between replicas, tombstone reaping |
 //! | [`api`] | the gRPC services |
 //! | [`node`] | wiring, background workers, shutdown |
 
+pub mod antientropy;
 pub mod api;
 pub mod buckets;
 pub mod causal;

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::antientropy::AntiEntropy;
 use crate::api::{AdminService, InternalService, KvService};
 use crate::buckets::Buckets;
 use crate::cluster::{Cluster, LocalData, Membership, MembershipConfig, load_ring, load_seeds};
@@ -39,6 +40,7 @@ pub struct Node {
     engine: Arc<dyn Store>,
     objects: Arc<ObjectStore>,
     handoff: Arc<Handoff>,
+    antientropy: Arc<AntiEntropy>,
     /// Runs the background workers; stopped after them.
     background: Background,
     /// Holds the directory lock until the very end of shutdown.
@@ -76,13 +78,6 @@ impl Node {
             Duration::from_millis(config.flush_interval_ms),
             Duration::from_micros(config.group_commit_max_delay_us),
         ));
-        let objects = Arc::new(ObjectStore::new(
-            Arc::clone(&engine),
-            Arc::clone(&durability),
-            dir.incarnation(),
-            node_id.clone(),
-        ));
-        let hints = Arc::new(HintStore::open(Arc::clone(&engine), durability)?);
         let buckets = Arc::new(Buckets::load(Arc::clone(&engine), config.bucket_defaults()?, &node_id)?);
         let plugins = Plugins::open(
             Arc::clone(&engine),
@@ -101,6 +96,19 @@ impl Node {
             None if seeds.is_empty() => Ring::single(&node_id, &config.zone, config.partitions),
             None => Ring::joining(&node_id, &config.zone, config.partitions),
         };
+        let replicas_of: crate::storage::ReplicasOf = {
+            let buckets = Arc::clone(&buckets);
+            Arc::new(move |bucket: &str| buckets.get(bucket).n as u8)
+        };
+        let objects = Arc::new(ObjectStore::open(
+            Arc::clone(&engine),
+            Arc::clone(&durability),
+            dir.incarnation(),
+            node_id.clone(),
+            replicas_of,
+            ring.partitions(),
+        )?);
+        let hints = Arc::new(HintStore::open(Arc::clone(&engine), durability)?);
         if ring.partitions() != config.partitions && ring.members().len() > 1 {
             tracing::warn!(
                 configured = config.partitions,
@@ -164,11 +172,20 @@ impl Node {
             Arc::clone(&buckets),
             config.handoff.clone(),
         );
+        let antientropy = AntiEntropy::new(
+            Arc::clone(&objects),
+            Arc::clone(&cluster),
+            Arc::clone(&buckets),
+            Arc::clone(&hints),
+            config.antientropy.clone(),
+            !dir.clean_start(),
+        );
         let background = Background::start()?;
         let mut workers = vec![
             spawn_storage_gauge(Arc::clone(&engine), stopped.clone()),
             cluster.spawn_worker(stopped.clone()),
             background.enter(|| handoff.spawn(stopped.clone())),
+            background.enter(|| antientropy.spawn(stopped.clone())),
         ];
         if config.plugins.unload_idle_secs > 0 {
             let every = Duration::from_secs(config.plugins.unload_idle_secs);
@@ -190,9 +207,11 @@ impl Node {
         let internal = InternalService::new(
             Arc::clone(&coordinator),
             Arc::clone(&objects),
-            live_hints,
+            Arc::clone(&hints),
+            config.handoff.enabled,
             Arc::clone(&cluster),
             Arc::clone(&plugins),
+            background.runtime.clone(),
         );
         let local: Arc<dyn LocalData> = Arc::new(NodeData {
             objects: Arc::clone(&objects),
@@ -253,6 +272,7 @@ impl Node {
             engine,
             objects,
             handoff,
+            antientropy,
             background,
             dir,
         })
@@ -289,6 +309,11 @@ impl Node {
         &self.handoff
     }
 
+    /// The anti-entropy worker.
+    pub fn antientropy(&self) -> &Arc<AntiEntropy> {
+        &self.antientropy
+    }
+
     /// Stops serving, lets in-flight requests finish (for up to
     /// [`DRAIN_TIMEOUT`]) and flushes storage.
     pub async fn shutdown(self) -> Result<()> {
@@ -312,6 +337,7 @@ impl Node {
         // covers everything written so far, then the lock goes.
         drop(self.cluster);
         drop(self.handoff);
+        drop(self.antientropy);
         self.background.stop().await;
         // If a background task still holds the store it could write after
         // the final flush; then the run does not count as clean.

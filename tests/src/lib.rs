@@ -349,6 +349,13 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Deletes stopped node `i`'s data directory, as a lost disk would.
+    pub fn wipe(&self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(self.nodes[i].is_none(), "stop node {i} before wiping it");
+        std::fs::remove_dir_all(&self.configs[i].data_dir)?;
+        Ok(())
+    }
+
     /// Starts a stopped node `i` again with its data.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.nodes[i] = Some(concord::Node::start(self.configs[i].clone()).await?);

@@ -316,6 +316,7 @@ async fn replica_calls_made_on_an_older_ring_are_refused_for_keys_no_longer_held
                 hint_for: String::new(),
             }],
             ring_epoch: epoch,
+            background: false,
         };
         let error = raw.replica_write(write).await.unwrap().into_inner().results[0].error.clone();
         assert_eq!(error.contains("does not hold this key"), refused, "write at epoch {epoch}: {error:?}");

@@ -20,13 +20,23 @@ use crate::{Error, Result};
 
 /// Serves `concord.v1.Internal`.
 pub struct InternalService {
+    inner: Arc<Inner>,
+}
+
+/// The service's parts, shared with work it moves to the background
+/// runtime.
+pub struct Inner {
     coordinator: Arc<Coordinator>,
     objects: Arc<ObjectStore>,
-    /// Where writes this node takes as a fallback go; `None` with hinted
-    /// handoff off, and then it refuses them.
-    hints: Option<Arc<HintStore>>,
+    hints: Arc<HintStore>,
+    /// Whether this node takes writes as a fallback (hinted handoff on).
+    takes_hints: bool,
     cluster: Arc<Cluster>,
     plugins: Arc<Plugins>,
+    /// The node's background runtime: background requests (hint delivery,
+    /// anti-entropy, transfers) do their storage work there, at low
+    /// priority, after the node's own requests.
+    background: tokio::runtime::Handle,
 }
 
 impl InternalService {
@@ -34,13 +44,37 @@ impl InternalService {
     pub fn new(
         coordinator: Arc<Coordinator>,
         objects: Arc<ObjectStore>,
-        hints: Option<Arc<HintStore>>,
+        hints: Arc<HintStore>,
+        takes_hints: bool,
         cluster: Arc<Cluster>,
         plugins: Arc<Plugins>,
+        background: tokio::runtime::Handle,
     ) -> Self {
-        Self { coordinator, objects, hints, cluster, plugins }
+        Self { inner: Arc::new(Inner { coordinator, objects, hints, takes_hints, cluster, plugins, background }) }
     }
 
+    /// Runs `work` on the background runtime and returns its result.
+    async fn in_background<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .background
+            .spawn(async move { work(&inner) })
+            .await
+            .map_err(|e| Status::internal(format!("background work failed: {e}")))
+    }
+}
+
+impl std::ops::Deref for InternalService {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Inner {
     /// Refuses replica traffic while this node has no cluster ring: its
     /// placeholder ring may not even have the cluster's partition count.
     fn check_ready(&self) -> Result<(), Status> {
@@ -50,12 +84,13 @@ impl InternalService {
     /// The hint store, for a write or read addressed to this node as a
     /// fallback for `target`.
     fn hints_for(&self, target: &str) -> Result<&HintStore> {
-        self.hints.as_deref().ok_or_else(|| {
-            Error::NotReady(format!(
-                "{} keeps no hints (hinted handoff is off here), so it cannot stand in for {target}",
-                self.cluster.node_id()
-            ))
-        })
+        if self.takes_hints {
+            return Ok(&self.hints);
+        }
+        Err(Error::NotReady(format!(
+            "{} keeps no hints (hinted handoff is off here), so it cannot stand in for {target}",
+            self.cluster.node_id()
+        )))
     }
 
     /// Refuses a key this node does not hold when its ring is newer than
@@ -78,6 +113,50 @@ impl InternalService {
         )))
     }
 
+    /// Checks that this node replicates `tree` at its ring, for anti-entropy
+    /// and transfer requests (`sender_epoch` newer than ours: we may not
+    /// know it yet).
+    fn check_tree(&self, tree: Option<&pb::TreeId>, sender_epoch: u64) -> Result<(u32, u8)> {
+        let ring = self.cluster.ring();
+        let (p, n) = crate::antientropy::exchange::tree_from(tree, ring.partitions())?;
+        if ring.preference_list(p, n as usize).iter().any(|r| r == self.cluster.node_id()) {
+            return Ok((p, n));
+        }
+        let why = if sender_epoch > ring.epoch() { "; this node's ring is older than the sender's" } else { "" };
+        Err(Error::NotReady(format!(
+            "{} does not replicate partition {p} for n={n} at ring epoch {}{why}",
+            self.cluster.node_id(),
+            ring.epoch()
+        )))
+    }
+
+    /// Merges a batch of replica writes (or keeps them as hints), one
+    /// result per write.
+    fn apply_writes(&self, req: pb::ReplicaWriteRequest) -> Vec<pb::ReplicaWriteResult> {
+        let ring = self.cluster.ring();
+        let now_ms = crate::now_ms();
+        let mut results = Vec::with_capacity(req.writes.len());
+        for w in req.writes {
+            let applied = InternalService::key(w.key).and_then(|k| {
+                let object = decode_object(&w.object)?;
+                let partition = ring.partition_of(&k.bucket, &k.key);
+                // A fallback keeps the write for the replica it stands in
+                // for; a replica (also one that was named as its own
+                // target after a ring change) merges it.
+                if !w.hint_for.is_empty() && w.hint_for != self.cluster.node_id() {
+                    let key = HintKey { target: w.hint_for.clone(), partition, bucket: k.bucket, key: k.key.to_vec() };
+                    return self.hints_for(&w.hint_for)?.add(&key, &object, req.ring_epoch, now_ms);
+                }
+                self.check_holder(&ring, req.ring_epoch, &k, partition)?;
+                self.objects.merge(partition, &k.bucket, &k.key, &object).map(|_| ())
+            });
+            results.push(pb::ReplicaWriteResult { error: applied.err().map(|e| e.to_string()).unwrap_or_default() });
+        }
+        results
+    }
+}
+
+impl InternalService {
     fn key(k: Option<pb::ObjectKey>) -> Result<pb::ObjectKey> {
         let k = k.ok_or_else(|| Error::invalid("replica request without a key"))?;
         check_object(&k.bucket, &k.key)?;
@@ -145,26 +224,12 @@ impl pb::internal_server::Internal for InternalService {
         request: Request<pb::ReplicaWriteRequest>,
     ) -> Result<Response<pb::ReplicaWriteResponse>, Status> {
         self.check_ready()?;
-        let ring = self.cluster.ring();
-        let mut results = Vec::new();
         let req = request.into_inner();
-        let now_ms = crate::now_ms();
-        for w in req.writes {
-            let applied = Self::key(w.key).and_then(|k| {
-                let object = decode_object(&w.object)?;
-                let partition = ring.partition_of(&k.bucket, &k.key);
-                // A fallback keeps the write for the replica it stands in
-                // for; a replica (also one that was named as its own
-                // target after a ring change) merges it.
-                if !w.hint_for.is_empty() && w.hint_for != self.cluster.node_id() {
-                    let key = HintKey { target: w.hint_for.clone(), partition, bucket: k.bucket, key: k.key.to_vec() };
-                    return self.hints_for(&w.hint_for)?.add(&key, &object, req.ring_epoch, now_ms);
-                }
-                self.check_holder(&ring, req.ring_epoch, &k, partition)?;
-                self.objects.merge(partition, &k.bucket, &k.key, &object).map(|_| ())
-            });
-            results.push(pb::ReplicaWriteResult { error: applied.err().map(|e| e.to_string()).unwrap_or_default() });
-        }
+        let mut results = if req.background {
+            self.in_background(move |inner| inner.apply_writes(req)).await?
+        } else {
+            self.apply_writes(req)
+        };
         // Acknowledge only what is as durable as this node promises.
         if let Err(e) = self.objects.sync().await {
             for r in &mut results {
@@ -213,4 +278,152 @@ impl pb::internal_server::Internal for InternalService {
         .map_err(|e| super::to_status(e, &bucket, &key))?;
         Ok(Response::new(forward_reply(out)))
     }
+
+    async fn compare_trees(
+        &self,
+        request: Request<pb::CompareTreesRequest>,
+    ) -> Result<Response<pb::CompareTreesResponse>, Status> {
+        self.check_ready()?;
+        let req = request.into_inner();
+        if req.trees.len() > MAX_TREES_PER_CALL {
+            return Err(Status::invalid_argument(format!("at most {MAX_TREES_PER_CALL} trees per call")));
+        }
+        let trees = req
+            .trees
+            .into_iter()
+            .map(|t| {
+                let mut out = pb::TreeComparison { tree: t.tree, ..Default::default() };
+                match self.check_tree(out.tree.as_ref(), req.ring_epoch) {
+                    Ok((p, n)) => {
+                        let ours = self.objects.segments(p, n);
+                        out.equal = ours.digest() == t.digest;
+                        if !out.equal {
+                            out.segments = ours.encode().into();
+                        }
+                    }
+                    Err(e) => out.error = e.to_string(),
+                }
+                out
+            })
+            .collect();
+        Ok(Response::new(pb::CompareTreesResponse { trees }))
+    }
+
+    async fn segment_keys(
+        &self,
+        request: Request<pb::SegmentKeysRequest>,
+    ) -> Result<Response<pb::SegmentKeysResponse>, Status> {
+        self.check_ready()?;
+        let req = request.into_inner();
+        let (p, n) = self.check_tree(req.tree.as_ref(), 0).map_err(admin_status)?;
+        if req.segments.len() > crate::antientropy::exchange::SEGMENTS_PER_CALL * 2 {
+            return Err(Status::invalid_argument("too many segments in one call"));
+        }
+        let segments: Vec<u16> = req
+            .segments
+            .iter()
+            .map(|s| u16::try_from(*s).ok().filter(|s| (*s as usize) < crate::antientropy::tree::SEGMENTS))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Status::invalid_argument("a segment number out of range"))?;
+        let keys = self
+            .in_background(move |inner| -> Result<Vec<pb::KeyHash>> {
+                let mut keys = Vec::new();
+                for s in segments {
+                    for (k, hash) in inner.objects.segment_keys(p, n, s)? {
+                        keys.push(pb::KeyHash { key: k.into_bytes().into(), hash });
+                    }
+                }
+                Ok(keys)
+            })
+            .await?
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::SegmentKeysResponse { keys }))
+    }
+
+    async fn exchange_objects(
+        &self,
+        request: Request<pb::ExchangeObjectsRequest>,
+    ) -> Result<Response<pb::ExchangeObjectsResponse>, Status> {
+        self.check_ready()?;
+        let req = request.into_inner();
+        let (p, _) = self.check_tree(req.tree.as_ref(), req.ring_epoch).map_err(admin_status)?;
+        let limit = crate::antientropy::exchange::OBJECTS_PER_CALL * 2;
+        if req.objects.len() > limit || req.want.len() > limit {
+            return Err(Status::invalid_argument(format!("at most {limit} objects sent or wanted per call")));
+        }
+        let partitions = self.cluster.ring().partitions();
+        let checked = move |bytes: Vec<u8>| crate::antientropy::exchange::checked_key(bytes, p, partitions);
+        // Everything is checked before anything is merged.
+        let mut incoming = Vec::with_capacity(req.objects.len());
+        for o in req.objects {
+            let key = checked(o.key.to_vec()).map_err(admin_status)?;
+            let object = decode_object(&o.object).map_err(|e| admin_status(e.into()))?;
+            incoming.push((key, object));
+        }
+        let want: Vec<_> =
+            req.want.into_iter().map(|k| checked(k.to_vec())).collect::<Result<_>>().map_err(admin_status)?;
+        let objects = self
+            .in_background(move |inner| -> Result<Vec<pb::StoredObject>> {
+                for (key, object) in &incoming {
+                    inner.objects.merge_raw(p, key, object)?;
+                }
+                let mut out = Vec::new();
+                for key in want {
+                    if let Some(bytes) = inner.objects.read_raw(p, &key)? {
+                        out.push(pb::StoredObject { key: key.into_bytes().into(), object: bytes.into() });
+                    }
+                }
+                Ok(out)
+            })
+            .await?
+            .map_err(admin_status)?;
+        // What was merged is acknowledged as durable as this node promises.
+        self.objects.sync().await.map_err(admin_status)?;
+        Ok(Response::new(pb::ExchangeObjectsResponse { objects }))
+    }
+
+    async fn reap_tombstones(&self, request: Request<pb::ReapRequest>) -> Result<Response<pb::ReapResponse>, Status> {
+        self.check_ready()?;
+        let req = request.into_inner();
+        let (p, _) = self.check_tree(req.tree.as_ref(), 0).map_err(admin_status)?;
+        let partitions = self.cluster.ring().partitions();
+        let mut tombstones = Vec::with_capacity(req.tombstones.len());
+        for t in req.tombstones {
+            let key = crate::antientropy::exchange::checked_key(t.key.to_vec(), p, partitions).map_err(admin_status)?;
+            tombstones.push((key, t.hash));
+        }
+        let commit = req.commit;
+        let held = self
+            .in_background(move |inner| -> Result<Vec<bool>> {
+                tombstones
+                    .iter()
+                    .map(|(key, hash)| {
+                        if commit {
+                            inner.objects.remove_if(p, key, *hash)
+                        } else {
+                            let stored = inner.objects.read_raw(p, key)?;
+                            Ok(stored.is_some_and(|b| crate::antientropy::tree::key_hash(key.as_bytes(), &b) == *hash))
+                        }
+                    })
+                    .collect()
+            })
+            .await?
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::ReapResponse { held }))
+    }
+
+    async fn partition_activity(
+        &self,
+        request: Request<pb::PartitionActivityRequest>,
+    ) -> Result<Response<pb::PartitionActivityResponse>, Status> {
+        let partition = request.into_inner().partition;
+        Ok(Response::new(pb::PartitionActivityResponse {
+            hints: self.hints.in_partition(partition),
+            transferring: crate::antientropy::transferring(&self.objects, &self.cluster, partition),
+            ring_epoch: self.cluster.ring().epoch(),
+        }))
+    }
 }
+
+/// Trees one `CompareTrees` call may ask about.
+const MAX_TREES_PER_CALL: usize = 64;

@@ -47,14 +47,46 @@ pub struct HintStore {
     engine: Arc<dyn Store>,
     durability: Arc<Durability>,
     locks: Box<[Mutex<()>]>,
-    /// Totals by target. Held only for map updates.
-    stats: Mutex<BTreeMap<NodeId, TargetStats>>,
+    /// Totals by target, and hint counts by partition. Held only for map
+    /// updates.
+    stats: Mutex<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    targets: BTreeMap<NodeId, TargetStats>,
+    partitions: BTreeMap<u32, u64>,
+}
+
+impl Stats {
+    fn added(&mut self, key: &HintKey, old_len: Option<usize>, new_len: usize, now_ms: u64) {
+        let s = self.targets.entry(key.target.clone()).or_default();
+        match old_len {
+            Some(old) => s.bytes = (s.bytes + new_len as u64).saturating_sub(old as u64),
+            None => {
+                s.count += 1;
+                s.bytes += new_len as u64;
+                *self.partitions.entry(key.partition).or_default() += 1;
+            }
+        }
+        s.oldest_ms = Some(s.oldest_ms.map_or(now_ms, |o| o.min(now_ms)));
+    }
+
+    fn removed(&mut self, target: &str, partition: Option<u32>, len: usize) {
+        if let Some(s) = self.targets.get_mut(target) {
+            s.count = s.count.saturating_sub(1);
+            s.bytes = s.bytes.saturating_sub(len as u64);
+        }
+        if let Some(p) = partition.and_then(|p| self.partitions.get_mut(&p)) {
+            *p = p.saturating_sub(1);
+        }
+    }
 }
 
 impl HintStore {
     /// Opens the hints in `engine`, counting them per target.
     pub fn open(engine: Arc<dyn Store>, durability: Arc<Durability>) -> Result<Self> {
-        let mut stats: BTreeMap<NodeId, TargetStats> = BTreeMap::new();
+        let mut stats = Stats::default();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = engine.scan(Space::Hints, after.as_deref(), 1024)?;
@@ -62,11 +94,11 @@ impl HintStore {
             after = Some(last.clone());
             for (k, v) in &page {
                 match (HintKey::decode(k), Hint::decode(v)) {
-                    (Some(key), Ok(hint)) => {
-                        let s = stats.entry(key.target).or_default();
-                        s.count += 1;
-                        s.bytes += v.len() as u64;
-                        s.oldest_ms = Some(s.oldest_ms.map_or(hint.created_at_ms, |o| o.min(hint.created_at_ms)));
+                    (Some(key), Ok(hint)) => stats.added(&key, None, v.len(), hint.created_at_ms),
+                    // Counted, so the pass that drops it evens the count.
+                    (Some(key), Err(e)) => {
+                        tracing::warn!(target = %key.target, error = %e, "a stored hint does not decode");
+                        stats.added(&key, None, v.len(), crate::now_ms());
                     }
                     // Not lost silently: the delivery pass meets it again
                     // and drops it with a count.
@@ -85,7 +117,7 @@ impl HintStore {
         self.locks[h & (STRIPES - 1)].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stats(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, TargetStats>> {
+    fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -113,18 +145,7 @@ impl HintStore {
             self.engine.insert(Space::Hints, &raw_key, &record)?;
             (old.map(|o| o.len()), record)
         };
-        {
-            let mut stats = self.stats();
-            let s = stats.entry(key.target.clone()).or_default();
-            match old_len {
-                Some(old) => s.bytes = (s.bytes + record.len() as u64).saturating_sub(old as u64),
-                None => {
-                    s.count += 1;
-                    s.bytes += record.len() as u64;
-                }
-            }
-            s.oldest_ms = Some(s.oldest_ms.map_or(now_ms, |o| o.min(now_ms)));
-        }
+        self.stats().added(key, old_len, record.len(), now_ms);
         metrics::counter!("concord_hints_stored_total", "target" => key.target.clone()).increment(1);
         Ok(())
     }
@@ -176,11 +197,7 @@ impl HintStore {
                 _ => return Ok(false),
             }
         }
-        let mut stats = self.stats();
-        if let Some(s) = stats.get_mut(&stored.key.target) {
-            s.count = s.count.saturating_sub(1);
-            s.bytes = s.bytes.saturating_sub(stored.raw.len() as u64);
-        }
+        self.stats().removed(&stored.key.target, Some(stored.key.partition), stored.raw.len());
         Ok(true)
     }
 
@@ -189,11 +206,7 @@ impl HintStore {
         let _guard = self.lock(raw_key);
         if let Some(old) = self.engine.get(Space::Hints, raw_key)? {
             self.engine.remove(Space::Hints, raw_key)?;
-            let mut stats = self.stats();
-            if let Some(s) = stats.get_mut(target) {
-                s.count = s.count.saturating_sub(1);
-                s.bytes = s.bytes.saturating_sub(old.len() as u64);
-            }
+            self.stats().removed(target, HintKey::decode(raw_key).map(|k| k.partition), old.len());
         }
         Ok(())
     }
@@ -202,25 +215,30 @@ impl HintStore {
     /// over its hints found it. (Counts and bytes are kept exact as hints
     /// come and go; only the oldest needs a pass.)
     pub fn set_oldest(&self, target: &str, oldest_ms: Option<u64>) {
-        if let Some(s) = self.stats().get_mut(target) {
+        if let Some(s) = self.stats().targets.get_mut(target) {
             s.oldest_ms = oldest_ms;
         }
     }
 
     /// Totals per target, for targets with hints.
     pub fn targets(&self) -> Vec<(NodeId, TargetStats)> {
-        self.stats().iter().filter(|(_, s)| s.count > 0).map(|(t, s)| (t.clone(), s.clone())).collect()
+        self.stats().targets.iter().filter(|(_, s)| s.count > 0).map(|(t, s)| (t.clone(), s.clone())).collect()
     }
 
     /// Hints held, over all targets.
     pub fn total(&self) -> u64 {
-        self.stats().values().map(|s| s.count).sum()
+        self.stats().targets.values().map(|s| s.count).sum()
+    }
+
+    /// Hints held for keys of `partition`, over all targets.
+    pub fn in_partition(&self, partition: u32) -> u64 {
+        self.stats().partitions.get(&partition).copied().unwrap_or(0)
     }
 
     /// Drops every hint (a node discarding its data to join a cluster).
     pub fn discard_all(&self) -> Result<()> {
         self.engine.clear(Space::Hints)?;
-        self.stats().clear();
+        *self.stats() = Stats::default();
         Ok(())
     }
 

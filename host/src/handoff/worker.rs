@@ -251,7 +251,7 @@ impl Handoff {
                 hint_for: String::new(),
             })
             .collect();
-        let req = pb::ReplicaWriteRequest { writes, ring_epoch };
+        let req = pb::ReplicaWriteRequest { writes, ring_epoch, background: true };
         let resp = self.cluster.net().replica_write(addr, DELIVERY_TIMEOUT, req).await.map_err(|e| e.to_string())?;
         if resp.results.len() != batch.len() {
             return Err(format!("it answered {} items of a batch of {}", resp.results.len(), batch.len()));

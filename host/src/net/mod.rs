@@ -26,6 +26,9 @@ pub enum Fault {
     Drop,
     /// Delivered after this long.
     Delay(Duration),
+    /// This share of calls, in percent, fails at once (as a reset
+    /// connection would); the rest, and all gossip, get through.
+    Lossy(u8),
 }
 
 /// Fault rules of one node, keyed by destination address (a node's gRPC and
@@ -163,7 +166,8 @@ impl Batched for Writes {
         ring_epoch: u64,
         writes: Vec<pb::ReplicaWrite>,
     ) -> Result<Vec<Result<(), String>>, String> {
-        let resp = net.replica_write(addr, timeout, pb::ReplicaWriteRequest { writes, ring_epoch }).await;
+        let resp =
+            net.replica_write(addr, timeout, pb::ReplicaWriteRequest { writes, ring_epoch, background: false }).await;
         let resp = resp.map_err(|e| e.to_string())?;
         Ok(resp.results.into_iter().map(|r| if r.error.is_empty() { Ok(()) } else { Err(r.error) }).collect())
     }
@@ -363,7 +367,10 @@ impl Net {
             match self.faults.get(addr) {
                 Some(Fault::Drop) => std::future::pending().await,
                 Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
-                None => {}
+                Some(Fault::Lossy(pct)) if rand::random_range(0..100u8) < pct => {
+                    return Err(tonic::Status::unavailable("dropped by a fault rule"));
+                }
+                Some(Fault::Lossy(_)) | None => {}
             }
             f(client).await
         };
@@ -465,6 +472,40 @@ async fn run_batcher<B: Batched>(net: Weak<Net>, addr: SocketAddr, mut rx: tokio
             }
             drop(permit);
         });
+    }
+}
+
+/// Paces background traffic (hint delivery, anti-entropy, partition
+/// transfers) to a rate in bytes per second. Callers pay before they send;
+/// a short burst is allowed after a quiet spell.
+pub struct Throttle {
+    bytes_per_sec: f64,
+    /// When the bytes paid for so far will have been sent at the rate.
+    /// Held only to read and advance it.
+    next: Mutex<Instant>,
+}
+
+impl Throttle {
+    /// Longest burst a quiet throttle lets through at once.
+    const BURST: Duration = Duration::from_millis(100);
+
+    /// A throttle of `bytes_per_sec` (at least 1).
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Self { bytes_per_sec: bytes_per_sec.max(1) as f64, next: Mutex::new(Instant::now()) }
+    }
+
+    /// Waits until `bytes` more fit the rate.
+    pub async fn take(&self, bytes: usize) {
+        let wait = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let start = (*next).max(now.checked_sub(Self::BURST).unwrap_or(now));
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+            next.saturating_duration_since(now + Self::BURST)
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub fn run<S: Store, F: Fn() -> S>(open: F, persistent: bool) {
         scan_is_ordered_and_bounded(&store);
         clear_touches_one_space(&store);
         binary_keys_and_large_values(&store);
+        batches_apply_in_order(&store);
         store.flush().expect("flush");
     }
     if persistent {
@@ -44,7 +45,14 @@ fn insert_overwrite_remove(s: &impl Store) {
 }
 
 fn spaces_are_isolated(s: &impl Store) {
-    let spaces = [Space::Partition(3), Space::Partition(4), Space::Meta, Space::Hints, Space::Plugins];
+    let spaces = [
+        Space::Partition(3),
+        Space::Partition(4),
+        Space::LegacyPartition(3),
+        Space::Meta,
+        Space::Hints,
+        Space::Plugins,
+    ];
     for (i, sp) in spaces.iter().enumerate() {
         s.insert(*sp, b"shared-key", &[i as u8]).unwrap();
     }
@@ -82,6 +90,26 @@ fn clear_touches_one_space(s: &impl Store) {
     s.clear(Space::Partition(7)).unwrap();
     assert_eq!(s.get(Space::Partition(7), b"x").unwrap(), None, "clear must empty the space");
     assert_eq!(s.get(Space::Partition(8), b"x").unwrap(), Some(b"2".to_vec()), "clear must not touch other spaces");
+}
+
+fn batches_apply_in_order(s: &impl Store) {
+    let sp = Space::Partition(12);
+    s.insert(sp, b"gone", b"x").unwrap();
+    s.apply(
+        sp,
+        &[
+            (b"a", Some(b"1")),
+            (b"gone", None),
+            (b"b", Some(b"2")),
+            (b"b", Some(b"3")),
+            (b"c", Some(b"4")),
+            (b"c", None),
+        ],
+    )
+    .unwrap();
+    let all = s.scan(sp, None, 10).unwrap();
+    assert_eq!(all, vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"3".to_vec())], "a batch applies in order");
+    assert_eq!(s.get(Space::LegacyPartition(12), b"a").unwrap(), None, "a batch touches one space");
 }
 
 fn binary_keys_and_large_values(s: &impl Store) {

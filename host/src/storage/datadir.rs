@@ -49,6 +49,8 @@ pub struct DataDir {
     node_id: String,
     /// Changes only through [`DataDir::renew_incarnation`].
     incarnation: AtomicU64,
+    /// Whether the previous run shut down cleanly (or there was none).
+    clean_start: bool,
     /// Holds the exclusive lock for as long as the node runs.
     _lock: File,
 }
@@ -130,6 +132,7 @@ impl DataDir {
             path: path.to_owned(),
             node_id: identity.node_id,
             incarnation: AtomicU64::new(identity.incarnation),
+            clean_start: was_clean || !db_exists,
             _lock: lock,
         })
     }
@@ -174,6 +177,13 @@ impl DataDir {
     /// The node id this directory belongs to.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Whether the previous run shut down cleanly (true for a new
+    /// directory): if not, what the node wrote last may be lost or half
+    /// done.
+    pub fn clean_start(&self) -> bool {
+        self.clean_start
     }
 
     /// This directory's incarnation (the node's actor id).

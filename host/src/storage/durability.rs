@@ -214,6 +214,9 @@ mod tests {
         fn remove(&self, s: Space, k: &[u8]) -> Result<(), StorageError> {
             self.inner.remove(s, k)
         }
+        fn apply(&self, s: Space, b: &[crate::storage::BatchOp<'_>]) -> Result<(), StorageError> {
+            self.inner.apply(s, b)
+        }
         fn scan(&self, s: Space, a: Option<&[u8]>, l: usize) -> Result<Entries, StorageError> {
             self.inner.scan(s, a, l)
         }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::{Entries, Space, StorageError, Store};
+use super::{BatchOp, Entries, Space, StorageError, Store};
 
 type Spaces = HashMap<Space, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -35,6 +35,18 @@ impl Store for MemStore {
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
         if let Some(m) = self.spaces.lock().unwrap().get_mut(&space) {
             m.remove(key);
+        }
+        Ok(())
+    }
+
+    fn apply(&self, space: Space, batch: &[BatchOp<'_>]) -> Result<(), StorageError> {
+        let mut spaces = self.spaces.lock().unwrap();
+        let m = spaces.entry(space).or_default();
+        for (k, v) in batch {
+            match v {
+                Some(v) => m.insert(k.to_vec(), v.to_vec()),
+                None => m.remove(*k),
+            };
         }
         Ok(())
     }

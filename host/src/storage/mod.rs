@@ -24,18 +24,26 @@ mod sled_store;
 pub use datadir::{DataDir, Incarnation};
 pub use durability::{Durability, DurabilityMode};
 pub use memory::MemStore;
-pub use objects::{ObjectStore, StoreKey};
+pub use objects::{ObjectStore, ReplicasOf, StoreKey};
 pub use sled_store::SledStore;
 
 /// Key-value pairs returned by [`Store::scan`].
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// One change of a batch: insert `Some(value)` at the key, or remove it.
+pub type BatchOp<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// A named keyspace inside a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
-    /// Objects of one ring partition. Kept apart so a partition can be
-    /// streamed to a new owner or dropped as a unit.
+    /// Objects of one ring partition, in segment order, with the
+    /// partition's hash trees and tombstone index (see [`ObjectStore`]).
+    /// Kept apart so a partition can be streamed to a new owner or dropped
+    /// as a unit.
     Partition(u32),
+    /// Objects of one partition as the first release stored them (keyed by
+    /// bucket and key alone). Read once, to migrate them, and then emptied.
+    LegacyPartition(u32),
     /// Small node-local metadata (bucket properties, ring, identity).
     Meta,
     /// Writes held for an unreachable replica (hinted handoff).
@@ -48,7 +56,8 @@ impl Space {
     /// A stable name, used as the sled tree name.
     pub fn name(self) -> String {
         match self {
-            Space::Partition(p) => format!("p{p:05}"),
+            Space::Partition(p) => format!("part{p:05}"),
+            Space::LegacyPartition(p) => format!("p{p:05}"),
             Space::Meta => "meta".into(),
             Space::Hints => "hints".into(),
             Space::Plugins => "plugins".into(),
@@ -82,6 +91,8 @@ impl From<StorageError> for crate::Error {
 /// * a value read back is exactly the last value inserted for that key in
 ///   that space; spaces never see each other's keys;
 /// * `scan` returns keys in ascending byte order, strictly after `after`;
+/// * `apply` is atomic: after a crash, all of a batch's changes are there
+///   or none is, and readers never see part of a batch;
 /// * when `flush` returns, every insert and remove that returned before the
 ///   call survives a crash of the process;
 /// * methods are safe to call from many threads at once. Atomic
@@ -94,6 +105,9 @@ pub trait Store: Send + Sync + 'static {
     fn insert(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError>;
     /// Removes one value; removing an absent key is not an error.
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError>;
+    /// Applies several inserts and removes in one space atomically, in
+    /// order (a later change of a key wins).
+    fn apply(&self, space: Space, batch: &[BatchOp<'_>]) -> Result<(), StorageError>;
     /// Up to `limit` entries with keys strictly greater than `after` (or from
     /// the start), in key order.
     fn scan(&self, space: Space, after: Option<&[u8]>, limit: usize) -> Result<Entries, StorageError>;

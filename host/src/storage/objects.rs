@@ -1,17 +1,43 @@
-//! Objects on a replica: atomic per-key read-modify-write over a [`Store`].
+//! Objects on a replica: atomic per-key read-modify-write over a [`Store`],
+//! with each partition's hash trees and tombstone index kept in the same
+//! atomic batches as the objects.
+//!
+//! A partition's space holds (layout 2):
+//!
+//! ```text
+//! [segment: u16 BE] [bucket length: u8] [bucket] [key]          -> object (storage codec)
+//! 0xFF 0xFF 0x01 [n: u8] [segment: u16 BE]                      -> segment hash, u64 LE (absent when 0)
+//! 0xFF 0xFF 0x02 [n: u8] [segment: u16 BE] [bucket length] [bucket] [key] -> "" (the object holds only tombstones)
+//! ```
+//!
+//! Objects are stored in segment order ([`segment_of`]), so one segment's
+//! keys are one range: that is what an anti-entropy exchange reads. A key
+//! belongs to the tree of its bucket's `n`: keys of buckets with different
+//! `n` have different replica sets, so they are compared with different
+//! peers. Every change of an object writes, in one batch, the object, the
+//! new hash of its segment (XOR out the old object's hash, XOR in the new
+//! one; see [`crate::antientropy::tree`]) and its tombstone-index entry, so
+//! a crash can never leave a tree that disagrees with the data. Segment
+//! numbers stay below 0xFF00, so the bookkeeping sorts after every object.
+//!
+//! A bucket whose `n` changes leaves its keys in the old tree until the
+//! anti-entropy worker verifies the trees against the data
+//! ([`ObjectStore::verify_segment`]), which it also does periodically to
+//! catch corruption.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::codec::{decode_object, encode_object};
-use super::{Durability, Space, Store};
+use super::{BatchOp, Durability, Space, Store};
+use crate::antientropy::tree::{SEGMENTS, Segments, key_hash, segment_of};
 use crate::causal::{Actor, Content, Object, VersionVector};
 use crate::{Error, Result};
 
-/// The engine key of an object: `[bucket length: u8][bucket][key]`.
+/// The storage key of an object: `[bucket length: u8][bucket][key]`.
 ///
-/// Bucket names are at most 255 bytes, so the length fits one byte, and the
-/// prefix keeps one bucket's keys together in scans.
+/// Bucket names are at most 255 bytes, so the length fits one byte.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StoreKey(Vec<u8>);
 
@@ -26,28 +52,151 @@ impl StoreKey {
         Self(k)
     }
 
-    /// Splits engine key bytes back into bucket and key.
+    /// Splits storage key bytes back into bucket and key.
     pub fn split(bytes: &[u8]) -> Option<(&str, &[u8])> {
         let (&len, rest) = bytes.split_first()?;
         let (bucket, key) = rest.split_at_checked(len as usize)?;
         Some((std::str::from_utf8(bucket).ok()?, key))
     }
 
+    /// Wraps bytes a peer sent, if they split into a bucket and a key.
+    pub fn from_bytes(bytes: Vec<u8>) -> Option<Self> {
+        Self::split(&bytes)?;
+        Some(Self(bytes))
+    }
+
     /// The encoded bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The encoded bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        Self::split(&self.0).expect("a StoreKey always splits").0
+    }
+
+    /// The key within the bucket.
+    pub fn key(&self) -> &[u8] {
+        Self::split(&self.0).expect("a StoreKey always splits").1
+    }
 }
+
+/// Engine keys of the partition spaces.
+mod layout {
+    /// First bytes of every bookkeeping key (after every object key).
+    pub const META: [u8; 2] = [0xFF, 0xFF];
+    const TREE: u8 = 0x01;
+    const TOMBSTONE: u8 = 0x02;
+
+    /// An object's engine key.
+    pub fn object(segment: u16, store_key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(2 + store_key.len());
+        k.extend_from_slice(&segment.to_be_bytes());
+        k.extend_from_slice(store_key);
+        k
+    }
+
+    /// The range start of a segment's objects (exclusive: no key equals it).
+    pub fn segment_start(segment: u16) -> Vec<u8> {
+        segment.to_be_bytes().to_vec()
+    }
+
+    /// Splits an object's engine key; `None` for bookkeeping keys.
+    pub fn split_object(k: &[u8]) -> Option<(u16, &[u8])> {
+        if k.starts_with(&META) {
+            return None;
+        }
+        let (segment, store_key) = k.split_at_checked(2)?;
+        Some((u16::from_be_bytes([segment[0], segment[1]]), store_key))
+    }
+
+    /// Where a tree's segment hash is kept.
+    pub fn tree(n: u8, segment: u16) -> Vec<u8> {
+        let s = segment.to_be_bytes();
+        vec![META[0], META[1], TREE, n, s[0], s[1]]
+    }
+
+    /// The range start of every tree's hashes.
+    pub fn trees_start() -> Vec<u8> {
+        vec![META[0], META[1], TREE]
+    }
+
+    /// Splits a tree key into `(n, segment)`.
+    pub fn split_tree(k: &[u8]) -> Option<(u8, u16)> {
+        match k {
+            [0xFF, 0xFF, TREE, n, a, b] => Some((*n, u16::from_be_bytes([*a, *b]))),
+            _ => None,
+        }
+    }
+
+    /// A tombstone-index entry.
+    pub fn tombstone(n: u8, segment: u16, store_key: &[u8]) -> Vec<u8> {
+        let mut k = vec![META[0], META[1], TOMBSTONE, n];
+        k.extend_from_slice(&segment.to_be_bytes());
+        k.extend_from_slice(store_key);
+        k
+    }
+
+    /// The range start of one tree's tombstone index (exclusive).
+    pub fn tombstones_start(n: u8) -> Vec<u8> {
+        vec![META[0], META[1], TOMBSTONE, n]
+    }
+
+    /// Splits a tombstone-index key into `(n, segment, store key)`.
+    pub fn split_tombstone(k: &[u8]) -> Option<(u8, u16, &[u8])> {
+        match k {
+            [0xFF, 0xFF, TOMBSTONE, n, a, b, rest @ ..] => Some((*n, u16::from_be_bytes([*a, *b]), rest)),
+            _ => None,
+        }
+    }
+}
+
+/// Which tree a bucket's keys belong to: the bucket's `n`.
+pub type ReplicasOf = Arc<dyn Fn(&str) -> u8 + Send + Sync>;
 
 /// Number of lock stripes; a power of two.
 const STRIPES: usize = 1024;
 
+/// The segment hashes of one tree, in memory. A segment changes only
+/// under its stripe lock, together with its stored copy.
+struct Tree(Box<[AtomicU64]>);
+
+impl Tree {
+    fn new() -> Self {
+        Self((0..SEGMENTS).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn get(&self, segment: u16) -> u64 {
+        self.0[segment as usize].load(Ordering::Acquire)
+    }
+
+    fn set(&self, segment: u16, hash: u64) {
+        self.0[segment as usize].store(hash, Ordering::Release);
+    }
+}
+
+/// A stored object with what the trees need to know about it.
+struct Held {
+    bytes: Vec<u8>,
+    tombstone: bool,
+}
+
+fn tombstone_only(o: &Object) -> bool {
+    !o.siblings().is_empty() && !o.is_found()
+}
+
 /// A replica's objects.
 ///
-/// Writers of one key are serialised by a striped lock held only around the
-/// engine's get, the in-memory merge and the engine's insert: plain
-/// synchronous work of a few microseconds, never an await, so a std mutex is
-/// the right tool. Durability waits happen after the lock is released.
+/// Writers of one segment of one partition are serialised by a striped
+/// lock held only around the engine's get, the in-memory merge and the
+/// engine's batch: plain synchronous work of a few microseconds, never an
+/// await, so a std mutex is the right tool. Durability waits happen after
+/// the lock is released.
 pub struct ObjectStore {
     engine: Arc<dyn Store>,
     durability: Arc<Durability>,
@@ -57,18 +206,115 @@ pub struct ObjectStore {
     actor: AtomicU64,
     /// This node's id, recorded as the writer of siblings it accepts.
     node_id: String,
+    replicas_of: ReplicasOf,
+    /// Trees by `(partition, n)`. The map's lock is held only to find or
+    /// add a tree.
+    trees: RwLock<HashMap<(u32, u8), Arc<Tree>>>,
+    /// Objects that hold only tombstones, over all partitions.
+    tombstones: AtomicI64,
 }
 
 impl ObjectStore {
-    /// Wraps an engine.
-    pub fn new(engine: Arc<dyn Store>, durability: Arc<Durability>, actor: Actor, node_id: String) -> Self {
+    /// Opens the objects in `engine` for a ring of `partitions`
+    /// partitions: loads the trees, and first moves objects stored by the
+    /// first release (keyed by bucket and key alone) into segment order.
+    pub fn open(
+        engine: Arc<dyn Store>,
+        durability: Arc<Durability>,
+        actor: Actor,
+        node_id: String,
+        replicas_of: ReplicasOf,
+        partitions: u32,
+    ) -> Result<Self> {
         let locks = (0..STRIPES).map(|_| Mutex::new(())).collect();
-        Self { engine, durability, locks, actor: AtomicU64::new(actor), node_id }
+        let store = Self {
+            engine,
+            durability,
+            locks,
+            actor: AtomicU64::new(actor),
+            node_id,
+            replicas_of,
+            trees: RwLock::new(HashMap::new()),
+            tombstones: AtomicI64::new(0),
+        };
+        for p in 0..partitions {
+            store.load_trees(p)?;
+        }
+        for p in 0..partitions {
+            store.migrate_legacy(p)?;
+        }
+        Ok(store)
     }
 
-    /// The durability worker writes wait for (shared with the hint store).
-    pub fn durability(&self) -> &Arc<Durability> {
-        &self.durability
+    fn load_trees(&self, partition: u32) -> Result<()> {
+        let space = Space::Partition(partition);
+        let mut after = layout::trees_start();
+        loop {
+            let page = self.engine.scan(space, Some(&after), 1024)?;
+            let mut done = page.is_empty();
+            for (k, v) in &page {
+                let Some((n, segment)) = layout::split_tree(k) else {
+                    done = true;
+                    break;
+                };
+                let hash = v.as_slice().try_into().map(u64::from_le_bytes).map_err(|_| {
+                    Error::Corruption(format!("partition {partition}: a tree segment hash of {} bytes", v.len()))
+                })?;
+                self.tree(partition, n).set(segment, hash);
+            }
+            if done {
+                break;
+            }
+            after = page.last().expect("not empty").0.clone();
+        }
+        let mut after = vec![layout::META[0], layout::META[1], 0x02];
+        let mut count = 0;
+        loop {
+            let page = self.engine.scan(space, Some(&after), 1024)?;
+            let n = page.iter().take_while(|(k, _)| layout::split_tombstone(k).is_some()).count();
+            count += n;
+            if n < page.len() || page.is_empty() {
+                break;
+            }
+            after = page.last().expect("not empty").0.clone();
+        }
+        self.tombstones.fetch_add(count as i64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Moves one partition's objects from the first release's layout into
+    /// segment order. Safe to repeat after a crash: the old space is the
+    /// truth until it is emptied at the end.
+    fn migrate_legacy(&self, partition: u32) -> Result<()> {
+        let legacy = Space::LegacyPartition(partition);
+        let mut after: Option<Vec<u8>> = None;
+        let mut moved = 0usize;
+        loop {
+            let page = self.engine.scan(legacy, after.as_deref(), 512)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in &page {
+                let Some(key) = StoreKey::from_bytes(k.clone()) else {
+                    tracing::warn!(partition, key = ?k, "skipping an unreadable key of the old layout");
+                    continue;
+                };
+                let segment = segment_of(key.as_bytes());
+                let _guard = self.lock(partition, segment);
+                let old = self.load_held(partition, segment, &key)?;
+                if old.as_ref().is_some_and(|o| o.bytes == *v) {
+                    continue;
+                }
+                let tombstone = decode_object(v).map(|o| tombstone_only(&o)).unwrap_or(false);
+                self.write(partition, segment, &key, old.as_ref(), Some(&Held { bytes: v.clone(), tombstone }))?;
+                moved += 1;
+            }
+        }
+        if after.is_some() {
+            self.engine.flush()?;
+            self.engine.clear(legacy)?;
+            tracing::info!(partition, moved, "moved a partition's objects to the segmented layout");
+        }
+        Ok(())
     }
 
     /// The underlying engine.
@@ -76,55 +322,96 @@ impl ObjectStore {
         &self.engine
     }
 
+    /// The durability worker writes wait for (shared with the hint store).
+    pub fn durability(&self) -> &Arc<Durability> {
+        &self.durability
+    }
+
     /// This replica's actor id.
     pub fn actor(&self) -> Actor {
         self.actor.load(Ordering::Acquire)
     }
 
-    /// Removes every object of every partition and takes `actor` as this
-    /// replica's new actor id: a node that drops its data must never reuse
-    /// the dots of its old self (see [`crate::storage::Incarnation`]).
-    pub fn discard_all(&self, partitions: u32, actor: Actor) -> Result<()> {
-        for p in 0..partitions {
-            self.engine.clear(Space::Partition(p))?;
-        }
-        self.actor.store(actor, Ordering::Release);
-        Ok(())
+    /// The tree `n` of `bucket`'s keys.
+    pub fn replicas_of(&self, bucket: &str) -> u8 {
+        (self.replicas_of)(bucket)
     }
 
-    /// Whether any partition holds an object.
-    pub fn holds_data(&self, partitions: u32) -> Result<bool> {
-        for p in 0..partitions {
-            if !self.engine.scan(Space::Partition(p), None, 1)?.is_empty() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    fn lock(&self, key: &StoreKey) -> std::sync::MutexGuard<'_, ()> {
-        let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize;
+    fn lock(&self, partition: u32, segment: u16) -> std::sync::MutexGuard<'_, ()> {
+        let h = (partition as usize).wrapping_mul(0x9E37_79B9) ^ segment as usize;
         // A poisoned stripe only means another writer panicked mid-merge;
-        // the engine holds either the old or the new record, both valid.
+        // the engine holds either the old or the new batch, both valid.
         self.locks[h & (STRIPES - 1)].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn load(&self, partition: u32, key: &StoreKey) -> Result<Option<Object>> {
-        match self.engine.get(Space::Partition(partition), key.as_bytes())? {
+    fn tree(&self, partition: u32, n: u8) -> Arc<Tree> {
+        if let Some(t) = self.trees.read().unwrap_or_else(|p| p.into_inner()).get(&(partition, n)) {
+            return Arc::clone(t);
+        }
+        let mut trees = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(trees.entry((partition, n)).or_insert_with(|| Arc::new(Tree::new())))
+    }
+
+    fn load_held(&self, partition: u32, segment: u16, key: &StoreKey) -> Result<Option<Held>> {
+        let Some(bytes) = self.engine.get(Space::Partition(partition), &layout::object(segment, key.as_bytes()))?
+        else {
+            return Ok(None);
+        };
+        let tombstone = tombstone_only(&decode_object(&bytes)?);
+        Ok(Some(Held { bytes, tombstone }))
+    }
+
+    /// Replaces `old` with `new` (either may be absent) in one batch with
+    /// the tree and tombstone-index changes. Call under the segment's lock.
+    fn write(
+        &self,
+        partition: u32,
+        segment: u16,
+        key: &StoreKey,
+        old: Option<&Held>,
+        new: Option<&Held>,
+    ) -> Result<()> {
+        let n = self.replicas_of(key.bucket());
+        let tree = self.tree(partition, n);
+        let mut hash = tree.get(segment);
+        for h in old.iter().chain(new.iter()) {
+            hash ^= key_hash(key.as_bytes(), &h.bytes);
+        }
+        let object_key = layout::object(segment, key.as_bytes());
+        let tree_key = layout::tree(n, segment);
+        let tomb_key = layout::tombstone(n, segment, key.as_bytes());
+        let hash_bytes = hash.to_le_bytes();
+        let mut ops: Vec<BatchOp<'_>> = Vec::with_capacity(3);
+        ops.push((&object_key, new.map(|h| h.bytes.as_slice())));
+        ops.push((&tree_key, (hash != 0).then_some(&hash_bytes[..])));
+        let (was, is) = (old.is_some_and(|h| h.tombstone), new.is_some_and(|h| h.tombstone));
+        if was != is {
+            ops.push((&tomb_key, is.then_some(&[][..])));
+        }
+        self.engine.apply(Space::Partition(partition), &ops)?;
+        tree.set(segment, hash);
+        self.tombstones.fetch_add(i64::from(is) - i64::from(was), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads the local copy of an object.
+    pub fn read(&self, partition: u32, bucket: &str, key: &[u8]) -> Result<Option<Object>> {
+        match self.read_encoded(partition, bucket, key)? {
             Some(bytes) => Ok(Some(decode_object(&bytes)?)),
             None => Ok(None),
         }
     }
 
-    /// Reads the local copy of an object.
-    pub fn read(&self, partition: u32, bucket: &str, key: &[u8]) -> Result<Option<Object>> {
-        self.load(partition, &StoreKey::new(bucket, key))
-    }
-
     /// The local copy of an object in its stored encoding, for a peer that
     /// decodes (and checks) it itself: no decode and re-encode on the way.
     pub fn read_encoded(&self, partition: u32, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.engine.get(Space::Partition(partition), StoreKey::new(bucket, key).as_bytes())?)
+        self.read_raw(partition, &StoreKey::new(bucket, key))
+    }
+
+    /// [`ObjectStore::read_encoded`] by storage key.
+    pub fn read_raw(&self, partition: u32, key: &StoreKey) -> Result<Option<Vec<u8>>> {
+        let k = layout::object(segment_of(key.as_bytes()), key.as_bytes());
+        Ok(self.engine.get(Space::Partition(partition), &k)?)
     }
 
     /// Accepts a client write as this replica (the coordinator): the new
@@ -145,8 +432,13 @@ impl ObjectStore {
         max_siblings: usize,
     ) -> Result<Object> {
         let skey = StoreKey::new(bucket, key);
-        let _guard = self.lock(&skey);
-        let current = self.load(partition, &skey)?.unwrap_or_default();
+        let segment = segment_of(skey.as_bytes());
+        let _guard = self.lock(partition, segment);
+        let old = self.load_held(partition, segment, &skey)?;
+        let current = match &old {
+            Some(h) => decode_object(&h.bytes)?,
+            None => Object::new(),
+        };
         // Only this replica makes dots of its actor, so a context cannot
         // have seen more of them than the replica holds. One that claims to
         // is forged or corrupt; taking it would let new dots skip (or
@@ -166,7 +458,8 @@ impl ObjectStore {
                 object: Box::new(current),
             });
         }
-        self.engine.insert(Space::Partition(partition), skey.as_bytes(), &encode_object(&next))?;
+        let held = Held { bytes: encode_object(&next), tombstone: tombstone_only(&next) };
+        self.write(partition, segment, &skey, old.as_ref(), Some(&held))?;
         Ok(next)
     }
 
@@ -184,31 +477,263 @@ impl ObjectStore {
         now_ms: u64,
     ) -> Result<Option<Object>> {
         let skey = StoreKey::new(bucket, key);
-        let _guard = self.lock(&skey);
-        let current = self.load(partition, &skey)?.unwrap_or_default();
+        let segment = segment_of(skey.as_bytes());
+        let _guard = self.lock(partition, segment);
+        let old = self.load_held(partition, segment, &skey)?;
+        let current = match &old {
+            Some(h) => decode_object(&h.bytes)?,
+            None => Object::new(),
+        };
         if &current != read {
             return Ok(None);
         }
         let mut next = current;
         next.update(self.actor(), read.context(), content, now_ms, &self.node_id);
-        self.engine.insert(Space::Partition(partition), skey.as_bytes(), &encode_object(&next))?;
+        let held = Held { bytes: encode_object(&next), tombstone: tombstone_only(&next) };
+        self.write(partition, segment, &skey, old.as_ref(), Some(&held))?;
         Ok(Some(next))
     }
 
     /// Merges another replica's copy into the local one and returns the
     /// result. Writes nothing when the local copy already holds everything.
     pub fn merge(&self, partition: u32, bucket: &str, key: &[u8], incoming: &Object) -> Result<Object> {
-        let skey = StoreKey::new(bucket, key);
-        let _guard = self.lock(&skey);
-        let current = self.load(partition, &skey)?;
-        let merged = match &current {
-            Some(c) => c.merged(incoming),
+        self.merge_raw(partition, &StoreKey::new(bucket, key), incoming)
+    }
+
+    /// [`ObjectStore::merge`] by storage key.
+    pub fn merge_raw(&self, partition: u32, skey: &StoreKey, incoming: &Object) -> Result<Object> {
+        let segment = segment_of(skey.as_bytes());
+        let _guard = self.lock(partition, segment);
+        let old = self.load_held(partition, segment, skey)?;
+        let merged = match &old {
+            Some(h) => decode_object(&h.bytes)?.merged(incoming),
             None => incoming.clone(),
         };
-        if current.as_ref() != Some(&merged) {
-            self.engine.insert(Space::Partition(partition), skey.as_bytes(), &encode_object(&merged))?;
+        let bytes = encode_object(&merged);
+        if old.as_ref().map(|h| &h.bytes) != Some(&bytes) {
+            let held = Held { bytes, tombstone: tombstone_only(&merged) };
+            self.write(partition, segment, skey, old.as_ref(), Some(&held))?;
         }
         Ok(merged)
+    }
+
+    /// Removes an object, but only if its stored bytes still hash to
+    /// `hash` (as [`key_hash`] computes it): a tombstone that every replica
+    /// was confirmed to hold is reaped, while anything written since stays.
+    /// Returns whether it was removed.
+    pub fn remove_if(&self, partition: u32, skey: &StoreKey, hash: u64) -> Result<bool> {
+        let segment = segment_of(skey.as_bytes());
+        let _guard = self.lock(partition, segment);
+        let Some(old) = self.load_held(partition, segment, skey)? else { return Ok(false) };
+        if key_hash(skey.as_bytes(), &old.bytes) != hash {
+            return Ok(false);
+        }
+        self.write(partition, segment, skey, Some(&old), None)?;
+        Ok(true)
+    }
+
+    /// The trees that hold keys here, as `(partition, n)`.
+    pub fn trees(&self) -> Vec<(u32, u8)> {
+        let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(u32, u8)> =
+            trees.iter().filter(|(_, t)| t.0.iter().any(|s| s.load(Ordering::Relaxed) != 0)).map(|(k, _)| *k).collect();
+        out.sort();
+        out
+    }
+
+    /// A snapshot of one tree's segment hashes.
+    pub fn segments(&self, partition: u32, n: u8) -> Segments {
+        let tree = self.tree(partition, n);
+        Segments::from_hashes((0..SEGMENTS as u16).map(|s| (s, tree.get(s))))
+    }
+
+    /// The keys of tree `n` in one segment, with their hashes, in key
+    /// order: one range read.
+    pub fn segment_keys(&self, partition: u32, n: u8, segment: u16) -> Result<Vec<(StoreKey, u64)>> {
+        Ok(self
+            .segment_objects(partition, n, segment)?
+            .into_iter()
+            .map(|(k, bytes)| {
+                let h = key_hash(k.as_bytes(), &bytes);
+                (k, h)
+            })
+            .collect())
+    }
+
+    /// The objects of tree `n` in one segment, as stored.
+    pub fn segment_objects(&self, partition: u32, n: u8, segment: u16) -> Result<Vec<(StoreKey, Vec<u8>)>> {
+        let space = Space::Partition(partition);
+        let mut out = Vec::new();
+        let mut after = layout::segment_start(segment);
+        loop {
+            let page = self.engine.scan(space, Some(&after), 256)?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            let mut done = false;
+            for (k, v) in page {
+                match layout::split_object(&k) {
+                    Some((s, store_key)) if s == segment => {
+                        let Some(key) = StoreKey::from_bytes(store_key.to_vec()) else { continue };
+                        if self.replicas_of(key.bucket()) == n {
+                            out.push((key, v));
+                        }
+                    }
+                    _ => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` keys of tree `n` whose objects hold only tombstones,
+    /// after `after`, in index order.
+    pub fn tombstones(&self, partition: u32, n: u8, after: Option<&[u8]>, limit: usize) -> Result<Vec<StoreKey>> {
+        let start = match after {
+            Some(k) => layout::tombstone(n, segment_of(k), k),
+            None => layout::tombstones_start(n),
+        };
+        let page = self.engine.scan(Space::Partition(partition), Some(&start), limit)?;
+        Ok(page
+            .into_iter()
+            .map_while(|(k, _)| match layout::split_tombstone(&k) {
+                Some((tn, _, key)) if tn == n => Some(StoreKey::from_bytes(key.to_vec())),
+                _ => None,
+            })
+            .flatten()
+            .collect())
+    }
+
+    /// Objects that hold only tombstones, on this node.
+    pub fn tombstone_count(&self) -> u64 {
+        self.tombstones.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Recomputes one segment of a partition from the objects it holds and
+    /// corrects every tree and tombstone entry that disagrees (corruption,
+    /// or a bucket whose `n` changed). Returns how many entries it fixed.
+    pub fn verify_segment(&self, partition: u32, segment: u16) -> Result<usize> {
+        let space = Space::Partition(partition);
+        let _guard = self.lock(partition, segment);
+        // What the data says.
+        let mut hashes: BTreeMap<u8, u64> = BTreeMap::new();
+        let mut tombs: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut after = layout::segment_start(segment);
+        'scan: loop {
+            let page = self.engine.scan(space, Some(&after), 256)?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            for (k, v) in page {
+                let Some((s, store_key)) = layout::split_object(&k) else { break 'scan };
+                if s != segment {
+                    break 'scan;
+                }
+                let Some((bucket, _)) = StoreKey::split(store_key) else { continue };
+                let n = self.replicas_of(bucket);
+                *hashes.entry(n).or_default() ^= key_hash(store_key, &v);
+                if decode_object(&v).is_ok_and(|o| tombstone_only(&o)) {
+                    tombs.push((n, store_key.to_vec()));
+                }
+            }
+        }
+        // What the bookkeeping says, and the fixes.
+        let mut fixed = 0;
+        let known: Vec<u8> = {
+            let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
+            trees.keys().filter(|(p, _)| *p == partition).map(|(_, n)| *n).collect()
+        };
+        let mut ns: Vec<u8> = known.into_iter().chain(hashes.keys().copied()).collect();
+        ns.sort();
+        ns.dedup();
+        for n in ns {
+            let want = hashes.get(&n).copied().unwrap_or(0);
+            let tree = self.tree(partition, n);
+            if tree.get(segment) != want {
+                let k = layout::tree(n, segment);
+                let v = want.to_le_bytes();
+                self.engine.apply(space, &[(&k, (want != 0).then_some(&v[..]))])?;
+                tree.set(segment, want);
+                fixed += 1;
+            }
+            let mut start = layout::tombstone(n, segment, &[]);
+            let mut indexed = Vec::new();
+            loop {
+                let page = self.engine.scan(space, Some(&start), 256)?;
+                let Some((last, _)) = page.last() else { break };
+                start = last.clone();
+                let before = indexed.len();
+                for (k, _) in &page {
+                    match layout::split_tombstone(k) {
+                        Some((tn, s, key)) if tn == n && s == segment => indexed.push(key.to_vec()),
+                        _ => break,
+                    }
+                }
+                if indexed.len() - before < page.len() {
+                    break;
+                }
+            }
+            let wanted: Vec<&Vec<u8>> = tombs.iter().filter(|(tn, _)| *tn == n).map(|(_, k)| k).collect();
+            for k in &indexed {
+                if !wanted.contains(&k) {
+                    self.engine.remove(space, &layout::tombstone(n, segment, k))?;
+                    self.tombstones.fetch_sub(1, Ordering::Relaxed);
+                    fixed += 1;
+                }
+            }
+            for k in wanted {
+                if !indexed.contains(k) {
+                    self.engine.insert(space, &layout::tombstone(n, segment, k), &[])?;
+                    self.tombstones.fetch_add(1, Ordering::Relaxed);
+                    fixed += 1;
+                }
+            }
+        }
+        Ok(fixed)
+    }
+
+    /// Removes every key of tree `n` of a partition (after its data was
+    /// handed to the partition's new owners). Returns how many went.
+    pub fn drop_tree(&self, partition: u32, n: u8) -> Result<u64> {
+        let mut removed = 0;
+        for segment in 0..SEGMENTS as u16 {
+            let _guard = self.lock(partition, segment);
+            for (key, bytes) in self.segment_objects(partition, n, segment)? {
+                let tombstone = decode_object(&bytes).is_ok_and(|o| tombstone_only(&o));
+                self.write(partition, segment, &key, Some(&Held { bytes, tombstone }), None)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every object of every partition and takes `actor` as this
+    /// replica's new actor id: a node that drops its data must never reuse
+    /// the dots of its old self (see [`crate::storage::Incarnation`]).
+    pub fn discard_all(&self, partitions: u32, actor: Actor) -> Result<()> {
+        for p in 0..partitions {
+            self.engine.clear(Space::Partition(p))?;
+            self.engine.clear(Space::LegacyPartition(p))?;
+        }
+        self.trees.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.tombstones.store(0, Ordering::Relaxed);
+        self.actor.store(actor, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether any partition holds an object.
+    pub fn holds_data(&self, partitions: u32) -> Result<bool> {
+        for p in 0..partitions {
+            let first = self.engine.scan(Space::Partition(p), None, 1)?;
+            if first.first().is_some_and(|(k, _)| layout::split_object(k).is_some()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Waits until earlier writes are as durable as the configured mode
@@ -233,7 +758,106 @@ mod tests {
             Duration::from_millis(50),
             Duration::ZERO,
         ));
-        ObjectStore::new(engine, d, 42, "n1".into())
+        ObjectStore::open(engine, d, 42, "n1".into(), Arc::new(|_: &str| 3), 8).unwrap()
+    }
+
+    /// The tree a full scan of the partition gives, for comparison.
+    fn rebuilt(s: &ObjectStore, partition: u32, n: u8) -> Segments {
+        let mut t = Segments::new();
+        for segment in 0..SEGMENTS as u16 {
+            for (k, h) in s.segment_keys(partition, n, segment).unwrap() {
+                t.toggle(segment_of(k.as_bytes()), h);
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn every_write_keeps_the_tree_and_the_tombstone_index_in_step() {
+        let s = store();
+        let none = VersionVector::new();
+        for i in 0..50u8 {
+            let key = [b'k', i];
+            let o = s.update(1, "b", &key, &none, Content::Value(vec![i]), 0, 10).unwrap();
+            if i % 3 == 0 {
+                s.update(1, "b", &key, o.context(), Content::Tombstone, 0, 10).unwrap();
+            }
+            if i % 5 == 0 {
+                let mut other = Object::new();
+                other.update(99, &none, Content::Value(vec![7]), 0, "n2");
+                s.merge(1, "b", &key, &other).unwrap();
+            }
+        }
+        assert!(!s.segments(1, 3).is_empty());
+        assert_eq!(s.segments(1, 3), rebuilt(&s, 1, 3), "the incremental tree equals a rebuild");
+        // Tombstone-only objects: every third key, unless a merge added a
+        // live sibling (every fifth).
+        let tombs = s.tombstones(1, 3, None, 1000).unwrap();
+        let want: Vec<u8> = (0..50u8).filter(|i| i % 3 == 0 && i % 5 != 0).collect();
+        assert_eq!(tombs.len(), want.len());
+        assert_eq!(s.tombstone_count(), want.len() as u64);
+        for segment in 0..SEGMENTS as u16 {
+            assert_eq!(s.verify_segment(1, segment).unwrap(), 0, "nothing to fix in segment {segment}");
+        }
+    }
+
+    #[test]
+    fn a_tombstone_goes_only_if_it_is_still_what_was_confirmed() {
+        let s = store();
+        let none = VersionVector::new();
+        let o = s.update(2, "b", b"k", &none, Content::Value(vec![1]), 0, 10).unwrap();
+        s.update(2, "b", b"k", o.context(), Content::Tombstone, 0, 10).unwrap();
+        let key = StoreKey::new("b", b"k");
+        let bytes = s.read_raw(2, &key).unwrap().unwrap();
+        let hash = key_hash(key.as_bytes(), &bytes);
+        // A write lands between the confirmation and the removal.
+        s.update(2, "b", b"k", &none, Content::Value(vec![2]), 0, 10).unwrap();
+        assert!(!s.remove_if(2, &key, hash).unwrap());
+        assert!(s.read(2, "b", b"k").unwrap().unwrap().is_found());
+        let bytes = s.read_raw(2, &key).unwrap().unwrap();
+        assert!(s.remove_if(2, &key, key_hash(key.as_bytes(), &bytes)).unwrap());
+        assert_eq!(s.read(2, "b", b"k").unwrap(), None);
+        assert!(s.segments(2, 3).is_empty(), "the tree is empty again");
+    }
+
+    #[test]
+    fn damaged_bookkeeping_is_found_and_fixed() {
+        let s = store();
+        let none = VersionVector::new();
+        for i in 0..20u8 {
+            s.update(3, "b", &[i], &none, Content::Value(vec![i]), 0, 10).unwrap();
+        }
+        let good = s.segments(3, 3);
+        let victim = segment_of(StoreKey::new("b", &[4]).as_bytes());
+        s.engine().insert(Space::Partition(3), &layout::tree(3, victim), &7u64.to_le_bytes()).unwrap();
+        s.tree(3, 3).set(victim, 7);
+        s.engine().insert(Space::Partition(3), &layout::tombstone(3, victim, b"\x01bghost"), &[]).unwrap();
+        assert_eq!(s.verify_segment(3, victim).unwrap(), 2);
+        assert_eq!(s.segments(3, 3), good);
+        assert!(s.tombstones(3, 3, None, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn objects_of_the_first_layout_are_moved_into_segment_order() {
+        let engine = MemStore::new();
+        let mut o = Object::new();
+        o.update(5, &VersionVector::new(), Content::Value(b"old".to_vec()), 0, "n1");
+        for k in [&b"a"[..], b"b", b"c"] {
+            engine.insert(Space::LegacyPartition(4), StoreKey::new("b", k).as_bytes(), &encode_object(&o)).unwrap();
+        }
+        let engine: Arc<dyn Store> = Arc::new(engine);
+        let d = Arc::new(Durability::start(
+            engine.clone(),
+            DurabilityMode::Periodic,
+            Duration::from_millis(50),
+            Duration::ZERO,
+        ));
+        let s = ObjectStore::open(Arc::clone(&engine), d, 1, "n1".into(), Arc::new(|_: &str| 3), 8).unwrap();
+        for k in [&b"a"[..], b"b", b"c"] {
+            assert_eq!(s.read(4, "b", k).unwrap().as_ref(), Some(&o));
+        }
+        assert!(engine.scan(Space::LegacyPartition(4), None, 1).unwrap().is_empty());
+        assert_eq!(s.segments(4, 3), rebuilt(&s, 4, 3));
     }
 
     #[test]

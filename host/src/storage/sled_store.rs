@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
 
-use super::{Entries, Space, StorageError, Store};
+use super::{BatchOp, Entries, Space, StorageError, Store};
 
 /// A [`Store`] on sled.
 pub struct SledStore {
@@ -76,6 +76,17 @@ impl Store for SledStore {
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
         self.tree(space)?.remove(key).map_err(io)?;
         Ok(())
+    }
+
+    fn apply(&self, space: Space, batch: &[BatchOp<'_>]) -> Result<(), StorageError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch {
+            match v {
+                Some(v) => b.insert(*k, *v),
+                None => b.remove(*k),
+            }
+        }
+        self.tree(space)?.apply_batch(b).map_err(io)
     }
 
     fn scan(&self, space: Space, after: Option<&[u8]>, limit: usize) -> Result<Entries, StorageError> {
