@@ -12,12 +12,12 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::antientropy::AntiEntropy;
-use crate::api::{AdminService, InternalService, KvService};
+use crate::api::{AdminService, InternalService, KvService, Workers};
 use crate::buckets::Buckets;
 use crate::cluster::{Cluster, LocalData, Membership, MembershipConfig, load_ring, load_seeds};
 use crate::config::Config;
 use crate::coordinator::{Coordinator, CoordinatorConfig};
-use crate::handoff::{Handoff, HintStore};
+use crate::handoff::{Handoff, HintStore, Transfers};
 use crate::net::{Faults, Net};
 use crate::plugins::Plugins;
 use crate::ring::Ring;
@@ -180,8 +180,11 @@ impl Node {
             config.antientropy.clone(),
             !dir.clean_start(),
         );
+        let transfers =
+            Transfers::new(Arc::clone(&objects), Arc::clone(&cluster), config.handoff.transfer_rate_bytes_per_sec);
         let background = Background::start()?;
         let mut workers = vec![
+            background.enter(|| transfers.spawn(stopped.clone())),
             spawn_storage_gauge(Arc::clone(&engine), stopped.clone()),
             cluster.spawn_worker(stopped.clone()),
             background.enter(|| handoff.spawn(stopped.clone())),
@@ -230,7 +233,7 @@ impl Node {
                     buckets,
                     plugins,
                     Arc::clone(&cluster),
-                    Arc::clone(&handoff),
+                    Workers { handoff: Arc::clone(&handoff), transfers, antientropy: Arc::clone(&antientropy) },
                     local,
                 ))
                 .max_decoding_message_size(64 << 20),

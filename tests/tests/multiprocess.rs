@@ -12,6 +12,11 @@ use concord_tests::{Server, ServerOptions, concord_bin, free_port};
 
 /// Starts `n` processes seeded with each other, gossiping every 200 ms.
 async fn start(n: usize) -> Vec<Server> {
+    start_env(n, Vec::new()).await
+}
+
+/// [`start`] with more environment variables.
+async fn start_env(n: usize, extra: Vec<(String, String)>) -> Vec<Server> {
     let addrs: Vec<SocketAddr> = (0..n).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
     let mut servers = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
@@ -19,7 +24,10 @@ async fn start(n: usize) -> Vec<Server> {
         let s = Server::start_with(ServerOptions {
             addr: Some(*addr),
             args: vec!["--node-id".into(), format!("p{i}"), "--seeds".into(), seeds.join(",")],
-            env: vec![("CONCORD_GOSSIP_INTERVAL_MS".into(), "200".into())],
+            env: [("CONCORD_GOSSIP_INTERVAL_MS".to_owned(), "200".to_owned())]
+                .into_iter()
+                .chain(extra.clone())
+                .collect(),
             ..Default::default()
         })
         .await
@@ -301,4 +309,101 @@ async fn writes_a_stopped_node_missed_reach_it_through_hints_from_a_live_holder(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hints_survive_a_restart_of_the_node_that_holds_them() {
     writes_a_stopped_node_missed_reach_it_through_hints(true).await;
+}
+
+/// The ring a node holds, from its metadata.
+async fn ring_of(addr: SocketAddr) -> concord::ring::Ring {
+    let mut raw = concord_proto::v1::internal_client::InternalClient::connect(format!("http://{addr}")).await.unwrap();
+    let md = raw.fetch_metadata(concord_proto::v1::FetchMetadataRequest {}).await.unwrap().into_inner();
+    let persisted: serde_json::Value = serde_json::from_slice(&md.ring).unwrap();
+    serde_json::from_value(persisted["ring"].clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_resumes_after_the_receiver_is_killed() {
+    // A slow transfer, so the kill lands in the middle of it; no
+    // anti-entropy, so the transfer alone must finish the job.
+    let slow = vec![
+        ("CONCORD_HANDOFF__TRANSFER_RATE_BYTES_PER_SEC".to_owned(), "400000".to_owned()),
+        ("CONCORD_ANTIENTROPY__ENABLED".to_owned(), "false".to_owned()),
+    ];
+    let servers = start_env(3, slow.clone()).await;
+    let c0 = servers[0].client().await;
+    wait_up(&c0, 3, 30).await;
+    let value = vec![7u8; 4000];
+    for i in 0..3000u32 {
+        c0.put_with(
+            "big",
+            format!("k{i}").as_bytes(),
+            &value,
+            &Context::none(),
+            WriteOptions { w: 3, ..Default::default() },
+        )
+        .await
+        .unwrap();
+    }
+    let seeds: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
+    let mut fourth = Server::start_with(ServerOptions {
+        args: vec!["--node-id".into(), "p3".into(), "--seeds".into(), seeds.join(",")],
+        env: [("CONCORD_GOSSIP_INTERVAL_MS".to_owned(), "200".to_owned())].into_iter().chain(slow).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    wait_up(&c0, 4, 30).await;
+    // Wait until the old owners have pushed part of what p3 now replicates.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut sent = 0;
+        for s in &servers {
+            let st = s.client().await.cluster_status().await.unwrap();
+            sent += st.transfers.iter().map(|t| t.bytes_sent).sum::<u64>();
+        }
+        if sent > 500_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no transfer progress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fourth.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fourth.restart().await.unwrap();
+    // Every old owner finishes and drops what it handed over.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let mut pending = 0;
+        for s in servers.iter().chain([&fourth]) {
+            pending += s.client().await.cluster_status().await.map(|st| st.transfers.len()).unwrap_or(1);
+        }
+        if pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "transfers did not finish: {pending} left");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // p3 holds its own copy of every key it replicates.
+    let ring = ring_of(fourth.addr).await;
+    let mut raw =
+        concord_proto::v1::internal_client::InternalClient::connect(format!("http://{}", fourth.addr)).await.unwrap();
+    let mut held = 0;
+    for i in 0..3000u32 {
+        let key = format!("k{i}");
+        if !ring.preference_list(ring.partition_of("big", key.as_bytes()), 3).contains(&"p3".to_owned()) {
+            continue;
+        }
+        let req = concord_proto::v1::ReplicaReadRequest {
+            keys: vec![concord_proto::v1::ObjectKey { bucket: "big".into(), key: key.clone().into_bytes().into() }],
+            ring_epoch: 0,
+            hint_for: vec![],
+        };
+        let r = raw.replica_read(req).await.unwrap().into_inner();
+        assert!(!r.results[0].object.is_empty(), "p3 lacks {key}: {:?}", r.results[0].error);
+        held += 1;
+    }
+    assert!(held > 1000, "p3 replicates about three quarters of the keys: {held}");
+    let r2 = ReadOptions { r: 2, ..Default::default() };
+    for i in (0..3000u32).step_by(7) {
+        let got = c0.get_with("big", format!("k{i}").as_bytes(), r2).await.unwrap();
+        assert!(got.found, "k{i}");
+    }
 }

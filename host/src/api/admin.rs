@@ -6,11 +6,12 @@ use concord_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::admin_status;
+use crate::antientropy::AntiEntropy;
 use crate::buckets::{
     BucketChange, BucketProps, Buckets, PluginRef, ResolveOn, ValidatorFailure, validate_bucket_name,
 };
 use crate::cluster::{Cluster, LocalData};
-use crate::handoff::Handoff;
+use crate::handoff::{Handoff, Transfers};
 use crate::plugins::{PluginInfo, PluginKind, Plugins};
 use crate::{Error, Result};
 
@@ -20,7 +21,19 @@ pub struct AdminService {
     plugins: Arc<Plugins>,
     cluster: Arc<Cluster>,
     handoff: Arc<Handoff>,
+    transfers: Arc<Transfers>,
+    antientropy: Arc<AntiEntropy>,
     local: Arc<dyn LocalData>,
+}
+
+/// The background workers whose state `ClusterStatus` reports.
+pub struct Workers {
+    /// Hint delivery.
+    pub handoff: Arc<Handoff>,
+    /// Partition transfers.
+    pub transfers: Arc<Transfers>,
+    /// Anti-entropy.
+    pub antientropy: Arc<AntiEntropy>,
 }
 
 impl AdminService {
@@ -29,10 +42,11 @@ impl AdminService {
         buckets: Arc<Buckets>,
         plugins: Arc<Plugins>,
         cluster: Arc<Cluster>,
-        handoff: Arc<Handoff>,
+        workers: Workers,
         local: Arc<dyn LocalData>,
     ) -> Self {
-        Self { buckets, plugins, cluster, handoff, local }
+        let Workers { handoff, transfers, antientropy } = workers;
+        Self { buckets, plugins, cluster, handoff, transfers, antientropy, local }
     }
 
     /// Refuses a change that binds a plugin that is not deployed, or one of
@@ -149,12 +163,42 @@ impl pb::admin_server::Admin for AdminService {
                 last_error: q.last_error.unwrap_or_default(),
             })
             .collect();
+        let transfers = self.transfers.status();
         // This node's own row shows what it holds now, not what it last
         // gossiped.
         let held = self.handoff.hints().total();
+        let partitions: std::collections::BTreeSet<u32> = transfers.iter().map(|((p, _), _)| *p).collect();
         for n in status.nodes.iter_mut().filter(|n| n.is_self) {
             n.hints = held;
+            n.transferring = partitions.len() as u32;
         }
+        status.transfers = transfers
+            .into_iter()
+            .map(|((partition, n), t)| pb::TransferStatus {
+                partition,
+                n: n.into(),
+                targets: t.targets,
+                done: t.done.into_iter().collect(),
+                segments_done: t.segments.0 as u64,
+                segments_total: t.segments.1 as u64,
+                keys_sent: t.keys_sent,
+                bytes_sent: t.bytes_sent,
+                last_error: t.last_error.unwrap_or_default(),
+            })
+            .collect();
+        let ae = self.antientropy.status();
+        status.anti_entropy = Some(pb::AntiEntropyStatus {
+            trees: ae.trees as u32,
+            never_exchanged: ae.never_exchanged as u32,
+            oldest_full_exchange_ms: ae.oldest_full_exchange.map_or(0, |d| d.as_millis() as u64),
+            tombstones: ae.tombstones,
+            exchanges: ae.totals.exchanges,
+            keys_repaired: ae.totals.keys_repaired,
+            bytes: ae.totals.bytes,
+            reaped: ae.totals.reaped,
+            verify_done: ae.verifying.map_or(0, |v| v.0),
+            verify_total: ae.verifying.map_or(0, |v| v.1),
+        });
         Ok(Response::new(status))
     }
 

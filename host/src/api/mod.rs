@@ -9,7 +9,7 @@ mod internal;
 mod kv;
 mod status;
 
-pub use admin::AdminService;
+pub use admin::{AdminService, Workers};
 pub use convert::sibling_to_proto;
 pub use internal::InternalService;
 pub use kv::KvService;

@@ -22,10 +22,18 @@ pub enum ClusterCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Remove a node from the ring (the node at --endpoint when NODE is not given).
+    /// Remove a node from the ring (the node at --endpoint when NODE is not
+    /// given). Waits, showing progress, until the node has handed all its
+    /// data and hints to the others.
     Leave {
         /// Id of the node to remove; a down node is removed by the claimant.
         node: Option<String>,
+        /// Return once the node is asked to leave, without waiting.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds (the node goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
         #[command(flatten)]
         target: Target,
     },
@@ -49,19 +57,24 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        ClusterCommand::Leave { node, target } => {
-            let mut admin = connect(&target).await?.admin();
+        ClusterCommand::Leave { node, no_wait, timeout, target } => {
+            let client = connect(&target).await?;
             let node_id = node.clone().unwrap_or_default();
-            admin
+            client
+                .admin()
                 .leave(concord_proto::v1::LeaveRequest { node_id })
                 .await
                 .map_err(concord_client::ClientError::from)?;
-            let who = node.unwrap_or_else(|| format!("the node at {}", target.endpoint));
-            if target.json {
-                println!("{}", json!({"leaving": who}));
-            } else {
-                println!("{who} is leaving the ring; `concord cluster status` shows when it is out");
+            let who = node.clone().unwrap_or_else(|| format!("the node at {}", target.endpoint));
+            if no_wait {
+                if target.json {
+                    println!("{}", json!({"leaving": who}));
+                } else {
+                    println!("{who} is leaving the ring; `concord cluster status` shows when it is out");
+                }
+                return Ok(());
             }
+            wait_until_left(&client, node.as_deref(), &who, timeout, target.json).await?;
         }
         ClusterCommand::Status { target } => {
             let s = connect(&target).await?.cluster_status().await?;
@@ -139,10 +152,104 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                     h.oldest_age_ms as f64 / 1000.0
                 );
             }
+            if let Some(ae) = &s.anti_entropy {
+                let oldest = if ae.trees == 0 {
+                    "no trees".to_owned()
+                } else if ae.never_exchanged > 0 {
+                    format!("{} of {} trees not yet exchanged with every replica", ae.never_exchanged, ae.trees)
+                } else {
+                    format!("oldest full exchange {:.1} s ago", ae.oldest_full_exchange_ms as f64 / 1000.0)
+                };
+                println!(
+                    "anti-entropy here: {oldest}; {} exchanges repaired {} keys ({} bytes); {} tombstones, {} reaped",
+                    ae.exchanges, ae.keys_repaired, ae.bytes, ae.tombstones, ae.reaped
+                );
+                if ae.verify_total > 0 {
+                    println!(
+                        "checking hash trees against the data: {} of {} segments",
+                        ae.verify_done, ae.verify_total
+                    );
+                }
+            }
+            for t in &s.transfers {
+                let error =
+                    if t.last_error.is_empty() { String::new() } else { format!("; last error: {}", t.last_error) };
+                println!(
+                    "handing partition {} (n={}) to {}: {} of {} done, {} keys ({} bytes) sent, segment {}/{}{error}",
+                    t.partition,
+                    t.n,
+                    t.targets.join(", "),
+                    t.done.len(),
+                    t.targets.len(),
+                    t.keys_sent,
+                    t.bytes_sent,
+                    t.segments_done,
+                    t.segments_total
+                );
+            }
             for t in &s.tripped_plugins {
                 println!("plugin {} switched off for bucket {}: {}", t.plugin, t.bucket, t.reason);
             }
         }
     }
     Ok(())
+}
+
+/// Follows a leaving node until it is out of the ring and holds nothing
+/// for anyone: no partition it no longer owns, no hint.
+async fn wait_until_left(
+    client: &concord_client::Client,
+    node: Option<&str>,
+    who: &str,
+    timeout_secs: u64,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+    // Progress comes from the leaving node itself.
+    let status = client.cluster_status().await?;
+    let leaving = match node {
+        None => client.clone(),
+        Some(id) => {
+            let row = status.nodes.iter().find(|n| n.node_id == id);
+            match row.filter(|n| n.status != "down" && !n.address.is_empty()) {
+                Some(n) if n.is_self => client.clone(),
+                Some(n) => concord_client::Client::connect(&n.address).await?,
+                None => {
+                    // A down node is dropped by the claimant; it has nothing
+                    // to hand over that it can still send.
+                    println!("{who} is down: the claimant removes it from the ring");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let mut last = String::new();
+    loop {
+        let s = leaving.cluster_status().await?;
+        let me = s.nodes.iter().find(|n| n.is_self);
+        let owned = me.map_or(0, |n| n.partitions);
+        let hints: u64 = s.hints.iter().map(|h| h.count).sum();
+        let transfers = s.transfers.len();
+        if owned == 0 && transfers == 0 && hints == 0 {
+            if json_out {
+                println!("{}", json!({"left": who}));
+            } else {
+                println!("{who} has left the ring and handed everything over; it can be stopped");
+            }
+            return Ok(());
+        }
+        let line = format!(
+            "{who}: {owned} partitions still owned, {transfers} partition transfers under way, {hints} hints held"
+        );
+        if line != last && !json_out {
+            eprintln!("{line}");
+            last = line;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{who} has not finished leaving after {timeout_secs} s ({last}); it goes on in the background"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

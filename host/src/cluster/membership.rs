@@ -15,6 +15,7 @@
 //! | `remove:<node>` | an operator asked to remove that (down) node |
 //! | `hints` | how many hints it holds for other nodes |
 //! | `partitions` | its ring's partition count: nodes with another count are not of this cluster |
+//! | `transferring` | partitions it still hands to their new owners (`3,7-9`); reads of them ask it too |
 //!
 //! A background task reads chitchat's state a few times per gossip round
 //! and publishes a [`Members`] snapshot, so the rest of the node never
@@ -105,6 +106,8 @@ pub struct Peer {
     pub hints: u64,
     /// The partition count of its ring (`None` if it does not say).
     pub partitions: Option<u32>,
+    /// Partitions it holds data of that it is handing to their new owners.
+    pub transferring: std::collections::BTreeSet<u32>,
 }
 
 /// A snapshot of membership, this node included.
@@ -325,6 +328,9 @@ async fn snapshot(cc: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>, heartbeats: 
                 removals,
                 hints: state.get("hints").and_then(|h| h.parse().ok()).unwrap_or(0),
                 partitions: state.get("partitions").and_then(|p| p.parse().ok()),
+                transferring: crate::handoff::transfer::decode_partitions(
+                    state.get("transferring").unwrap_or_default(),
+                ),
             },
         );
     }

@@ -612,6 +612,7 @@ impl Cluster {
                     },
                     is_self,
                     hints: peer.hints,
+                    transferring: peer.transferring.len() as u32,
                 },
             );
         }
@@ -629,6 +630,7 @@ impl Cluster {
                 plugins_version: 0,
                 is_self: false,
                 hints: 0,
+                transferring: 0,
             });
         }
         pb::ClusterStatusResponse {
@@ -646,8 +648,10 @@ impl Cluster {
                     tripped_at_ms: t.at_ms,
                 })
                 .collect(),
-            // Filled in by the Admin service, which knows the hint store.
+            // Filled in by the Admin service, which knows the workers.
             hints: Vec::new(),
+            anti_entropy: None,
+            transfers: Vec::new(),
             ready: self.is_ready(),
         }
     }

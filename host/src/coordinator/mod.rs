@@ -272,10 +272,19 @@ impl Coordinator {
         let (tx, mut rx) = mpsc::unbounded_channel();
         for (node, replica) in self.read_targets(&plan) {
             tally.sent();
-            self.read_copy(node, replica, &plan, &req, deadline, &tx);
+            self.read_copy(node, replica, &plan, plan.epoch, &req, deadline, &tx);
         }
         drop(tx);
-        let mut answers = Vec::with_capacity(plan.replicas.len());
+        // Nodes still handing the partition to its new replicas hold keys
+        // those may not have yet: they are asked too (without a ring check:
+        // they no longer replicate it), and waited for, but never counted.
+        let (former_tx, mut former_rx) = mpsc::unbounded_channel();
+        let former = self.former_owners(&plan);
+        for node in &former {
+            self.read_copy(node.clone(), node.clone(), &plan, 0, &req, deadline, &former_tx);
+        }
+        drop(former_tx);
+        let mut answers = Vec::with_capacity(plan.replicas.len() + former.len());
         while !tally.satisfied() && tally.waiting() > 0 {
             let Some(a) = rx.recv().await else { break };
             tally.answered(&a);
@@ -286,6 +295,12 @@ impl Coordinator {
         if !tally.satisfied() {
             self.metrics.read_quorum_failures.increment(1);
             return Err(tally.unavailable("read"));
+        }
+        while let Some(a) = former_rx.recv().await {
+            if let Ok(copy @ Some(_)) = a.result {
+                // Merged and passed on by read repair, never repaired.
+                answers.push((a.node, String::new(), copy));
+            }
         }
         let merged = answers.iter().filter_map(|(_, _, o)| o.as_ref()).fold(Object::new(), |acc, o| acc.merged(o));
         self.repair_in_background(&plan, &req, answers, rx);
@@ -327,13 +342,28 @@ impl Coordinator {
         targets
     }
 
+    /// Live nodes that announce they are still handing the plan's
+    /// partition to its new replicas, this one included.
+    fn former_owners(&self, plan: &Plan) -> Vec<NodeId> {
+        let members = self.cluster.members();
+        members
+            .peers
+            .values()
+            .filter(|p| p.live && p.transferring.contains(&plan.partition) && !plan.replicas.contains(&p.node_id))
+            .map(|p| p.node_id.clone())
+            .collect()
+    }
+
     /// Reads one copy: this node's own (or the hint it holds for
-    /// `replica`) at once, a peer's in a spawned task.
+    /// `replica`) at once, a peer's in a spawned task; `epoch` is the ring
+    /// epoch the peer checks (0: none).
+    #[allow(clippy::too_many_arguments)]
     fn read_copy(
         &self,
         node: NodeId,
         replica: NodeId,
         plan: &Plan,
+        epoch: u64,
         req: &ReadRequest,
         deadline: Instant,
         tx: &mpsc::UnboundedSender<Answer<Option<Object>>>,
@@ -352,7 +382,7 @@ impl Coordinator {
         }
         let cluster = Arc::clone(&self.cluster);
         let key = pb::ObjectKey { bucket: req.bucket.clone(), key: req.key.clone().into() };
-        let (epoch, tx) = (plan.epoch, tx.clone());
+        let tx = tx.clone();
         tokio::spawn(async move {
             let result = async {
                 let addr = cluster.addr_of(&node).ok_or_else(|| Error::internal("address unknown"))?;

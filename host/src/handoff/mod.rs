@@ -28,15 +28,19 @@
 //!   current replicas instead. A hint older than `handoff.window_secs`
 //!   (3 hours by default, as in Cassandra) is dropped and counted:
 //!   anti-entropy repairs what it held.
+//! * [`Transfers`]: after a ring change, hands the trees this node no
+//!   longer replicates to their new replicas, then drops them.
 
 pub mod hint;
 mod store;
+pub mod transfer;
 mod worker;
 
 use serde::{Deserialize, Serialize};
 
 pub use hint::{Hint, HintKey};
 pub use store::{HintStore, StoredHint, TargetStats};
+pub use transfer::{TransferState, Transfers};
 pub use worker::{Handoff, QueueStatus};
 
 use crate::{Error, Result};
@@ -58,11 +62,21 @@ pub struct HandoffConfig {
     /// Longest wait between delivery attempts to a target that keeps
     /// failing, in milliseconds. The first retry waits half a second.
     pub retry_max_ms: u64,
+    /// Most bytes per second this node sends when it hands partitions to
+    /// their new owners after a ring change.
+    pub transfer_rate_bytes_per_sec: u64,
 }
 
 impl Default for HandoffConfig {
     fn default() -> Self {
-        Self { enabled: true, window_secs: 3 * 3600, rate_bytes_per_sec: 8 << 20, batch: 64, retry_max_ms: 30_000 }
+        Self {
+            enabled: true,
+            window_secs: 3 * 3600,
+            rate_bytes_per_sec: 8 << 20,
+            batch: 64,
+            retry_max_ms: 30_000,
+            transfer_rate_bytes_per_sec: 16 << 20,
+        }
     }
 }
 
@@ -77,6 +91,9 @@ impl HandoffConfig {
         }
         if !(1..=1024).contains(&self.batch) {
             return Err(Error::invalid("handoff.batch must be between 1 and 1024"));
+        }
+        if self.transfer_rate_bytes_per_sec < 1024 {
+            return Err(Error::invalid("handoff.transfer_rate_bytes_per_sec must be at least 1024"));
         }
         if self.retry_max_ms < 500 {
             return Err(Error::invalid("handoff.retry_max_ms must be at least 500"));

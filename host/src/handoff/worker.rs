@@ -143,6 +143,9 @@ impl Handoff {
         let now = Instant::now();
         let members = self.cluster.members();
         let live = target != self.cluster.node_id() && members.is_live(target);
+        // A node that has left the ring hands the hints of a target that is
+        // down to a live member instead, which keeps them for the target.
+        let stand_in = if live { None } else { self.stand_in(target) };
         let (mut deliver, due_sweep) = {
             let states = self.targets();
             let s = states.get(target);
@@ -151,7 +154,7 @@ impl Handoff {
             // by much.
             let every = SWEEP_INTERVAL.min(Duration::from_secs(self.config.window_secs) / 4);
             let swept_lately = s.and_then(|s| s.last_sweep).is_some_and(|at| now.duration_since(at) < every);
-            (live && !backing_off, !swept_lately)
+            ((live || stand_in.is_some()) && !backing_off, !swept_lately)
         };
         if !deliver && !due_sweep {
             return Ok(0);
@@ -204,7 +207,7 @@ impl Handoff {
             }
             let started = Instant::now();
             let bytes: usize = batch.iter().map(|h| h.raw.len()).sum();
-            match self.deliver(target, &batch, ring.epoch()).await {
+            match self.deliver(target, stand_in.as_deref(), &batch, ring.epoch()).await {
                 Ok(left) => {
                     delivered += batch.len() - left.len();
                     for h in &left {
@@ -238,17 +241,36 @@ impl Handoff {
         Ok(delivered)
     }
 
-    /// Sends one batch to `target`. Returns the hints it did not take (it
-    /// answered an error for them, or they changed meanwhile); fails when
-    /// the call itself failed.
-    async fn deliver(&self, target: &str, batch: &[StoredHint], ring_epoch: u64) -> Result<Vec<StoredHint>, String> {
-        let addr = self.cluster.addr_of(target).ok_or_else(|| "its address is unknown".to_owned())?;
+    /// A live ring member to hand `target`'s hints to, when this node has
+    /// left the ring (it is about to stop) and the target is down.
+    fn stand_in(&self, target: &str) -> Option<NodeId> {
+        let ring = self.cluster.ring();
+        let me = self.cluster.node_id();
+        if ring.is_member(me) {
+            return None;
+        }
+        let members = self.cluster.members();
+        ring.members().keys().find(|m| *m != target && *m != me && members.is_live(m)).cloned()
+    }
+
+    /// Sends one batch to `target`, or to `stand_in` to keep for it.
+    /// Returns the hints not taken (an error answered for them, or they
+    /// changed meanwhile); fails when the call itself failed.
+    async fn deliver(
+        &self,
+        target: &str,
+        stand_in: Option<&str>,
+        batch: &[StoredHint],
+        ring_epoch: u64,
+    ) -> Result<Vec<StoredHint>, String> {
+        let to = stand_in.unwrap_or(target);
+        let addr = self.cluster.addr_of(to).ok_or_else(|| format!("the address of {to} is unknown"))?;
         let writes = batch
             .iter()
             .map(|h| pb::ReplicaWrite {
                 key: Some(pb::ObjectKey { bucket: h.key.bucket.clone(), key: h.key.key.clone().into() }),
                 object: encode_object(&h.hint.object).into(),
-                hint_for: String::new(),
+                hint_for: stand_in.map(|_| target.to_owned()).unwrap_or_default(),
             })
             .collect();
         let req = pb::ReplicaWriteRequest { writes, ring_epoch, background: true };
