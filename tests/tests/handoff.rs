@@ -154,7 +154,8 @@ async fn fallbacks_stand_in_for_down_replicas_and_hand_the_writes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_on_both_sides_of_a_partition_keep_every_sibling() {
-    let cluster = LocalCluster::start(3).await.unwrap();
+    // A resolver call gets all the time a busy machine may need.
+    let cluster = LocalCluster::start_with(3, |_, c| c.plugins.deadline_ms = 10_000).await.unwrap();
     let (c0, c2) = (cluster.client(0).await, cluster.client(2).await);
     let wasm = std::fs::read(plugins::CART).unwrap();
     c0.admin()
@@ -170,10 +171,13 @@ async fn writers_on_both_sides_of_a_partition_keep_every_sibling() {
     c0.set_bucket(SetBucketRequest { name: "carts".into(), resolver: Some("cart@1".into()), ..Default::default() })
         .await
         .unwrap();
-    eventually(10, "the cart binding reaches n2", || async {
-        c2.get_bucket("carts").await.is_ok_and(|b| b.resolver == "cart@1")
-    })
-    .await;
+    for i in 0..3 {
+        let c = cluster.client(i).await;
+        eventually(30, "the cart binding reaches every node", || async {
+            c.get_bucket("carts").await.is_ok_and(|b| b.resolver == "cart@1")
+        })
+        .await;
+    }
     cluster.isolate(2);
     let one = WriteOptions { w: 1, timeout: Some(Duration::from_secs(1)), ..Default::default() };
     for k in 0..5 {

@@ -11,7 +11,9 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use concord::buckets::MAX_OBJECT_BYTES_LIMIT;
 use concord::causal::{Content, Dot, Sibling};
-use concord::plugins::{Loaded, PluginConfig, PluginInfo, PluginKind, Resolution, Runtime, Verdict, package, verify};
+use concord::plugins::{
+    Bound, Loaded, PluginConfig, PluginInfo, PluginKind, Resolution, Runtime, Verdict, package, verify,
+};
 use concord_proto::v1 as pb;
 use serde::Deserialize;
 use serde_json::json;
@@ -140,7 +142,14 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                     let (bucket, key, siblings) = read_fixture(&fixture, &bucket, &key)?;
                     let permit = slot().context("no plugin slot free")?;
                     let (r, took) = loaded
-                        .resolve(permit, &bucket, key.as_bytes(), &siblings, MAX_OBJECT_BYTES_LIMIT as usize)
+                        .resolve(
+                            permit,
+                            &bucket,
+                            key.as_bytes(),
+                            &siblings,
+                            MAX_OBJECT_BYTES_LIMIT as usize,
+                            Bound::Check,
+                        )
                         .map_err(|f| anyhow::anyhow!("{f}"))?;
                     print_resolution(&r, took, json);
                 }
@@ -170,7 +179,10 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
             if json {
                 println!(
                     "{}",
-                    json!({"passed": report.passed(), "cases": report.cases, "checks": report.checks, "failures": report.failures})
+                    json!({
+                        "passed": report.passed(), "cases": report.cases, "checks": report.checks,
+                        "failures": report.failures, "call_failure": report.call_failure,
+                    })
                 );
             } else if report.passed() {
                 println!(
@@ -178,10 +190,18 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                     report.cases, report.checks
                 );
             } else {
-                println!("FAILED: {} of {} checks broke a law:", report.failures.len(), report.checks);
+                if let Some(f) = &report.call_failure {
+                    println!("FAILED: a call failed, so the laws could not be checked: {f}");
+                }
+                if !report.failures.is_empty() {
+                    println!("FAILED: {} of {} checks broke a law:", report.failures.len(), report.checks);
+                }
                 for f in &report.failures {
                     println!("  {f}");
                 }
+            }
+            if report.call_failure.is_some() {
+                bail!("{} failed while being checked", file.display());
             }
             if !report.passed() {
                 bail!("{} breaks the resolver laws; replicas resolving with it could disagree", file.display());

@@ -158,7 +158,10 @@ impl Runtime {
         c.wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
-            .consume_fuel(config.fuel > 0)
+            // Always on, so deploy-time checks can bound their calls by
+            // work done rather than by time (see [`Bound::Check`]);
+            // requests get unlimited fuel unless `plugins.fuel` is set.
+            .consume_fuel(true)
             // Reserve exactly the cap per memory, bounds-check explicitly and
             // use no guard pages or trap signals. Besides fitting many slots
             // in the address space, this lets a reused slot keep its pages
@@ -285,7 +288,7 @@ impl Runtime {
     }
 
     /// A fresh store for one call (or one reused validator instance).
-    pub(super) fn new_store(&self, plugin: &Arc<str>) -> Result<Store<CallState>> {
+    pub(super) fn new_store(&self, plugin: &Arc<str>, bound: Bound) -> Result<Store<CallState>> {
         let state = CallState {
             plugin: Arc::clone(plugin),
             memory_cap: (self.config.memory_mb as usize) << 20,
@@ -296,26 +299,49 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
         store.epoch_deadline_trap();
-        self.arm(&mut store)?;
+        self.arm(&mut store, bound)?;
         Ok(store)
     }
 
     /// (Re)sets a store's deadline and fuel before a call: the deadline is
     /// absolute and fuel is consumed, so a reused store needs both again.
-    pub(super) fn arm(&self, store: &mut Store<CallState>) -> Result<()> {
-        store.set_epoch_deadline(self.config.deadline_ms.max(1));
+    pub(super) fn arm(&self, store: &mut Store<CallState>, bound: Bound) -> Result<()> {
+        let (deadline_ticks, fuel) = match bound {
+            Bound::Request => {
+                (self.config.deadline_ms.max(1), if self.config.fuel > 0 { self.config.fuel } else { u64::MAX })
+            }
+            Bound::Check => (CHECK_DEADLINE_MS, CHECK_FUEL),
+        };
+        store.set_epoch_deadline(deadline_ticks);
         store.data_mut().log_budget = self.config.log_lines_per_call;
-        if self.config.fuel > 0 {
-            store.set_fuel(self.config.fuel).map_err(|e| Error::Internal(format!("cannot set fuel: {e:#}")))?;
-        }
+        store.set_fuel(fuel).map_err(|e| Error::Internal(format!("cannot set fuel: {e:#}")))?;
         Ok(())
     }
 
-    /// Fuel a store has used since [`Runtime::arm`], when fuel is on.
+    /// Fuel a store has used since [`Runtime::arm`], when `plugins.fuel`
+    /// is set.
     pub(super) fn fuel_used(&self, store: &Store<CallState>) -> Option<u64> {
         (self.config.fuel > 0).then(|| self.config.fuel.saturating_sub(store.get_fuel().unwrap_or(0)))
     }
 }
+
+/// What bounds a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// A request's call: `plugins.deadline_ms` of wall-clock time, and
+    /// `plugins.fuel` when set.
+    Request,
+    /// A deploy-time check: [`CHECK_FUEL`] units of work, whatever the
+    /// machine's load, so a check never fails because the machine is busy;
+    /// a wall-clock limit of [`CHECK_DEADLINE_MS`] stays as a backstop.
+    Check,
+}
+
+/// Fuel (roughly, wasm instructions) of one call during deploy checks:
+/// thousands of times what a merge of a few siblings takes.
+pub const CHECK_FUEL: u64 = 2_000_000_000;
+/// Wall-clock backstop of one deploy-check call, in milliseconds.
+pub const CHECK_DEADLINE_MS: u64 = 60_000;
 
 /// Why a guest call failed, from the error and the store's state.
 pub(super) fn classify(e: &wasmtime::Error, state: &CallState) -> FailureReason {

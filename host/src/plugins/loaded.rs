@@ -22,7 +22,7 @@ use wasmtime::Store;
 use wasmtime::component::Component;
 
 use super::bindings::v0_1;
-use super::engine::{CallState, Runtime, classify};
+use super::engine::{Bound, CallState, Runtime, classify};
 use super::{FailureReason, PluginFailure, PluginInfo, PluginKind, Resolution, Verdict};
 use crate::causal::Sibling;
 use crate::{Error, Result};
@@ -171,7 +171,8 @@ impl Loaded {
     }
 
     /// Resolves `siblings`, refusing results over `max_bytes`. Runs on the
-    /// calling thread; `slot` is the pool slot the call may use.
+    /// calling thread; `slot` is the pool slot the call may use, and
+    /// `bound` what limits it.
     pub fn resolve(
         &self,
         _slot: OwnedSemaphorePermit,
@@ -179,13 +180,16 @@ impl Loaded {
         key: &[u8],
         siblings: &[Sibling],
         max_bytes: usize,
+        bound: Bound,
     ) -> Result<(Resolution, Duration), PluginFailure> {
         let Kind::Resolver(pre) = &self.kind else {
             return Err(self.failure(FailureReason::Unusable, format!("{} is not a resolver", self.label)));
         };
         let started = Instant::now();
-        let mut store =
-            self.runtime.new_store(&self.label).map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
+        let mut store = self
+            .runtime
+            .new_store(&self.label, bound)
+            .map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
         let input: Vec<v0_1::Sibling> = siblings.iter().map(to_wit).collect();
         let result = pre.instantiate(&mut store).and_then(|r| r.call_resolve(&mut store, bucket, key, &input));
         let elapsed = self.finish(started, &store);
@@ -225,14 +229,16 @@ impl Loaded {
         }
         let mut inst = match reused {
             Some(mut i) => {
-                self.runtime.arm(&mut i.store).map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
+                self.runtime
+                    .arm(&mut i.store, Bound::Request)
+                    .map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
                 i
             }
             None => {
                 let Some(slot) = slot() else { return Ok(None) };
                 let mut store = self
                     .runtime
-                    .new_store(&self.label)
+                    .new_store(&self.label, Bound::Request)
                     .map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
                 let instance = pre.instantiate(&mut store).map_err(|e| {
                     let reason = classify(&e, store.data());

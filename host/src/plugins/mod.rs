@@ -43,7 +43,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use breaker::Tripped;
-pub use engine::Runtime;
+pub use engine::{Bound, Runtime};
 pub use loaded::Loaded;
 pub use registry::Registry;
 
@@ -398,14 +398,23 @@ impl Plugins {
         if info.kind == PluginKind::Resolver {
             let cases = self.runtime.config().verify_cases;
             let report = verify::verify_loaded(&loaded, &self.runtime.slots, samples, cases, 0xc0c0);
-            if !report.passed() {
+            if let Some(failure) = &report.call_failure {
+                if !force {
+                    return Err(Error::invalid(format!(
+                        "{r} failed during the deploy-time checks, so its laws could not be checked: {failure}\n(deploy \
+                         with --force to accept it anyway)"
+                    )));
+                }
+                warnings.push(format!("a call failed during the checks: {failure}"));
+            }
+            if !report.failures.is_empty() {
                 if !force {
                     return Err(Error::invalid(format!(
                         "{r} breaks the laws a resolver must obey, so replicas could disagree:\n  {}\n(deploy with --force to accept it anyway)",
                         report.failures.join("\n  ")
                     )));
                 }
-                warnings = report.failures;
+                warnings.extend(report.failures);
             }
         }
         let info = self.registry.commit(info, &prepared.component, loaded)?;
@@ -489,7 +498,7 @@ impl Plugins {
         if !loaded.offloaded()
             && let Ok(slot) = Arc::clone(&self.runtime.slots).try_acquire_owned()
         {
-            let result = loaded.resolve(slot, bucket, key, siblings, max_bytes);
+            let result = loaded.resolve(slot, bucket, key, siblings, max_bytes, Bound::Request);
             let slow = match &result {
                 Ok((_, took)) => loaded.note_inline(*took, INLINE_BUDGET),
                 Err(_) => true,
@@ -502,7 +511,9 @@ impl Plugins {
         let slot = self.slot(&loaded.label).await?;
         let label = Arc::clone(&loaded.label);
         let (bucket, key, siblings) = (bucket.to_owned(), key.to_vec(), siblings.to_vec());
-        let task = tokio::task::spawn_blocking(move || loaded.resolve(slot, &bucket, &key, &siblings, max_bytes));
+        let task = tokio::task::spawn_blocking(move || {
+            loaded.resolve(slot, &bucket, &key, &siblings, max_bytes, Bound::Request)
+        });
         match task.await {
             Ok(r) => r.map(|(r, _)| r),
             Err(e) => Err(PluginFailure { plugin: label, reason: FailureReason::Unusable, message: e.to_string() }),

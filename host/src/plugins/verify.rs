@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 
 use tokio::sync::Semaphore;
 
+use super::engine::Bound;
 use super::loaded::Loaded;
 use super::{PluginFailure, Resolution};
 use crate::causal::{Content, Dot, Sibling};
@@ -40,14 +41,18 @@ pub struct Report {
     pub cases: usize,
     /// Individual checks run.
     pub checks: usize,
-    /// Broken laws (or failed calls), each described for people.
+    /// Broken laws, each described for people.
     pub failures: Vec<String>,
+    /// The call that failed (and ended the checks), if one did: the
+    /// resolver trapped, ran out of fuel or memory, or answered something
+    /// malformed or oversized. No law could be judged on it.
+    pub call_failure: Option<String>,
 }
 
 impl Report {
-    /// True when no law was broken.
+    /// True when every call succeeded and no law was broken.
     pub fn passed(&self) -> bool {
-        self.failures.is_empty()
+        self.failures.is_empty() && self.call_failure.is_none()
     }
 }
 
@@ -75,12 +80,15 @@ pub fn verify_loaded(loaded: &Loaded, slots: &Arc<Semaphore>, samples: &[Vec<u8>
         };
         // No bucket could store a larger value.
         let max_bytes = crate::buckets::MAX_OBJECT_BYTES_LIMIT as usize;
-        loaded.resolve(slot, "verify", b"verify", siblings, max_bytes).map(|(r, _)| r)
+        loaded.resolve(slot, "verify", b"verify", siblings, max_bytes, Bound::Check).map(|(r, _)| r)
     };
     verify(&mut call, samples, cases, seed)
 }
 
 /// Verifies any resolve function (the laws do not care how it is called).
+/// A call that fails (trap, fuel, memory, malformed or oversized answer)
+/// ends the verification: it is reported as what it is, in
+/// [`Report::call_failure`], never as a broken law.
 pub fn verify(resolve: &mut ResolveFn<'_>, samples: &[Vec<u8>], cases: usize, seed: u64) -> Report {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut report = Report::default();
@@ -90,68 +98,78 @@ pub fn verify(resolve: &mut ResolveFn<'_>, samples: &[Vec<u8>], cases: usize, se
         }
         report.cases += 1;
         let siblings = generate(&mut rng, samples);
-        let check = |report: &mut Report, law: &str, detail: Option<String>| {
+        let mut failed: Option<String> = None;
+        let mut call = |input: &[Sibling]| match resolve(input) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                failed.get_or_insert_with(|| format!("case {case}: {e} on {}", show(input)));
+                None
+            }
+        };
+        let mut checks: Vec<(&'static str, Option<String>)> = Vec::new();
+        if let Some(first) = call(&siblings) {
+            // Deterministic.
+            let again = call(&siblings);
+            checks.push(("deterministic", differs(&first, again, &siblings)));
+            // Order-insensitive.
+            let mut reversed = siblings.clone();
+            reversed.reverse();
+            checks.push(("order-insensitive (reversed)", differs(&first, call(&reversed), &reversed)));
+            let mut shuffled = siblings.clone();
+            shuffled.shuffle(&mut rng);
+            checks.push(("order-insensitive (shuffled)", differs(&first, call(&shuffled), &shuffled)));
+            // Idempotent.
+            if let Resolution::Resolved(v) = &first {
+                let twice = [
+                    sibling(v.clone(), false, Dot { actor: 1, counter: 1 }, 10),
+                    sibling(v.clone(), false, Dot { actor: 2, counter: 1 }, 10),
+                ];
+                checks.push(("idempotent", differs(&first, call(&twice), &twice)));
+            }
+            // Associative: resolve a prefix first.
+            if first != Resolution::KeepSiblings && siblings.len() >= 3 {
+                let split = rng.random_range(2..siblings.len());
+                let (head, tail) = siblings.split_at(split);
+                match call(head) {
+                    None | Some(Resolution::KeepSiblings) => {}
+                    Some(partial) => {
+                        let latest = head.iter().max_by_key(|s| (s.written_at_ms, s.dot)).expect("head is not empty");
+                        let (dot, at) = (latest.dot, latest.written_at_ms);
+                        let stand_in = match partial {
+                            Resolution::Resolved(v) => sibling(v, false, dot, at),
+                            _ => sibling(Vec::new(), true, dot, at),
+                        };
+                        let mut staged = vec![stand_in];
+                        staged.extend_from_slice(tail);
+                        checks.push(("associative", differs(&first, call(&staged), &siblings)));
+                    }
+                }
+            }
+        }
+        if let Some(f) = failed {
+            report.call_failure = Some(f);
+            break;
+        }
+        for (law, detail) in checks {
             report.checks += 1;
             if let Some(d) = detail
                 && report.failures.len() < MAX_FAILURES
             {
                 report.failures.push(format!("case {case}: {law}: {d}"));
             }
-        };
-        let first = match resolve(&siblings) {
-            Ok(r) => r,
-            Err(e) => {
-                check(&mut report, "call failed", Some(format!("{} on {}", e, show(&siblings))));
-                continue;
-            }
-        };
-        // Deterministic.
-        let again = resolve(&siblings);
-        check(&mut report, "deterministic", differs(&first, again, &siblings));
-        // Order-insensitive.
-        let mut reversed = siblings.clone();
-        reversed.reverse();
-        check(&mut report, "order-insensitive (reversed)", differs(&first, resolve(&reversed), &reversed));
-        let mut shuffled = siblings.clone();
-        shuffled.shuffle(&mut rng);
-        check(&mut report, "order-insensitive (shuffled)", differs(&first, resolve(&shuffled), &shuffled));
-        // Idempotent.
-        if let Resolution::Resolved(v) = &first {
-            let twice = [
-                sibling(v.clone(), false, Dot { actor: 1, counter: 1 }, 10),
-                sibling(v.clone(), false, Dot { actor: 2, counter: 1 }, 10),
-            ];
-            check(&mut report, "idempotent", differs(&first, resolve(&twice), &twice));
-        }
-        // Associative: resolve a prefix first.
-        if first != Resolution::KeepSiblings && siblings.len() >= 3 {
-            let split = rng.random_range(2..siblings.len());
-            let (head, tail) = siblings.split_at(split);
-            match resolve(head) {
-                Ok(Resolution::KeepSiblings) => {}
-                Ok(partial) => {
-                    let latest = head.iter().max_by_key(|s| (s.written_at_ms, s.dot)).expect("head is not empty");
-                    let (dot, at) = (latest.dot, latest.written_at_ms);
-                    let stand_in = match partial {
-                        Resolution::Resolved(v) => sibling(v, false, dot, at),
-                        _ => sibling(Vec::new(), true, dot, at),
-                    };
-                    let mut staged = vec![stand_in];
-                    staged.extend_from_slice(tail);
-                    check(&mut report, "associative", differs(&first, resolve(&staged), &siblings));
-                }
-                Err(e) => check(&mut report, "call failed", Some(format!("{e} on {}", show(head)))),
-            }
         }
     }
     report
 }
 
-fn differs(expected: &Resolution, got: Result<Resolution, PluginFailure>, input: &[Sibling]) -> Option<String> {
+/// A broken law, described; `None` when `got` is what was expected (or the
+/// call failed, which [`verify`] reports on its own).
+fn differs(expected: &Resolution, got: Option<Resolution>, input: &[Sibling]) -> Option<String> {
     match got {
-        Ok(r) if &r == expected => None,
-        Ok(r) => Some(format!("expected {} but got {} for {}", show_res(expected), show_res(&r), show(input))),
-        Err(e) => Some(format!("call failed: {e} for {}", show(input))),
+        Some(r) if &r != expected => {
+            Some(format!("expected {} but got {} for {}", show_res(expected), show_res(&r), show(input)))
+        }
+        _ => None,
     }
 }
 

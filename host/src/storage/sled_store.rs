@@ -38,7 +38,7 @@ impl SledStore {
         // process (a node restarted in place) can find it still held for a
         // moment. Another process holding it is caught earlier, by the data
         // directory's own lock.
-        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
