@@ -347,6 +347,7 @@ impl pb::internal_server::Internal for InternalService {
         self.check_ready()?;
         let req = request.into_inner();
         let (p, _) = self.check_tree(req.tree.as_ref(), req.ring_epoch).map_err(admin_status)?;
+        let transfer = req.transfer;
         let limit = crate::antientropy::exchange::OBJECTS_PER_CALL * 2;
         if req.objects.len() > limit || req.want.len() > limit {
             return Err(Status::invalid_argument(format!("at most {limit} objects sent or wanted per call")));
@@ -377,8 +378,16 @@ impl pb::internal_server::Internal for InternalService {
             })
             .await?
             .map_err(admin_status)?;
-        // What was merged is acknowledged as durable as this node promises.
-        self.objects.sync().await.map_err(admin_status)?;
+        if transfer {
+            // A former owner drops its copy once every new replica has
+            // acknowledged a transfer, so what was merged must be on disk
+            // whatever the durability mode: a crash here must not lose it.
+            self.in_background(|inner| inner.objects.engine().flush()).await?.map_err(|e| admin_status(e.into()))?;
+        } else {
+            // What was merged is acknowledged as durable as this node
+            // promises (a lost repair is simply made again next round).
+            self.objects.sync().await.map_err(admin_status)?;
+        }
         Ok(Response::new(pb::ExchangeObjectsResponse { objects }))
     }
 
