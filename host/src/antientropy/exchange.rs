@@ -31,7 +31,7 @@ use crate::{Error, Result};
 /// Deadline of one exchange call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Segments listed per `SegmentKeys` call.
-pub const SEGMENTS_PER_CALL: usize = 32;
+pub const SEGMENTS_PER_CALL: usize = 128;
 /// Objects sent or asked for per `ExchangeObjects` call.
 pub const OBJECTS_PER_CALL: usize = 256;
 /// Object bytes sent per `ExchangeObjects` call (a larger object goes

@@ -88,7 +88,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                             "status": n.status, "phi": n.phi, "partitions": n.partitions,
                             "ring_epoch": n.ring_epoch, "buckets_version": n.buckets_version,
                             "plugins_version": n.plugins_version, "self": n.is_self,
-                            "hints": n.hints,
+                            "hints": n.hints, "transferring": n.transferring,
                         })
                     })
                     .collect();
@@ -102,11 +102,31 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|h| json!({"target": h.target, "count": h.count, "bytes": h.bytes, "oldest_age_ms": h.oldest_age_ms, "last_error": h.last_error}))
                     .collect();
+                let transfers: Vec<_> = s
+                    .transfers
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "partition": t.partition, "n": t.n, "targets": t.targets, "done": t.done,
+                            "segments_done": t.segments_done, "segments_total": t.segments_total,
+                            "keys_sent": t.keys_sent, "bytes_sent": t.bytes_sent, "last_error": t.last_error,
+                        })
+                    })
+                    .collect();
+                let anti_entropy = s.anti_entropy.as_ref().map(|a| {
+                    json!({
+                        "trees": a.trees, "never_exchanged": a.never_exchanged,
+                        "oldest_full_exchange_ms": a.oldest_full_exchange_ms, "tombstones": a.tombstones,
+                        "exchanges": a.exchanges, "keys_repaired": a.keys_repaired, "bytes": a.bytes,
+                        "reaped": a.reaped, "verify_done": a.verify_done, "verify_total": a.verify_total,
+                    })
+                });
                 println!(
                     "{}",
                     json!({
                         "nodes": nodes, "partitions": s.partitions, "ring_epoch": s.ring_epoch,
                         "ready": s.ready, "tripped_plugins": tripped, "hints": hints,
+                        "transfers": transfers, "anti_entropy": anti_entropy,
                     })
                 );
                 return Ok(());

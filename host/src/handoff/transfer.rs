@@ -72,9 +72,22 @@ impl Transfers {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The transfers under way, by `(partition, n)`.
+    /// The transfers under way, by `(partition, n)`: every tree this node
+    /// holds but no longer replicates, whether or not a pass has started
+    /// on it yet.
     pub fn status(&self) -> Vec<((u32, u8), TransferState)> {
-        self.state().iter().map(|(k, v)| (*k, v.clone())).collect()
+        let ring = self.cluster.ring();
+        let state = self.state();
+        self.outgoing()
+            .into_iter()
+            .map(|(p, n)| {
+                let mut s = state.get(&(p, n)).cloned().unwrap_or_default();
+                if s.targets.is_empty() {
+                    s.targets = ring.preference_list(p, n as usize);
+                }
+                ((p, n), s)
+            })
+            .collect()
     }
 
     /// Runs the worker until `stopped`.
@@ -189,8 +202,10 @@ impl Transfers {
                 s.segments = (done, total);
             }
         };
+        let started = std::time::Instant::now();
         let outcome =
             peer.sync(p, n, &theirs, Direction::Push, &mut progress).await.map_err(|e| format!("{target}: {e}"))?;
+        tracing::debug!(partition = p, n, %target, segments = outcome.segments, sent = outcome.sent, bytes = outcome.bytes, ms = started.elapsed().as_millis() as u64, "pushed a tree");
         metrics::counter!("concord_transfer_bytes_total").increment(outcome.bytes);
         if let Some(s) = self.state().get_mut(&(p, n)) {
             s.keys_sent += outcome.sent;

@@ -699,13 +699,32 @@ impl ObjectStore {
     /// Removes every key of tree `n` of a partition (after its data was
     /// handed to the partition's new owners). Returns how many went.
     pub fn drop_tree(&self, partition: u32, n: u8) -> Result<u64> {
+        let space = Space::Partition(partition);
         let mut removed = 0;
-        for segment in 0..SEGMENTS as u16 {
-            let _guard = self.lock(partition, segment);
-            for (key, bytes) in self.segment_objects(partition, n, segment)? {
-                let tombstone = decode_object(&bytes).is_ok_and(|o| tombstone_only(&o));
-                self.write(partition, segment, &key, Some(&Held { bytes, tombstone }), None)?;
-                removed += 1;
+        let mut after: Option<Vec<u8>> = None;
+        // One pass over the partition's objects, in segment order.
+        loop {
+            let page = self.engine.scan(space, after.as_deref(), 512)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            let mut done = false;
+            for (k, _) in page {
+                let Some((segment, store_key)) = layout::split_object(&k) else {
+                    done = true;
+                    break;
+                };
+                let Some(key) = StoreKey::from_bytes(store_key.to_vec()) else { continue };
+                if self.replicas_of(key.bucket()) != n {
+                    continue;
+                }
+                let _guard = self.lock(partition, segment);
+                if let Some(held) = self.load_held(partition, segment, &key)? {
+                    self.write(partition, segment, &key, Some(&held), None)?;
+                    removed += 1;
+                }
+            }
+            if done {
+                break;
             }
         }
         Ok(removed)

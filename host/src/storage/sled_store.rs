@@ -9,6 +9,11 @@ use super::{BatchOp, Entries, Space, StorageError, Store};
 /// A [`Store`] on sled.
 pub struct SledStore {
     db: sled::Db,
+    /// One flush at a time. sled 0.34 was seen to deadlock (its log
+    /// writers, the segment accountant and a flush waiting on each other)
+    /// when the periodic flusher and other threads flushed at once under a
+    /// heavy write load; flushes that overlap gain nothing anyway.
+    flushing: std::sync::Mutex<()>,
     /// Open trees by space. Opening a tree takes sled's internal lock and a
     /// lookup, so each is opened once; the read lock is held only for a map
     /// lookup and never across an await.
@@ -50,7 +55,7 @@ impl SledStore {
                 Err(e) => return Err(io(e)),
             }
         };
-        Ok(Self { db, trees: RwLock::new(HashMap::new()) })
+        Ok(Self { db, flushing: std::sync::Mutex::new(()), trees: RwLock::new(HashMap::new()) })
     }
 
     fn tree(&self, space: Space) -> Result<sled::Tree, StorageError> {
@@ -107,6 +112,7 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
+        let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         self.db.flush().map_err(io)?;
         Ok(())
     }
