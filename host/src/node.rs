@@ -107,6 +107,7 @@ impl Node {
             node_id.clone(),
             replicas_of,
             ring.partitions(),
+            dir.clean_start(),
         )?);
         let hints = Arc::new(HintStore::open(Arc::clone(&engine), durability)?);
         if ring.partitions() != config.partitions && ring.members().len() > 1 {
@@ -344,7 +345,11 @@ impl Node {
         self.background.stop().await;
         // If a background task still holds the store it could write after
         // the final flush; then the run does not count as clean.
-        let sole = Arc::try_unwrap(self.objects).map(drop).is_ok();
+        let saved = self.objects.save_trees();
+        if let Err(e) = &saved {
+            tracing::warn!(error = %e, "saving the hash trees failed; they are rebuilt at the next start");
+        }
+        let sole = Arc::try_unwrap(self.objects).map(drop).is_ok() && saved.is_ok();
         let flushed = self.engine.flush();
         drop(self.engine);
         // Only a run that ended with everything flushed keeps its actor id.

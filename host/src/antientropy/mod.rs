@@ -143,8 +143,10 @@ pub struct Totals {
 /// Where anti-entropy stands on this node, for `concord cluster status`.
 #[derive(Clone, Debug)]
 pub struct Status {
-    /// Trees this node is a replica of.
+    /// Trees this node is a replica of (with trusted trees).
     pub trees: usize,
+    /// Partitions whose trees are being rebuilt after an unclean stop.
+    pub rebuilding: usize,
     /// Of those, trees not yet exchanged with every other replica.
     pub never_exchanged: usize,
     /// Age of the oldest full exchange among the others.
@@ -234,6 +236,10 @@ impl AntiEntropy {
         ns.extend(self.objects.trees().into_iter().map(|(_, n)| n));
         let mut out = Vec::new();
         for p in 0..ring.partitions() {
+            // Trees being rebuilt after an unclean stop say nothing yet.
+            if !self.objects.trusted(p) {
+                continue;
+            }
             for &n in &ns {
                 let replicas = ring.preference_list(p, n as usize);
                 if replicas.iter().any(|r| r == me) {
@@ -388,6 +394,7 @@ impl AntiEntropy {
         let oldest = state.last_full.values().map(|at| now.duration_since(*at)).max();
         let total = u64::from(self.cluster.ring().partitions()) * tree::SEGMENTS as u64;
         Status {
+            rebuilding: self.objects.untrusted(),
             trees,
             never_exchanged,
             oldest_full_exchange: oldest,

@@ -198,6 +198,7 @@ impl pb::admin_server::Admin for AdminService {
             reaped: ae.totals.reaped,
             verify_done: ae.verifying.map_or(0, |v| v.0),
             verify_total: ae.verifying.map_or(0, |v| v.1),
+            rebuilding: ae.rebuilding as u32,
         });
         Ok(Response::new(status))
     }

@@ -294,6 +294,12 @@ impl pb::internal_server::Internal for InternalService {
             .map(|t| {
                 let mut out = pb::TreeComparison { tree: t.tree, ..Default::default() };
                 match self.check_tree(out.tree.as_ref(), req.ring_epoch) {
+                    Ok((p, _)) if !self.objects.trusted(p) => {
+                        out.error = format!(
+                            "{} is rebuilding the hash trees of partition {p} after an unclean stop",
+                            self.cluster.node_id()
+                        );
+                    }
                     Ok((p, n)) => {
                         let ours = self.objects.segments(p, n);
                         out.equal = ours.digest() == t.digest;

@@ -119,6 +119,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                         "oldest_full_exchange_ms": a.oldest_full_exchange_ms, "tombstones": a.tombstones,
                         "exchanges": a.exchanges, "keys_repaired": a.keys_repaired, "bytes": a.bytes,
                         "reaped": a.reaped, "verify_done": a.verify_done, "verify_total": a.verify_total,
+                        "rebuilding": a.rebuilding,
                     })
                 });
                 println!(
@@ -184,6 +185,9 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                     "anti-entropy here: {oldest}; {} exchanges repaired {} keys ({} bytes); {} tombstones, {} reaped",
                     ae.exchanges, ae.keys_repaired, ae.bytes, ae.tombstones, ae.reaped
                 );
+                if ae.rebuilding > 0 {
+                    println!("rebuilding the hash trees of {} partitions after an unclean stop", ae.rebuilding);
+                }
                 if ae.verify_total > 0 {
                     println!(
                         "checking hash trees against the data: {} of {} segments",
