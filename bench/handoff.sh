@@ -4,11 +4,12 @@
 #
 #   1. `write` at concurrency 64 with all three nodes up, then with node n2
 #      stopped (the load goes to n0 and n1, which keep hints for n2);
-#   2. workload `a` at concurrency 16 with nothing else going on (idle p99);
+#   2. workload `a` at concurrency 16 right after n2 restarts, with no hints
+#      to deliver (the p99 to compare the run in 4 with);
 #   3. 10,000 keys written while n2 is down, then n2 started: the time until
 #      every hint is delivered, and the delivery rate;
 #   4. 100,000 keys written while n2 is down, then n2 started with workload
-#      `a` at concurrency 16 running while the hints drain (p99 next to 2).
+#      `a` at concurrency 16 running while the hints drain (p99 next to 2's).
 #
 #   cargo build --release -p concord && bench/handoff.sh [seconds-per-run]
 set -euo pipefail
@@ -81,7 +82,16 @@ start 2
 wait_up "${EPS[0]}" 3
 sleep 1
 while [ "$(hints)" != 0 ]; do sleep 0.5; done
-bench --endpoint "$TWO" --workload a --keys 10000 --concurrency 16 --duration "$SECS" --bucket idle | row "a c16, idle"
+bench --endpoint "$TWO" --workload write --load true --keys 10000 --concurrency 64 --ops 1 --warmup 0 --bucket idle >/dev/null
+# The same restart without hints: cold caches and new connections on n2
+# alone, for comparison with the run while hints drain.
+stop 2
+wait_down "${EPS[0]}" n2
+wait_down "${EPS[1]}" n2
+start 2
+sleep 0.5
+bench --endpoint "$TWO" --workload a --load false --keys 10000 --concurrency 16 --duration "$SECS" --warmup 0 --bucket idle \
+  | row "a c16, right after n2 restarts, no hints"
 
 drain() {
   local keys=$1 bucket=$2 background=$3
@@ -98,8 +108,8 @@ drain() {
   start 2
   if [ "$background" = yes ]; then
     sleep 0.5
-    bench --endpoint "$TWO" --workload a --keys 10000 --concurrency 16 --duration "$SECS" --warmup 0 --bucket idle \
-      | row "a c16, while $queued hints drain" >"$WORK/during" &
+    bench --endpoint "$TWO" --workload a --load false --keys 10000 --concurrency 16 --duration "$SECS" --warmup 0 --bucket idle \
+      | row "a c16, right after n2 restarts, while $queued hints drain" >"$WORK/during" &
     local bench_pid=$!
   fi
   while [ "$(hints)" != 0 ]; do sleep 0.2; done

@@ -81,7 +81,7 @@ impl Default for AntiEntropyConfig {
         Self {
             enabled: true,
             interval_secs: 60,
-            rate_bytes_per_sec: 4 << 20,
+            rate_bytes_per_sec: 512 << 10,
             reap_tombstones: true,
             verify_interval_hours: 168,
         }
