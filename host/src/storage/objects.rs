@@ -916,7 +916,12 @@ mod tests {
         let engine = MemStore::new();
         let open = |clean: bool| {
             let e: Arc<dyn Store> = Arc::new(engine.clone());
-            let d = Arc::new(Durability::start(e.clone(), DurabilityMode::Periodic, Duration::from_millis(50), Duration::ZERO));
+            let d = Arc::new(Durability::start(
+                e.clone(),
+                DurabilityMode::Periodic,
+                Duration::from_millis(50),
+                Duration::ZERO,
+            ));
             ObjectStore::open(e, d, 1, "n1".into(), Arc::new(|_: &str| 3), 8, clean).unwrap()
         };
         let s = open(true);
