@@ -157,19 +157,20 @@ pub struct Peer<'a> {
 
 impl Peer<'_> {
     /// Brings tree `(partition, n)` in step with the peer, whose segment
-    /// hashes are `theirs`. `progress` hears how many differing segments
-    /// are done, of how many.
+    /// hashes are `theirs`. `progress` hears, after every call to the
+    /// peer, how many differing segments are done and the outcome so far
+    /// (whose `segments` is how many differ).
     pub async fn sync(
         &self,
         partition: u32,
         n: u8,
         theirs: &Segments,
         direction: Direction,
-        progress: &mut (dyn FnMut(usize, usize) + Send),
+        progress: &mut (dyn FnMut(usize, &Outcome) + Send),
     ) -> Result<Outcome> {
         let differing = self.objects.segments(partition, n).differing(theirs);
         let mut out = Outcome { segments: differing.len(), ..Outcome::default() };
-        progress(0, differing.len());
+        progress(0, &out);
         for (i, chunk) in differing.chunks(SEGMENTS_PER_CALL).enumerate() {
             let (diff, listed) = self.diff(partition, n, chunk).await?;
             out.bytes += listed;
@@ -216,8 +217,9 @@ impl Peer<'_> {
                     self.objects.merge_raw(partition, &key, &object)?;
                     out.received += 1;
                 }
+                progress(i * SEGMENTS_PER_CALL, &out);
             }
-            progress((i * SEGMENTS_PER_CALL + chunk.len()).min(differing.len()), differing.len());
+            progress((i * SEGMENTS_PER_CALL + chunk.len()).min(differing.len()), &out);
         }
         Ok(out)
     }

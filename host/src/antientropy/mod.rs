@@ -292,7 +292,8 @@ impl AntiEntropy {
                             synced.entry((p, n)).or_default().insert(peer.clone());
                         }
                         Comparison::Differs(theirs) => {
-                            match partner.sync(p, n, &theirs, Direction::Both, &mut |_, _| {}).await {
+                            match partner.sync(p, n, &theirs, Direction::Both, &mut |_, _: &exchange::Outcome| {}).await
+                            {
                                 Ok(o) => {
                                     synced.entry((p, n)).or_default().insert(peer.clone());
                                     round.add(o);

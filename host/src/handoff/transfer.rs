@@ -197,9 +197,14 @@ impl Transfers {
             ring_epoch: epoch,
             partitions,
         };
-        let mut progress = |done: usize, total: usize| {
+        // What earlier targets of this tree took, so the figures add up.
+        let (keys_before, bytes_before) =
+            self.state().get(&(p, n)).map(|s| (s.keys_sent, s.bytes_sent)).unwrap_or_default();
+        let mut progress = |done: usize, so_far: &exchange::Outcome| {
             if let Some(s) = self.state().get_mut(&(p, n)) {
-                s.segments = (done, total);
+                s.segments = (done, so_far.segments);
+                s.keys_sent = keys_before + so_far.sent;
+                s.bytes_sent = bytes_before + so_far.bytes;
             }
         };
         let started = std::time::Instant::now();
@@ -207,10 +212,6 @@ impl Transfers {
             peer.sync(p, n, &theirs, Direction::Push, &mut progress).await.map_err(|e| format!("{target}: {e}"))?;
         tracing::debug!(partition = p, n, %target, segments = outcome.segments, sent = outcome.sent, bytes = outcome.bytes, ms = started.elapsed().as_millis() as u64, "pushed a tree");
         metrics::counter!("concord_transfer_bytes_total").increment(outcome.bytes);
-        if let Some(s) = self.state().get_mut(&(p, n)) {
-            s.keys_sent += outcome.sent;
-            s.bytes_sent += outcome.bytes;
-        }
         Ok(())
     }
 
