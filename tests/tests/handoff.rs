@@ -230,7 +230,7 @@ async fn a_read_repairs_every_replica_including_late_and_empty_ones() {
         let node = cluster.node(i);
         let p = node.cluster().ring().partition_of("rr", b"empty");
         let mut o = Object::new();
-        o.update(7, &VersionVector::new(), Content::Value(b"e".to_vec()), 1, "n0");
+        o.update(7, &VersionVector::new(), Content::Value(b"e".to_vec()), 1, "n0").unwrap();
         node.objects().merge(p, "rr", b"empty", &o).unwrap();
     }
     // n2 answers n0 last.

@@ -17,6 +17,13 @@ use super::VersionVector;
 /// Format version of the token; the first byte of every token.
 const TOKEN_V1: u8 = 1;
 
+/// The most actors a context token may name. An object's vector holds one
+/// entry per replica incarnation that ever coordinated a write of the key:
+/// a handful, a few dozen after years of node replacements. A token naming
+/// more was not issued by Concord; refusing it before decoding bounds the
+/// work and memory a request can cost.
+pub const MAX_CONTEXT_ACTORS: usize = 1024;
+
 /// Why a context token was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ContextError {
@@ -26,6 +33,9 @@ pub enum ContextError {
     /// The token was written by a newer or unknown format.
     #[error("context token has unsupported format version {0}")]
     UnsupportedVersion(u8),
+    /// The token names more actors than [`MAX_CONTEXT_ACTORS`].
+    #[error("context token names {0} actors, more than the {MAX_CONTEXT_ACTORS} Concord issues at most")]
+    TooManyActors(u64),
     /// The token was issued for another bucket or key.
     #[error("context token belongs to a different bucket or key")]
     WrongKey,
@@ -60,6 +70,12 @@ pub fn decode_context(token: &[u8], bucket: &str, key: &[u8]) -> Result<VersionV
     }
     let (fp, body) = rest.split_at_checked(8).ok_or(ContextError::Malformed("too short"))?;
     let fp = u64::from_le_bytes(fp.try_into().expect("split at 8"));
+    // The entry count leads the body (a varint); check it before decoding.
+    let (count, _): (u64, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|_| ContextError::Malformed("bad entries"))?;
+    if count > MAX_CONTEXT_ACTORS as u64 {
+        return Err(ContextError::TooManyActors(count));
+    }
     let (entries, tail): (Vec<(u64, u64)>, &[u8]) =
         postcard::take_from_bytes(body).map_err(|_| ContextError::Malformed("bad entries"))?;
     if !tail.is_empty() {

@@ -31,7 +31,7 @@
 
 mod context;
 
-pub use context::{ContextError, decode_context, encode_context, key_fingerprint};
+pub use context::{ContextError, MAX_CONTEXT_ACTORS, decode_context, encode_context, key_fingerprint};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,11 +66,11 @@ impl VersionVector {
     /// Builds a vector from `(actor, counter)` pairs in any order; for an
     /// actor listed twice the higher counter wins.
     pub fn from_entries(entries: impl IntoIterator<Item = (Actor, u64)>) -> Self {
-        let mut vv = Self::new();
-        for (actor, counter) in entries {
-            vv.observe(actor, counter);
-        }
-        vv
+        let mut entries: Vec<(Actor, u64)> = entries.into_iter().filter(|&(_, c)| c > 0).collect();
+        // Highest counter first within an actor, so dedup keeps it.
+        entries.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)));
+        entries.dedup_by_key(|e| e.0);
+        Self { entries }
     }
 
     /// The highest counter seen for `actor` (0 if none).
@@ -97,11 +97,36 @@ impl VersionVector {
         }
     }
 
-    /// Pointwise maximum with `other`.
+    /// Pointwise maximum with `other`, in one pass over both sorted
+    /// vectors.
     pub fn merge(&mut self, other: &VersionVector) {
-        for &(actor, counter) in &other.entries {
-            self.observe(actor, counter);
+        if other.entries.is_empty() || self.entries == other.entries {
+            return;
         }
+        let (a, b) = (&self.entries, &other.entries);
+        let mut merged = Vec::with_capacity(a.len().max(b.len()));
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            let ((x, cx), (y, cy)) = (a[i], b[j]);
+            match x.cmp(&y) {
+                std::cmp::Ordering::Less => {
+                    merged.push((x, cx));
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    merged.push((y, cy));
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    merged.push((x, cx.max(cy)));
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        merged.extend_from_slice(&a[i..]);
+        merged.extend_from_slice(&b[j..]);
+        self.entries = merged;
     }
 
     /// Whether this vector has seen everything `other` has.
@@ -119,6 +144,15 @@ impl VersionVector {
         &self.entries
     }
 }
+
+/// An actor's write counter reached `u64::MAX`: no further dot can be made.
+/// Real writes never get there (one per nanosecond would take 584 years);
+/// a context or replica object claiming it is forged or corrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the version vector's counter for this replica is exhausted; the context or object claiming it is forged or corrupt"
+)]
+pub struct CounterOverflow;
 
 /// What a sibling holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -208,7 +242,9 @@ impl Object {
     }
 
     /// Applies a write accepted by `actor`: the new sibling supersedes
-    /// exactly the siblings `context` covers. Returns the new dot.
+    /// exactly the siblings `context` covers. Returns the new dot, or
+    /// [`CounterOverflow`] (and changes nothing) when `actor`'s counter
+    /// has no next value, which only a forged vector can bring about.
     pub fn update(
         &mut self,
         actor: Actor,
@@ -216,8 +252,8 @@ impl Object {
         content: Content,
         written_at_ms: u64,
         writer: &str,
-    ) -> Dot {
-        let counter = self.vv.get(actor).max(context.get(actor)) + 1;
+    ) -> Result<Dot, CounterOverflow> {
+        let counter = self.vv.get(actor).max(context.get(actor)).checked_add(1).ok_or(CounterOverflow)?;
         let dot = Dot { actor, counter };
         self.siblings.retain(|s| !context.covers(s.dot));
         self.vv.merge(context);
@@ -227,7 +263,7 @@ impl Object {
         // sibling of that actor; insert it in place to keep the order.
         let at = self.siblings.partition_point(|s| s.dot < dot);
         self.siblings.insert(at, sibling);
-        dot
+        Ok(dot)
     }
 
     /// Merges another replica's copy into this one. See the module docs.

@@ -53,7 +53,7 @@ fn play(ops: &[Op]) -> Played {
                     }
                 }
                 let content = if tombstone { Content::Tombstone } else { Content::Value(n.to_le_bytes().to_vec()) };
-                let dot = replicas[at].update(actor(at), &ctx, content, n as u64, "n");
+                let dot = replicas[at].update(actor(at), &ctx, content, n as u64, "n").unwrap();
                 written.push(dot);
             }
             Op::Sync { from, to } => {
@@ -99,7 +99,7 @@ proptest! {
         let p = play(&ops);
         let mut obj = converge(&p.replicas);
         let ctx = obj.context().clone();
-        obj.update(actor(at), &ctx, Content::Value(b"final".to_vec()), 0, "n");
+        obj.update(actor(at), &ctx, Content::Value(b"final".to_vec()), 0, "n").unwrap();
         prop_assert_eq!(obj.siblings().len(), 1);
         prop_assert_eq!(obj.siblings()[0].content.value(), Some(&b"final"[..]));
     }
@@ -115,7 +115,7 @@ proptest! {
         // Every writer read `base`, then wrote through some replica holding it.
         let mut copies = vec![base.clone(); REPLICAS];
         for (i, &at) in writers.iter().enumerate() {
-            copies[at].update(actor(at), &stale, Content::Value(vec![i as u8]), 0, "n");
+            copies[at].update(actor(at), &stale, Content::Value(vec![i as u8]), 0, "n").unwrap();
         }
         let merged = converge(&copies);
         prop_assert_eq!(merged.siblings().len(), writers.len());
@@ -166,6 +166,23 @@ proptest! {
     }
 
     #[test]
+    fn vector_merge_is_the_pointwise_maximum(
+        a in proptest::collection::vec((0u64..50, 1u64..100), 0..30),
+        b in proptest::collection::vec((0u64..50, 1u64..100), 0..30),
+    ) {
+        let (va, vb) = (VersionVector::from_entries(a.clone()), VersionVector::from_entries(b.clone()));
+        let mut merged = va.clone();
+        merged.merge(&vb);
+        // The definition, one entry at a time.
+        let mut expected = va.clone();
+        for &(actor, counter) in vb.entries() {
+            expected.observe(actor, counter);
+        }
+        prop_assert_eq!(&merged, &expected);
+        prop_assert!(merged.entries().windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
     fn context_decoder_never_panics(token in proptest::collection::vec(any::<u8>(), 0..64)) {
         let _ = decode_context(&token, "b", b"k");
     }
@@ -192,13 +209,13 @@ fn garbage_contexts_are_refused_with_a_reason() {
 #[test]
 fn delete_then_write_with_context_replaces_the_tombstone() {
     let mut o = Object::new();
-    o.update(1, &VersionVector::new(), Content::Value(b"v".to_vec()), 1, "n");
+    o.update(1, &VersionVector::new(), Content::Value(b"v".to_vec()), 1, "n").unwrap();
     let ctx = o.context().clone();
-    o.update(1, &ctx, Content::Tombstone, 2, "n");
+    o.update(1, &ctx, Content::Tombstone, 2, "n").unwrap();
     assert!(!o.is_found());
     assert_eq!(o.siblings().len(), 1);
     let ctx = o.context().clone();
-    o.update(1, &ctx, Content::Value(b"w".to_vec()), 3, "n");
+    o.update(1, &ctx, Content::Value(b"w".to_vec()), 3, "n").unwrap();
     assert!(o.is_found());
     assert_eq!(o.siblings().len(), 1);
 }
@@ -209,6 +226,43 @@ fn update_counter_never_goes_backwards_behind_the_context() {
     // (the local copy missed writes); the new dot must still be fresh.
     let mut o = Object::new();
     let ctx = VersionVector::from_entries([(1, 5)]);
-    let dot = o.update(1, &ctx, Content::Value(vec![]), 0, "n");
+    let dot = o.update(1, &ctx, Content::Value(vec![]), 0, "n").unwrap();
     assert_eq!(dot, Dot { actor: 1, counter: 6 });
+}
+
+#[test]
+fn an_exhausted_counter_is_an_error_not_a_wrap() {
+    // A vector that claims u64::MAX writes of actor 1 (only a forged
+    // context can bring that about) leaves actor 1 no next dot.
+    let mut o = Object::new();
+    o.update(2, &VersionVector::new(), Content::Value(b"v".to_vec()), 0, "n").unwrap();
+    let forged = VersionVector::from_entries([(1, u64::MAX)]);
+    let before = o.clone();
+    assert_eq!(o.update(1, &forged, Content::Value(b"w".to_vec()), 0, "n"), Err(CounterOverflow));
+    assert_eq!(o, before, "nothing changed");
+    assert!(o.is_well_formed());
+}
+
+#[test]
+fn a_context_naming_too_many_actors_is_refused_before_decoding() {
+    let huge = VersionVector::from_entries((1..=200_000u64).map(|a| (a, 1)));
+    let token = encode_context(&huge, "b", b"k");
+    assert_eq!(decode_context(&token, "b", b"k"), Err(ContextError::TooManyActors(200_000)));
+    let most = VersionVector::from_entries((1..=MAX_CONTEXT_ACTORS as u64).map(|a| (a, 1)));
+    let token = encode_context(&most, "b", b"k");
+    assert_eq!(decode_context(&token, "b", b"k"), Ok(most));
+}
+
+#[test]
+fn merging_large_vectors_is_exact() {
+    // Interleaved actors: merging by inserting one entry at a time shifted
+    // the vector on every insert (quadratic). One pass is linear; this
+    // checks its result at a size the quadratic merge could not finish.
+    let a = VersionVector::from_entries((0..200_000u64).map(|i| (i * 2, 1)));
+    let b = VersionVector::from_entries((0..200_000u64).map(|i| (i * 2 + 1, 2)));
+    let mut m = a.clone();
+    m.merge(&b);
+    assert_eq!(m.entries().len(), 400_000);
+    assert!(m.entries().windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(m.descends(&a) && m.descends(&b));
 }

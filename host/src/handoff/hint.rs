@@ -181,7 +181,7 @@ mod tests {
     fn object(writes: &[(u64, u8)]) -> Object {
         let mut o = Object::new();
         for &(actor, v) in writes {
-            o.update(actor, &VersionVector::new(), Content::Value(vec![v]), 5, "n1");
+            o.update(actor, &VersionVector::new(), Content::Value(vec![v]), 5, "n1").unwrap();
         }
         o
     }

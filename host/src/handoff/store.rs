@@ -269,7 +269,7 @@ mod tests {
 
     fn write(actor: u64, v: u8) -> Object {
         let mut o = Object::new();
-        o.update(actor, &VersionVector::new(), Content::Value(vec![v]), 1, "n1");
+        o.update(actor, &VersionVector::new(), Content::Value(vec![v]), 1, "n1").unwrap();
         o
     }
 

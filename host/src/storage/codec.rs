@@ -55,7 +55,7 @@ mod tests {
             for (actor, value, with_ctx) in writes {
                 let ctx = if with_ctx { o.context().clone() } else { VersionVector::new() };
                 let content = value.map_or(Content::Tombstone, Content::Value);
-                o.update(actor, &ctx, content, 7, "node-a");
+                o.update(actor, &ctx, content, 7, "node-a").unwrap();
             }
             o
         })

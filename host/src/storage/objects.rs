@@ -1,6 +1,6 @@
 //! Objects on a replica: atomic per-key read-modify-write over a [`Store`],
-//! with each partition's hash trees and tombstone index kept in the same
-//! atomic batches as the objects.
+//! keeping each partition's hash trees (in memory) and tombstone index in
+//! step with the objects.
 //!
 //! A partition's space holds (layout 2):
 //!
@@ -499,7 +499,7 @@ impl ObjectStore {
             ));
         }
         let mut next = current.clone();
-        next.update(actor, context, content, now_ms, &self.node_id);
+        next.update(actor, context, content, now_ms, &self.node_id).map_err(|e| Error::invalid(e.to_string()))?;
         if next.siblings().len() > max_siblings {
             return Err(Error::SiblingLimit {
                 limit: max_siblings,
@@ -537,7 +537,8 @@ impl ObjectStore {
             return Ok(None);
         }
         let mut next = current;
-        next.update(self.actor(), read.context(), content, now_ms, &self.node_id);
+        next.update(self.actor(), read.context(), content, now_ms, &self.node_id)
+            .map_err(|e| Error::invalid(e.to_string()))?;
         let held = Held { bytes: encode_object(&next), tombstone: tombstone_only(&next) };
         self.write(partition, segment, &skey, old.as_ref(), Some(&held))?;
         Ok(Some(next))
@@ -859,7 +860,7 @@ mod tests {
             }
             if i % 5 == 0 {
                 let mut other = Object::new();
-                other.update(99, &none, Content::Value(vec![7]), 0, "n2");
+                other.update(99, &none, Content::Value(vec![7]), 0, "n2").unwrap();
                 s.merge(1, "b", &key, &other).unwrap();
             }
         }
@@ -948,7 +949,7 @@ mod tests {
     fn objects_of_the_first_layout_are_moved_into_segment_order() {
         let engine = MemStore::new();
         let mut o = Object::new();
-        o.update(5, &VersionVector::new(), Content::Value(b"old".to_vec()), 0, "n1");
+        o.update(5, &VersionVector::new(), Content::Value(b"old".to_vec()), 0, "n1").unwrap();
         for k in [&b"a"[..], b"b", b"c"] {
             engine.insert(Space::LegacyPartition(4), StoreKey::new("b", k).as_bytes(), &encode_object(&o)).unwrap();
         }
@@ -975,6 +976,21 @@ mod tests {
         let e = s.update(0, "b", b"k", &forged, Content::Value(vec![2]), 0, 10).unwrap_err();
         assert!(matches!(e, Error::InvalidInput(_)), "{e}");
         assert_eq!(s.read(0, "b", b"k").unwrap().unwrap().siblings().len(), 1, "nothing was written");
+    }
+
+    #[test]
+    fn a_replica_whose_counter_a_forged_context_exhausted_refuses_the_write_and_keeps_the_key() {
+        // Another replica took a forged context {42: u64::MAX}, and its
+        // object reached this replica (actor 42) by replication.
+        let s = store();
+        let mut theirs = Object::new();
+        let forged = VersionVector::from_entries([(42, u64::MAX)]);
+        theirs.update(7, &forged, Content::Value(b"v".to_vec()), 0, "n2").unwrap();
+        s.merge(0, "b", b"k", &theirs).unwrap();
+        let e = s.update(0, "b", b"k", &VersionVector::new(), Content::Value(b"w".to_vec()), 0, 10).unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        // Not a wrapped dot 0 stored and then unreadable: the key reads.
+        assert_eq!(s.read(0, "b", b"k").unwrap().unwrap(), theirs);
     }
 
     #[test]
