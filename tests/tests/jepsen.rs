@@ -171,6 +171,10 @@ impl Proc {
             .args(["serve", "--listen", &self.addr.to_string(), "--node-id", &self.name, "--seeds", &self.seeds])
             .arg("--data-dir")
             .arg(&self.dir)
+            // The test's own settings are not node settings (a node
+            // refuses `CONCORD_*` variables it does not know).
+            .env_remove("CONCORD_JEPSEN_SECS")
+            .env_remove("CONCORD_JEPSEN_SEED")
             .env("CONCORD_GOSSIP_INTERVAL_MS", "200")
             .env("CONCORD_ANTIENTROPY__INTERVAL_SECS", "5")
             .env("CONCORD_LOG", "info")
