@@ -296,7 +296,11 @@ impl Coordinator {
             self.metrics.read_quorum_failures.increment(1);
             return Err(tally.unavailable("read"));
         }
-        while let Some(a) = former_rx.recv().await {
+        // A former owner that is paused or cut off must not eat the whole
+        // deadline: a quarter of what is left stays for resolving and
+        // writing back.
+        let until = Instant::now() + deadline.saturating_duration_since(Instant::now()) * 3 / 4;
+        while let Ok(Some(a)) = tokio::time::timeout_at(until.into(), former_rx.recv()).await {
             if let Ok(copy @ Some(_)) = a.result {
                 // Merged and passed on by read repair, never repaired.
                 answers.push((a.node, String::new(), copy));

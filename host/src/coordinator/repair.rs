@@ -46,6 +46,7 @@ impl Coordinator {
         }
         let this = Arc::clone(self);
         let (bucket, key, partition, epoch) = (req.bucket.clone(), req.key.clone(), plan.partition, plan.epoch);
+        let n = plan.replicas.len();
         tokio::spawn(async move {
             // What each replica is known to hold: its answer, then what it
             // was sent.
@@ -67,7 +68,15 @@ impl Coordinator {
                     for node in stale {
                         this.metrics.read_repairs.increment(1);
                         let repaired = if node == this.node_id {
-                            this.objects.merge(partition, &bucket, &key, &merged).map(drop)
+                            // The ring may have moved the partition away
+                            // since (and its copy been handed over and
+                            // dropped): then it is not this node's to repair.
+                            let ring = this.cluster.ring();
+                            if ring.epoch() == epoch || ring.preference_list(partition, n).contains(&this.node_id) {
+                                this.objects.merge(partition, &bucket, &key, &merged).map(drop)
+                            } else {
+                                Err(crate::Error::internal("this node no longer replicates the key"))
+                            }
                         } else {
                             // Encoded once per merged state, like a write.
                             if encoded.as_ref().is_none_or(|(o, _)| *o != merged) {

@@ -55,7 +55,12 @@ pub struct Tally {
     pub fallbacks: Vec<(NodeId, NodeId)>,
     /// What went wrong with the others, one line each.
     pub failures: Vec<String>,
-    local_ok: usize,
+    /// The replica slots answered for, each once: a replica and a
+    /// fallback standing in for it are one copy's worth, not two (once the
+    /// fallback hands its hint over, one copy is what is left).
+    slots: Vec<NodeId>,
+    /// Of those, slots answered for from the client's zone.
+    local_slots: Vec<NodeId>,
     primaries_ok: usize,
     /// Calls made and not answered yet.
     waiting: usize,
@@ -72,7 +77,8 @@ impl Tally {
             ok: Vec::new(),
             fallbacks: Vec::new(),
             failures: Vec::new(),
-            local_ok: 0,
+            slots: Vec::new(),
+            local_slots: Vec::new(),
             primaries_ok: 0,
             waiting: 0,
             replicas: plan.replicas.len(),
@@ -94,8 +100,11 @@ impl Tally {
         self.waiting = self.waiting.saturating_sub(1);
         match &a.result {
             Ok(_) => {
-                if self.local.contains(&a.node) {
-                    self.local_ok += 1;
+                if !self.slots.contains(&a.replica) {
+                    self.slots.push(a.replica.clone());
+                }
+                if self.local.contains(&a.node) && !self.local_slots.contains(&a.replica) {
+                    self.local_slots.push(a.replica.clone());
                 }
                 if a.is_fallback() {
                     self.fallbacks.push((a.node.clone(), a.replica.clone()));
@@ -114,10 +123,11 @@ impl Tally {
         self.waiting
     }
 
-    /// Whether the request can be answered: enough answers (from the
-    /// client's zone for `LOCAL_QUORUM`), and enough of them from primaries.
+    /// Whether the request can be answered: answers for enough distinct
+    /// replicas (from the client's zone for `LOCAL_QUORUM`), and enough of
+    /// them from the replicas themselves.
     pub fn satisfied(&self) -> bool {
-        let counted = if self.needed.local_only { self.local_ok } else { self.ok.len() };
+        let counted = if self.needed.local_only { self.local_slots.len() } else { self.slots.len() };
         counted >= self.needed.total && self.primaries_ok >= self.needed.primaries
     }
 
@@ -141,7 +151,7 @@ impl Tally {
         } else {
             detail.push_str(&format!("; {}", self.failures.join("; ")));
         }
-        Error::Unavailable { op, needed: self.needed.total, got: self.ok.len(), total: self.replicas, detail }
+        Error::Unavailable { op, needed: self.needed.total, got: self.slots.len(), total: self.replicas, detail }
     }
 }
 
@@ -180,6 +190,11 @@ mod tests {
             // LOCAL_QUORUM counts the client's zone, fallbacks included.
             ((2, 0, true), &[ok("a", "a"), ok("b", "b")], false),
             ((2, 0, true), &[ok("a", "a"), ok("d", "c")], true),
+            // A replica and a fallback for it are one slot, not two.
+            ((2, 0, false), &[ok("b", "b"), ok("d", "b")], false),
+            ((2, 0, false), &[ok("d", "b"), ok("b", "b"), ok("c", "c")], true),
+            ((3, 0, false), &[ok("a", "a"), ok("d", "b"), ok("e", "b")], false),
+            ((2, 0, true), &[ok("d", "c"), ok("d", "c")], false),
         ];
         for ((total, primaries, local), answers, want) in cases {
             let mut t = Tally::new(&plan(*total, *primaries, *local));

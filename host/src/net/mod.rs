@@ -233,6 +233,11 @@ pub struct Net {
     /// Per peer, the queues of its batching tasks (see [`Net::replica_write_one`]).
     write_queues: Mutex<HashMap<SocketAddr, Queue<Writes>>>,
     read_queues: Mutex<HashMap<SocketAddr, Queue<Reads>>>,
+    /// The same for calls without a ring check (`ring_epoch` 0): a batch
+    /// carries one epoch for all its items, so these never share a batch
+    /// with checked items (whose epoch would then refuse them).
+    unchecked_write_queues: Mutex<HashMap<SocketAddr, Queue<Writes>>>,
+    unchecked_read_queues: Mutex<HashMap<SocketAddr, Queue<Reads>>>,
     /// For the batching tasks, which must not keep the net alive.
     me: Weak<Net>,
     /// The runtime the net was made on (the node's request runtime).
@@ -251,6 +256,8 @@ impl Net {
             channels: Mutex::new(HashMap::new()),
             write_queues: Mutex::new(HashMap::new()),
             read_queues: Mutex::new(HashMap::new()),
+            unchecked_write_queues: Mutex::new(HashMap::new()),
+            unchecked_read_queues: Mutex::new(HashMap::new()),
             me: me.clone(),
             runtime: tokio::runtime::Handle::current(),
         })
@@ -271,7 +278,8 @@ impl Net {
         ring_epoch: u64,
         deadline: Instant,
     ) -> Result<(), String> {
-        self.enqueue::<Writes>(&self.write_queues, addr, write, ring_epoch, deadline).await
+        let queues = if ring_epoch == 0 { &self.unchecked_write_queues } else { &self.write_queues };
+        self.enqueue::<Writes>(queues, addr, write, ring_epoch, deadline).await
     }
 
     /// Reads one object's copy on `addr` as part of a batch (as
@@ -286,7 +294,8 @@ impl Net {
         ring_epoch: u64,
         deadline: Instant,
     ) -> Result<bytes::Bytes, String> {
-        self.enqueue::<Reads>(&self.read_queues, addr, (key, hint_for), ring_epoch, deadline).await
+        let queues = if ring_epoch == 0 { &self.unchecked_read_queues } else { &self.read_queues };
+        self.enqueue::<Reads>(queues, addr, (key, hint_for), ring_epoch, deadline).await
     }
 
     async fn enqueue<B: Batched>(
@@ -445,8 +454,9 @@ async fn run_batcher<B: Batched>(net: Weak<Net>, addr: SocketAddr, mut rx: tokio
         tokio::spawn(async move {
             let deadline = batch.iter().map(|p| p.deadline).max().expect("a batch is never empty");
             // The oldest ring any item was planned on: a peer then refuses
-            // what that ring's replicas may no longer hold (0: unknown).
-            let ring_epoch = batch.iter().map(|p| p.ring_epoch).filter(|e| *e > 0).min().unwrap_or(0);
+            // what that ring's replicas may no longer hold (0: unchecked;
+            // such items have queues of their own).
+            let ring_epoch = batch.iter().map(|p| p.ring_epoch).min().unwrap_or(0);
             let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             let (items, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.done)).unzip();
             let sent = items.len();
