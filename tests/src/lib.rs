@@ -287,6 +287,13 @@ impl LocalCluster {
         self.nodes[i].as_ref().expect("node is running")
     }
 
+    /// Node `i`'s own copy of a key, straight from its storage.
+    pub fn local_copy(&self, i: usize, bucket: &str, key: &[u8]) -> Option<concord::causal::Object> {
+        let node = self.node(i);
+        let p = node.cluster().ring().partition_of(bucket, key);
+        node.objects().read(p, bucket, key).expect("reading a test node's storage")
+    }
+
     /// A client of node `i`.
     pub async fn client(&self, i: usize) -> Client {
         Client::connect(&self.addrs[i].to_string()).await.expect("connecting to a test node")
@@ -382,6 +389,19 @@ impl LocalCluster {
         for i in 0..self.nodes.len() {
             let _ = self.stop(i).await;
         }
+    }
+}
+
+/// Retries `check` until it passes, or panics naming `what` after `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -3,11 +3,11 @@
 //! changes on join and leave.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use concord_client::{ClientError, Consistency, Context, ReadOptions, SetBucketRequest, WriteOptions};
 use concord_proto::v1 as pb;
-use concord_tests::{LocalCluster, plugins};
+use concord_tests::{LocalCluster, eventually, plugins};
 
 fn w(n: u32) -> WriteOptions {
     WriteOptions { w: n, ..Default::default() }
@@ -15,19 +15,6 @@ fn w(n: u32) -> WriteOptions {
 
 fn r(n: u32) -> ReadOptions {
     ReadOptions { r: n, ..Default::default() }
-}
-
-/// Retries `check` until it passes or `secs` pass.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

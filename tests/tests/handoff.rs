@@ -3,36 +3,16 @@
 //! and a node that must not serve before it has met its cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use concord::causal::{Content, Object, VersionVector};
 use concord::net::Fault;
 use concord_client::{Client, ClientError, Consistency, Context, ReadOptions, SetBucketRequest, WriteOptions};
 use concord_proto::v1 as pb;
-use concord_tests::{LocalCluster, free_port, plugins};
-
-/// Retries `check` until it passes or `secs` pass.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use concord_tests::{LocalCluster, eventually, free_port, plugins};
 
 fn w(n: u32) -> WriteOptions {
     WriteOptions { w: n, ..Default::default() }
-}
-
-/// Node `i`'s own copy of a key, straight from its storage.
-fn local_copy(cluster: &LocalCluster, i: usize, bucket: &str, key: &[u8]) -> Option<Object> {
-    let node = cluster.node(i);
-    let p = node.cluster().ring().partition_of(bucket, key);
-    node.objects().read(p, bucket, key).unwrap()
 }
 
 /// Waits until no running node holds a hint.
@@ -82,7 +62,7 @@ async fn an_isolated_replica_catches_up_through_hints() {
     // Every replica holds the same objects: nothing acknowledged is missing,
     // and no deleted key is back.
     for key in acked.keys() {
-        let copies: Vec<Option<Object>> = (0..3).map(|i| local_copy(&cluster, i, "iso", key.as_bytes())).collect();
+        let copies: Vec<Option<Object>> = (0..3).map(|i| cluster.local_copy(i, "iso", key.as_bytes())).collect();
         assert!(copies.iter().all(|c| c == &copies[0]), "{key}: replicas differ: {copies:?}");
         let copy = copies[0].as_ref().expect("every replica has the key");
         assert_eq!(copy.is_found(), !deleted.contains(key), "{key}");
@@ -142,9 +122,9 @@ async fn fallbacks_stand_in_for_down_replicas_and_hand_the_writes_back() {
     cluster.wait_for_ring(4).await.unwrap();
     hints_drain(&cluster, &[0, 1, 2, 3], 30).await;
     for key in &keys {
-        assert!(local_copy(&cluster, 0, "sl", key.as_bytes()).is_none(), "the fallback keeps no copy of {key}");
+        assert!(cluster.local_copy(0, "sl", key.as_bytes()).is_none(), "the fallback keeps no copy of {key}");
         for i in 1..4 {
-            let copy = local_copy(&cluster, i, "sl", key.as_bytes()).unwrap_or_else(|| panic!("n{i} lacks {key}"));
+            let copy = cluster.local_copy(i, "sl", key.as_bytes()).unwrap_or_else(|| panic!("n{i} lacks {key}"));
             let values: Vec<&[u8]> = copy.live_siblings().filter_map(|s| s.content.value()).collect();
             assert!(values.contains(&&b"v"[..]), "n{i}: {key}: {values:?}");
         }
@@ -243,14 +223,14 @@ async fn a_read_repairs_every_replica_including_late_and_empty_ones() {
     // After the reply, n2's late answers are merged and every replica gets
     // what any of them held.
     eventually(10, "the late sibling reaches n0 and n1", || async {
-        [0, 1].iter().all(|i| local_copy(&cluster, *i, "rr", b"late").is_some_and(|o| o.siblings().len() == 2))
+        [0, 1].iter().all(|i| cluster.local_copy(*i, "rr", b"late").is_some_and(|o| o.siblings().len() == 2))
     })
     .await;
     eventually(10, "the replica that had nothing is repaired", || async {
-        local_copy(&cluster, 2, "rr", b"empty").is_some_and(|o| o.is_found())
+        cluster.local_copy(2, "rr", b"empty").is_some_and(|o| o.is_found())
     })
     .await;
-    let copies: Vec<_> = (0..3).map(|i| local_copy(&cluster, i, "rr", b"late")).collect();
+    let copies: Vec<_> = (0..3).map(|i| cluster.local_copy(i, "rr", b"late")).collect();
     assert!(copies.iter().all(|c| c == &copies[0]), "{copies:?}");
     cluster.shutdown().await;
 }
@@ -338,7 +318,7 @@ async fn hints_older_than_the_window_are_dropped() {
     cluster.heal();
     sees(&cluster, 0, 2, "up").await;
     for i in 0..10u32 {
-        assert!(local_copy(&cluster, 2, "win", format!("k{i}").as_bytes()).is_none(), "k{i} reached n2");
+        assert!(cluster.local_copy(2, "win", format!("k{i}").as_bytes()).is_none(), "k{i} reached n2");
     }
     cluster.shutdown().await;
 }

@@ -5,24 +5,11 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use concord_client::{Client, Context, ReadOptions, WriteOptions};
 use concord_proto::v1 as pb;
-use concord_tests::LocalCluster;
-
-/// Retries `check` until it passes or `secs` pass.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use concord_tests::{LocalCluster, eventually};
 
 /// Whether every running node holds only trees it replicates (every
 /// transfer is done and every old copy dropped).
