@@ -5,35 +5,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use concord::causal::Object;
 use concord::net::Fault;
 use concord_client::{Context, ReadOptions, WriteOptions};
-use concord_tests::LocalCluster;
-
-/// Retries `check` until it passes or `secs` pass.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use concord_tests::{LocalCluster, eventually};
 
 fn w(n: u32) -> WriteOptions {
     WriteOptions { w: n, ..Default::default() }
-}
-
-/// Node `i`'s own copy of a key, straight from its storage.
-fn local_copy(cluster: &LocalCluster, i: usize, bucket: &str, key: &[u8]) -> Option<Object> {
-    let node = cluster.node(i);
-    let p = node.cluster().ring().partition_of(bucket, key);
-    node.objects().read(p, bucket, key).unwrap()
 }
 
 /// Whether every node's tree of every partition (n = 3) is the same.
@@ -48,6 +27,7 @@ fn trees_agree(cluster: &LocalCluster, nodes: &[usize]) -> bool {
 /// Exchanges every second; no hints and no read repair unless asked for.
 fn aae_only(c: &mut concord::Config) {
     c.antientropy.interval_secs = 1;
+    c.antientropy.reap_after_secs = 2;
     c.handoff.enabled = false;
     c.read_repair = false;
 }
@@ -75,14 +55,13 @@ async fn anti_entropy_alone_makes_every_replica_identical() {
     for t in writers {
         t.await.unwrap();
     }
-    let missing =
-        (0..20_000u32).filter(|i| local_copy(&cluster, 1, "div", format!("k{i}").as_bytes()).is_none()).count();
+    let missing = (0..20_000u32).filter(|i| cluster.local_copy(1, "div", format!("k{i}").as_bytes()).is_none()).count();
     assert!(missing > 1000, "the lossy links dropped writes: {missing} missing on n1");
     cluster.node(0).faults().clear_all();
     eventually(120, "every replica's trees agree", || async { trees_agree(&cluster, &[0, 1, 2]) }).await;
     for i in 0..20_000u32 {
         let key = format!("k{i}");
-        let copies: Vec<Option<Object>> = (0..3).map(|n| local_copy(&cluster, n, "div", key.as_bytes())).collect();
+        let copies: Vec<Option<Object>> = (0..3).map(|n| cluster.local_copy(n, "div", key.as_bytes())).collect();
         assert!(copies[0].is_some() && copies.iter().all(|c| c == &copies[0]), "{key}: {copies:?}");
     }
     let status = cluster.node(1).antientropy().status();
@@ -121,7 +100,7 @@ async fn a_wiped_node_is_refilled_and_no_old_version_shadows_a_newer_write() {
         let key = format!("k{i}");
         let want: &[u8] = if i < 20 { b"new" } else { b"old" };
         for n in 0..3 {
-            let copy = local_copy(&cluster, n, "wipe", key.as_bytes()).unwrap_or_else(|| panic!("n{n} lacks {key}"));
+            let copy = cluster.local_copy(n, "wipe", key.as_bytes()).unwrap_or_else(|| panic!("n{n} lacks {key}"));
             let values: Vec<&[u8]> = copy.live_siblings().filter_map(|s| s.content.value()).collect();
             assert_eq!(values, vec![want], "n{n} {key}");
         }
@@ -131,7 +110,12 @@ async fn a_wiped_node_is_refilled_and_no_old_version_shadows_a_newer_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_keys_stay_deleted_and_their_tombstones_go_everywhere() {
-    let cluster = LocalCluster::start_with(3, |_, c| c.antientropy.interval_secs = 1).await.unwrap();
+    let cluster = LocalCluster::start_with(3, |_, c| {
+        c.antientropy.interval_secs = 1;
+        c.antientropy.reap_after_secs = 2;
+    })
+    .await
+    .unwrap();
     let c0 = cluster.client(0).await;
     let mut contexts = Vec::new();
     for i in 0..100u32 {
@@ -154,7 +138,7 @@ async fn deleted_keys_stay_deleted_and_their_tombstones_go_everywhere() {
     for i in 0..100u32 {
         let key = format!("k{i}");
         for n in 0..3 {
-            let copy = local_copy(&cluster, n, "del", key.as_bytes());
+            let copy = cluster.local_copy(n, "del", key.as_bytes());
             if deleted.contains(&i) {
                 assert!(copy.is_none(), "n{n} still holds {key}: {copy:?}");
             } else {
@@ -164,7 +148,7 @@ async fn deleted_keys_stay_deleted_and_their_tombstones_go_everywhere() {
         let got = c0.get_with("del", key.as_bytes(), r3).await.unwrap();
         assert_eq!(got.found, !deleted.contains(&i), "{key}");
     }
-    assert!((0..3).all(|n| local_copy(&cluster, n, "del", b"never").is_none()));
+    assert!((0..3).all(|n| cluster.local_copy(n, "del", b"never").is_none()));
     let reaped: u64 = (0..3).map(|n| cluster.node(n).antientropy().status().totals.reaped).sum();
     assert!(reaped >= 51, "the first replicas reaped the tombstones: {reaped}");
     cluster.shutdown().await;

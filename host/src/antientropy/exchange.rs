@@ -36,7 +36,7 @@ pub const SEGMENTS_PER_CALL: usize = 128;
 pub const OBJECTS_PER_CALL: usize = 256;
 /// Object bytes sent per `ExchangeObjects` call (a larger object goes
 /// alone).
-const BYTES_PER_CALL: usize = 4 << 20;
+pub const BYTES_PER_CALL: usize = 4 << 20;
 
 /// Which way objects go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +194,7 @@ impl Peer<'_> {
                 }
                 let asked: Vec<bytes::Bytes> =
                     want.drain(want.len().saturating_sub(OBJECTS_PER_CALL)..).map(Into::into).collect();
+                let asked_back = asked.clone();
                 self.throttle.take(bytes).await;
                 out.sent += objects.len() as u64;
                 let req = pb::ExchangeObjectsRequest {
@@ -208,6 +209,12 @@ impl Peer<'_> {
                     .call(self.addr, CALL_TIMEOUT, |mut c| async move { c.exchange_objects(req).await })
                     .await
                     .map_err(|e| Error::Internal(e.to_string()))?;
+                // The peer stops at its reply budget: ask again for the rest.
+                let answered = (resp.answered as usize).min(asked_back.len());
+                if answered == 0 && !asked_back.is_empty() {
+                    return Err(Error::Internal("the peer answered none of the keys asked for".into()));
+                }
+                want.extend(asked_back[answered..].iter().map(|k| k.to_vec()));
                 let received: usize = resp.objects.iter().map(|o| o.key.len() + o.object.len()).sum();
                 self.throttle.take(received).await;
                 out.bytes += (bytes + received) as u64;

@@ -70,6 +70,11 @@ pub struct AntiEntropyConfig {
     pub rate_bytes_per_sec: u64,
     /// Whether tombstones every replica holds are removed.
     pub reap_tombstones: bool,
+    /// Seconds between the first and the last confirmation that every
+    /// replica holds a tombstone before it is removed: longer than any
+    /// replica write or read repair can be in flight (the longest request
+    /// deadline, 60 s, plus read repair's 5 s).
+    pub reap_after_secs: u64,
     /// Hours between checks of every tree against the data it covers (which
     /// also catch corruption); 0 checks only after an unclean stop or a
     /// change of some bucket's `n`.
@@ -83,6 +88,7 @@ impl Default for AntiEntropyConfig {
             interval_secs: 60,
             rate_bytes_per_sec: 512 << 10,
             reap_tombstones: true,
+            reap_after_secs: 75,
             verify_interval_hours: 168,
         }
     }
@@ -114,7 +120,7 @@ struct State {
     last_full: BTreeMap<(u32, u8), Instant>,
     /// Tombstones confirmed on every replica in the last round, by tree:
     /// storage key to object hash.
-    candidates: BTreeMap<(u32, u8), BTreeMap<Vec<u8>, u64>>,
+    candidates: BTreeMap<(u32, u8), reap::Confirmed>,
     /// Replica counts of the buckets when last looked at.
     replica_counts: Vec<(String, u32)>,
     /// Where a running check of trees against data is: the next

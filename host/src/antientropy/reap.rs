@@ -3,7 +3,7 @@
 //! that is safe.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use concord_proto::v1 as pb;
 
@@ -14,6 +14,10 @@ use crate::cluster::Cluster;
 use crate::ring::NodeId;
 use crate::storage::{ObjectStore, StoreKey};
 use crate::{Error, Result};
+
+/// Tombstones of one tree every replica was confirmed to hold: storage
+/// key to the object's hash and when that was first confirmed.
+pub(super) type Confirmed = BTreeMap<Vec<u8>, (u64, Instant)>;
 
 /// Tombstones looked at per tree and round.
 const REAP_BATCH: usize = 2048;
@@ -48,18 +52,25 @@ impl AntiEntropy {
                 *h &= a;
             }
         }
-        // Confirmed now and in the round before, with the same object.
+        // Confirmed now and in an earlier round at least `reap_after_secs`
+        // ago, with the same object all along.
         let before = self.state().candidates.remove(&(partition, n)).unwrap_or_default();
-        let mut confirmed: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        let min_age = Duration::from_secs(self.config.reap_after_secs);
+        let now = Instant::now();
+        let mut confirmed = Confirmed::new();
         let mut reap = Vec::new();
         for ((key, hash), held) in tombstones.into_iter().zip(held) {
             if !held {
                 continue;
             }
-            if before.get(key.as_bytes()) == Some(&hash) {
-                reap.push((key, hash));
-            } else {
-                confirmed.insert(key.into_bytes(), hash);
+            match before.get(key.as_bytes()) {
+                Some(&(h, since)) if h == hash && now.duration_since(since) >= min_age => reap.push((key, hash)),
+                Some(&(h, since)) if h == hash => {
+                    confirmed.insert(key.into_bytes(), (hash, since));
+                }
+                _ => {
+                    confirmed.insert(key.into_bytes(), (hash, now));
+                }
             }
         }
         self.state().candidates.insert((partition, n), confirmed);
@@ -130,6 +141,12 @@ impl AntiEntropy {
         if self.hints.in_partition(partition) > 0 || self.transferring(partition) {
             return Ok(false);
         }
+        // A node that is down but not in the ring (it left, or is leaving)
+        // may still hold the partition's data or hints: what it last said
+        // counts until it is heard from again or forgotten.
+        if members.peers.values().any(|p| !p.live && (p.hints > 0 || p.transferring.contains(&partition))) {
+            return Ok(false);
+        }
         for peer in members.peers.values().filter(|p| p.live && p.node_id != me) {
             let req = pb::PartitionActivityRequest { partition };
             let activity = self
@@ -151,8 +168,13 @@ impl AntiEntropy {
 }
 
 /// Whether this node holds keys of `partition` in a tree it no longer
-/// replicates (data it is handing to the tree's new owners).
+/// replicates (data it is handing to the tree's new owners), or may hold
+/// such keys: its trees of the partition are still being rebuilt after an
+/// unclean stop.
 pub fn transferring(objects: &ObjectStore, cluster: &Cluster, partition: u32) -> bool {
+    if !objects.trusted(partition) {
+        return true;
+    }
     let ring = cluster.ring();
     let me = cluster.node_id();
     objects

@@ -369,18 +369,26 @@ impl pb::internal_server::Internal for InternalService {
         }
         let want: Vec<_> =
             req.want.into_iter().map(|k| checked(k.to_vec())).collect::<Result<_>>().map_err(admin_status)?;
-        let objects = self
-            .in_background(move |inner| -> Result<Vec<pb::StoredObject>> {
+        let (objects, answered) = self
+            .in_background(move |inner| -> Result<(Vec<pb::StoredObject>, u32)> {
                 for (key, object) in &incoming {
                     inner.objects.merge_raw(p, key, object)?;
                 }
+                // Up to a byte budget (and at least one key, whatever its
+                // size); the sender asks again for the rest.
                 let mut out = Vec::new();
+                let (mut bytes, mut answered) = (0usize, 0u32);
                 for key in want {
-                    if let Some(bytes) = inner.objects.read_raw(p, &key)? {
-                        out.push(pb::StoredObject { key: key.into_bytes().into(), object: bytes.into() });
+                    if answered > 0 && bytes >= crate::antientropy::exchange::BYTES_PER_CALL {
+                        break;
+                    }
+                    answered += 1;
+                    if let Some(object) = inner.objects.read_raw(p, &key)? {
+                        bytes += key.as_bytes().len() + object.len();
+                        out.push(pb::StoredObject { key: key.into_bytes().into(), object: object.into() });
                     }
                 }
-                Ok(out)
+                Ok((out, answered))
             })
             .await?
             .map_err(admin_status)?;
@@ -394,7 +402,7 @@ impl pb::internal_server::Internal for InternalService {
             // promises (a lost repair is simply made again next round).
             self.objects.sync().await.map_err(admin_status)?;
         }
-        Ok(Response::new(pb::ExchangeObjectsResponse { objects }))
+        Ok(Response::new(pb::ExchangeObjectsResponse { objects, answered }))
     }
 
     async fn reap_tombstones(&self, request: Request<pb::ReapRequest>) -> Result<Response<pb::ReapResponse>, Status> {

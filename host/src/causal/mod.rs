@@ -253,7 +253,23 @@ impl Object {
         written_at_ms: u64,
         writer: &str,
     ) -> Result<Dot, CounterOverflow> {
-        let counter = self.vv.get(actor).max(context.get(actor)).checked_add(1).ok_or(CounterOverflow)?;
+        self.update_above(actor, 0, context, content, written_at_ms, writer)
+    }
+
+    /// [`Object::update`] with a new dot whose counter is also above
+    /// `floor`: a replica that removed a key's object (a reaped
+    /// tombstone) forgot the counters it had used for it, and must not
+    /// use them again (a client may still hold a context that covers them).
+    pub fn update_above(
+        &mut self,
+        actor: Actor,
+        floor: u64,
+        context: &VersionVector,
+        content: Content,
+        written_at_ms: u64,
+        writer: &str,
+    ) -> Result<Dot, CounterOverflow> {
+        let counter = self.vv.get(actor).max(context.get(actor)).max(floor).checked_add(1).ok_or(CounterOverflow)?;
         let dot = Dot { actor, counter };
         self.siblings.retain(|s| !context.covers(s.dot));
         self.vv.merge(context);

@@ -254,7 +254,10 @@ async fn wait_until_left(
         let owned = me.map_or(0, |n| n.partitions);
         let hints: u64 = s.hints.iter().map(|h| h.count).sum();
         let transfers = s.transfers.len();
-        if owned == 0 && transfers == 0 && hints == 0 {
+        // After an unclean restart a node cannot tell what it holds for
+        // others until its hash trees are rebuilt.
+        let rebuilding = s.anti_entropy.as_ref().map_or(0, |a| a.rebuilding);
+        if owned == 0 && transfers == 0 && hints == 0 && rebuilding == 0 {
             if json_out {
                 println!("{}", json!({"left": who}));
             } else {
@@ -262,9 +265,12 @@ async fn wait_until_left(
             }
             return Ok(());
         }
-        let line = format!(
+        let mut line = format!(
             "{who}: {owned} partitions still owned, {transfers} partition transfers under way, {hints} hints held"
         );
+        if rebuilding > 0 {
+            line.push_str(&format!(", hash trees of {rebuilding} partitions being rebuilt"));
+        }
         if line != last && !json_out {
             eprintln!("{line}");
             last = line;

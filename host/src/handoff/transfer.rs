@@ -106,15 +106,25 @@ impl Transfers {
         })
     }
 
-    /// The trees this node holds but no longer replicates.
+    /// The trees this node holds but no longer replicates. Trees being
+    /// rebuilt after an unclean stop are left out: until they are, they
+    /// cannot say what there is to send (see [`Transfers::announce`]).
     fn outgoing(&self) -> Vec<(u32, u8)> {
         let ring = self.cluster.ring();
         let me = self.cluster.node_id();
         self.objects
             .trees()
             .into_iter()
-            .filter(|(p, n)| !ring.preference_list(*p, *n as usize).iter().any(|r| r == me))
+            .filter(|(p, n)| self.objects.trusted(*p) && !ring.preference_list(*p, *n as usize).iter().any(|r| r == me))
             .collect()
+    }
+
+    /// Whether tree `(p, n)` is still to be handed to exactly `targets`:
+    /// the ring may have changed during a long pass.
+    fn still_outgoing(&self, p: u32, n: u8, targets: &[NodeId]) -> bool {
+        let ring = self.cluster.ring();
+        let now = ring.preference_list(p, n as usize);
+        now == targets && !now.iter().any(|r| r == self.cluster.node_id())
     }
 
     /// One pass: push every outgoing tree to each of its replicas that has
@@ -155,7 +165,7 @@ impl Transfers {
                 }
             }
             let handed = self.state().get(&(p, n)).is_some_and(|s| targets.iter().all(|t| s.done.contains(t)));
-            if handed {
+            if handed && self.still_outgoing(p, n, &targets) && self.objects.trusted(p) {
                 match self.objects.drop_tree(p, n) {
                     Ok(dropped) => {
                         tracing::info!(partition = p, n, dropped, to = ?targets, "handed a partition over and dropped the local copy");
@@ -215,9 +225,14 @@ impl Transfers {
         Ok(())
     }
 
-    /// Tells the cluster which partitions this node is still handing over.
+    /// Tells the cluster which partitions this node is still handing over:
+    /// those of `outgoing`, and every partition whose trees are still being
+    /// rebuilt after an unclean stop (it may hold keys of them that their
+    /// replicas lack; announcing them makes reads ask this node and holds
+    /// tombstone reaping back until the rebuild shows what is there).
     async fn announce(&self, outgoing: &[(u32, u8)]) {
-        let partitions: BTreeSet<u32> = outgoing.iter().map(|(p, _)| *p).collect();
+        let mut partitions: BTreeSet<u32> = outgoing.iter().map(|(p, _)| *p).collect();
+        partitions.extend((0..self.cluster.ring().partitions()).filter(|p| !self.objects.trusted(*p)));
         metrics::gauge!("concord_transfers_pending").set(outgoing.len() as f64);
         self.cluster.announce("transferring", &encode_partitions(&partitions)).await;
     }

@@ -127,7 +127,8 @@ mod layout {
         vec![META[0], META[1], TREE, n]
     }
 
-    /// The range start of the saved trees (exclusive).
+    /// The range start of the saved trees (exclusive). Also the key of
+    /// the marker saying that every tree of the partition was saved.
     pub fn trees_start() -> Vec<u8> {
         vec![META[0], META[1], TREE]
     }
@@ -161,6 +162,9 @@ mod layout {
         }
     }
 }
+
+/// Where the counter floor is kept (see `ObjectStore::counter_floor`).
+const COUNTER_FLOOR_KEY: &[u8] = b"counter_floor";
 
 /// Which tree a bucket's keys belong to: the bucket's `n`.
 pub type ReplicasOf = Arc<dyn Fn(&str) -> u8 + Send + Sync>;
@@ -216,6 +220,13 @@ pub struct ObjectStore {
     /// Trees by `(partition, n)`. The map's lock is held only to find or
     /// add a tree.
     trees: RwLock<HashMap<(u32, u8), Arc<Tree>>>,
+    /// Above every counter of this actor in an object this replica has
+    /// removed (reaped): new dots start above it, so a dot is never made
+    /// twice for a key even after its object was forgotten. Kept in
+    /// `Meta` under [`COUNTER_FLOOR_KEY`].
+    counter_floor: AtomicU64,
+    /// Orders raises of the floor with their writes.
+    floor_lock: Mutex<()>,
     /// Per partition: whether its trees agree with its data (false after an
     /// unclean stop, until they are rebuilt).
     trusted: Box<[AtomicBool]>,
@@ -249,35 +260,79 @@ impl ObjectStore {
             trees: RwLock::new(HashMap::new()),
             trusted: (0..partitions).map(|_| AtomicBool::new(clean_start)).collect(),
             tombstones: AtomicI64::new(0),
+            counter_floor: AtomicU64::new(0),
+            floor_lock: Mutex::new(()),
         };
+        if let Some(b) = store.engine.get(Space::Meta, COUNTER_FLOOR_KEY)? {
+            let b: [u8; 8] =
+                b.as_slice().try_into().map_err(|_| Error::Corruption("the counter floor is not 8 bytes".into()))?;
+            store.counter_floor.store(u64::from_le_bytes(b), Ordering::Release);
+        }
         let mut migrated = false;
         for p in 0..partitions {
             migrated |= store.migrate_legacy(p)?;
         }
         for p in 0..partitions {
-            if clean_start && !migrated {
-                store.load_trees(p)?;
-            }
+            let space = Space::Partition(p);
+            // Saved trees count only if the last run saved all of this
+            // partition's (a clean stop with the partition rebuilt). After
+            // a migration at a clean start, the trees are those the moved
+            // objects were added to, from empty: exact. An empty partition's
+            // trees are empty: exact too.
+            let saved = clean_start
+                && !migrated
+                && store.engine.get(space, &layout::trees_start())?.is_some()
+                && store.load_trees(p)?;
+            let exact = saved || (clean_start && migrated) || !store.holds_objects(p)?;
+            store.trusted[p as usize].store(exact, Ordering::Release);
+            // Saved trees are good for one start only: from here on they
+            // age, and the next start finds them only if this run saves.
+            store.forget_saved_trees(p)?;
             store.count_tombstones(p)?;
         }
-        // After a migration at a clean start, the trees are those the moved
-        // objects were added to, from empty: exact.
         Ok(store)
     }
 
-    fn load_trees(&self, partition: u32) -> Result<()> {
+    /// Whether `partition` holds any object.
+    fn holds_objects(&self, partition: u32) -> Result<bool> {
+        let first = self.engine.scan(Space::Partition(partition), None, 1)?;
+        Ok(first.first().is_some_and(|(k, _)| layout::split_object(k).is_some()))
+    }
+
+    /// Removes the saved trees of `partition` and their marker.
+    fn forget_saved_trees(&self, partition: u32) -> Result<()> {
         let space = Space::Partition(partition);
         let page = self.engine.scan(space, Some(&layout::trees_start()), 256)?;
+        for (k, _) in page.iter().take_while(|(k, _)| layout::split_tree(k).is_some()) {
+            self.engine.remove(space, k)?;
+        }
+        self.engine.remove(space, &layout::trees_start())?;
+        Ok(())
+    }
+
+    /// Loads the saved trees of `partition`. Returns false (and loads
+    /// nothing) when one of them does not decode: the trees are rebuilt.
+    fn load_trees(&self, partition: u32) -> Result<bool> {
+        let space = Space::Partition(partition);
+        let page = self.engine.scan(space, Some(&layout::trees_start()), 256)?;
+        let mut decoded = Vec::new();
         for (k, v) in &page {
             let Some(n) = layout::split_tree(k) else { break };
-            let saved = Segments::decode(v)
-                .map_err(|e| Error::Corruption(format!("partition {partition}: a saved hash tree: {e}")))?;
+            match Segments::decode(v) {
+                Ok(saved) => decoded.push((n, saved)),
+                Err(e) => {
+                    tracing::warn!(partition, n, error = %e, "a saved hash tree is unreadable; rebuilding the partition's trees");
+                    return Ok(false);
+                }
+            }
+        }
+        for (n, saved) in decoded {
             let tree = self.tree(partition, n);
             for s in 0..SEGMENTS as u16 {
                 tree.set(s, saved.get(s));
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn count_tombstones(&self, partition: u32) -> Result<()> {
@@ -332,8 +387,11 @@ impl ObjectStore {
         Ok(after.is_some())
     }
 
-    /// Saves every tree, for the next start to load: call at a clean
-    /// shutdown, after the last write and before the final flush.
+    /// Saves the trees of every partition whose trees are trusted, each
+    /// partition's with a marker that they are complete, for the next
+    /// start to load: call at a clean shutdown, after the last write and
+    /// before the final flush. Partitions still being rebuilt save nothing
+    /// and are rebuilt again after the next start.
     pub fn save_trees(&self) -> Result<()> {
         let trees: Vec<((u32, u8), Arc<Tree>)> =
             self.trees.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, t)| (*k, Arc::clone(t))).collect();
@@ -342,12 +400,25 @@ impl ObjectStore {
                 continue;
             }
             let snapshot = Segments::from_hashes((0..SEGMENTS as u16).map(|s| (s, tree.get(s))));
-            let key = layout::tree(n);
-            if snapshot.is_empty() {
-                self.engine.remove(Space::Partition(p), &key)?;
-            } else {
-                self.engine.insert(Space::Partition(p), &key, &snapshot.encode())?;
+            if !snapshot.is_empty() {
+                self.engine.insert(Space::Partition(p), &layout::tree(n), &snapshot.encode())?;
             }
+        }
+        for p in 0..self.trusted.len() as u32 {
+            if self.trusted(p) {
+                self.engine.insert(Space::Partition(p), &layout::trees_start(), &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every later dot of this actor's counter exceed `used`; the
+    /// floor is written before the caller forgets the object.
+    fn raise_counter_floor(&self, used: u64) -> Result<()> {
+        let _guard = self.floor_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if used > self.counter_floor.load(Ordering::Acquire) {
+            self.engine.insert(Space::Meta, COUNTER_FLOOR_KEY, &used.to_le_bytes())?;
+            self.counter_floor.store(used, Ordering::Release);
         }
         Ok(())
     }
@@ -493,13 +564,15 @@ impl ObjectStore {
         // is forged or corrupt; taking it would let new dots skip (or
         // overflow) the counter.
         let actor = self.actor();
-        if context.get(actor) > current.context().get(actor) {
+        let floor = self.counter_floor.load(Ordering::Acquire);
+        if context.get(actor) > current.context().get(actor).max(floor) {
             return Err(Error::invalid(
                 "the context claims writes this replica never made; read the key again and write with that read's context",
             ));
         }
         let mut next = current.clone();
-        next.update(actor, context, content, now_ms, &self.node_id).map_err(|e| Error::invalid(e.to_string()))?;
+        next.update_above(actor, floor, context, content, now_ms, &self.node_id)
+            .map_err(|e| Error::invalid(e.to_string()))?;
         if next.siblings().len() > max_siblings {
             return Err(Error::SiblingLimit {
                 limit: max_siblings,
@@ -537,7 +610,8 @@ impl ObjectStore {
             return Ok(None);
         }
         let mut next = current;
-        next.update(self.actor(), read.context(), content, now_ms, &self.node_id)
+        let floor = self.counter_floor.load(Ordering::Acquire);
+        next.update_above(self.actor(), floor, read.context(), content, now_ms, &self.node_id)
             .map_err(|e| Error::invalid(e.to_string()))?;
         let held = Held { bytes: encode_object(&next), tombstone: tombstone_only(&next) };
         self.write(partition, segment, &skey, old.as_ref(), Some(&held))?;
@@ -578,6 +652,9 @@ impl ObjectStore {
         if key_hash(skey.as_bytes(), &old.bytes) != hash {
             return Ok(false);
         }
+        // This actor's counters for the key are about to be forgotten.
+        let used = decode_object(&old.bytes)?.context().get(self.actor());
+        self.raise_counter_floor(used)?;
         self.write(partition, segment, skey, Some(&old), None)?;
         Ok(true)
     }
@@ -776,12 +853,26 @@ impl ObjectStore {
                 }
                 let _guard = self.lock(partition, segment);
                 if let Some(held) = self.load_held(partition, segment, &key)? {
+                    // The partition may come back to this node: its new
+                    // dots must not repeat those the other replicas hold.
+                    if let Ok(o) = decode_object(&held.bytes) {
+                        self.raise_counter_floor(o.context().get(self.actor()))?;
+                    }
                     self.write(partition, segment, &key, Some(&held), None)?;
                     removed += 1;
                 }
             }
             if done {
                 break;
+            }
+        }
+        // A tree that drifted from its data (it should not, but the tree
+        // is what says whether a transfer is done) would stay non-zero
+        // with nothing under it: recompute what is left from the data.
+        let tree = self.trees.read().unwrap_or_else(|p| p.into_inner()).get(&(partition, n)).cloned();
+        if let Some(tree) = tree {
+            for segment in (0..SEGMENTS as u16).filter(|s| tree.get(*s) != 0) {
+                self.verify_segment(partition, segment)?;
             }
         }
         Ok(removed)
@@ -943,6 +1034,17 @@ mod tests {
         }
         assert!(crashed.trusted(5));
         assert_eq!(crashed.segments(5, 3), tree, "rebuilt from the data");
+        drop(crashed);
+        // Stopped cleanly before a rebuild finished: the old saved trees
+        // are not trusted at the next clean start.
+        let again = open(false);
+        assert!(!again.trusted(5));
+        assert!(again.trusted(6), "an empty partition's trees are exact whatever the stop");
+        again.save_trees().unwrap();
+        drop(again);
+        let next = open(true);
+        assert!(!next.trusted(5), "a partition not rebuilt before a clean stop is rebuilt after it");
+        assert!(next.segments(5, 3).is_empty());
     }
 
     #[test]
@@ -991,6 +1093,39 @@ mod tests {
         assert!(matches!(e, Error::InvalidInput(_)), "{e}");
         // Not a wrapped dot 0 stored and then unreadable: the key reads.
         assert_eq!(s.read(0, "b", b"k").unwrap().unwrap(), theirs);
+    }
+
+    #[test]
+    fn a_key_written_again_after_its_tombstone_is_reaped_never_repeats_a_dot() {
+        let engine = MemStore::new();
+        let open = || {
+            let e: Arc<dyn Store> = Arc::new(engine.clone());
+            let d = Arc::new(Durability::start(
+                e.clone(),
+                DurabilityMode::Periodic,
+                Duration::from_millis(50),
+                Duration::ZERO,
+            ));
+            ObjectStore::open(e, d, 42, "n1".into(), Arc::new(|_: &str| 3), 8, true).unwrap()
+        };
+        let s = open();
+        let none = VersionVector::new();
+        let written = s.update(0, "b", b"k", &none, Content::Value(vec![1]), 0, 10).unwrap();
+        let deleted = s.update(0, "b", b"k", written.context(), Content::Tombstone, 0, 10).unwrap();
+        // A client still holds the tombstone's context when it is reaped.
+        let stale = deleted.context().clone();
+        let skey = StoreKey::new("b", b"k");
+        let raw = s.read_raw(0, &skey).unwrap().unwrap();
+        assert!(s.remove_if(0, &skey, key_hash(skey.as_bytes(), &raw)).unwrap());
+        drop(s);
+        // Also after a restart: the floor is stored.
+        let s = open();
+        let fresh = s.update(0, "b", b"k", &none, Content::Value(vec![2]), 0, 10).unwrap();
+        let dot = fresh.siblings()[0].dot;
+        assert!(!stale.covers(dot), "a write after the reap got {dot:?}, which a context from before it covers");
+        // The stale context is still taken, and keeps the new write.
+        let later = s.update(0, "b", b"k", &stale, Content::Value(vec![3]), 0, 10).unwrap();
+        assert_eq!(later.siblings().len(), 2);
     }
 
     #[test]
