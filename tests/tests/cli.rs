@@ -60,6 +60,11 @@ async fn the_tour() {
     std::fs::write(&file, b"from a file").unwrap();
     ok(&server, &["put", "bin", "f", "--file", file.to_str().unwrap()]);
     assert_eq!(json(&server, &["get", "bin", "f"])["siblings"][0]["value"], "from a file");
+    // Values that start with a hyphen.
+    ok(&server, &["put", "num", "n", "-4000"]);
+    assert_eq!(json(&server, &["get", "num", "n"])["siblings"][0]["value"], "-4000");
+    ok(&server, &["put", "num", "h", "--", "-x"]);
+    assert_eq!(json(&server, &["get", "num", "h"])["siblings"][0]["value"], "-x");
 
     // Delete with the context; the key reads as not found.
     let ctx = json(&server, &["get", "cart", "alice"])["context"].as_str().unwrap().to_owned();

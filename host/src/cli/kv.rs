@@ -34,8 +34,10 @@ impl From<Level> for Consistency {
 pub struct PutArgs {
     bucket: String,
     key: String,
-    /// The value; `-` reads standard input.
-    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    /// The value; `-` reads standard input. A negative number is a value
+    /// (`put b k -4000`); another value that starts with `-` goes after
+    /// `--` (`put b k -- -x`).
+    #[arg(required_unless_present = "file", conflicts_with = "file", allow_negative_numbers = true)]
     value: Option<String>,
     /// Read the value from a file.
     #[arg(long)]
