@@ -124,6 +124,9 @@ pub struct Cluster {
     /// Whether this node holds a ring the cluster made (epoch above 0): only
     /// then does it serve reads and writes.
     ready: watch::Sender<bool>,
+    /// Set while `cluster join --discard-data` deletes this node's data:
+    /// the node serves nothing until it holds the new cluster's ring.
+    discarding: AtomicBool,
     /// Peers already reported for gossiping with another partition count.
     mismatched: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
 }
@@ -149,6 +152,7 @@ impl Cluster {
             zone,
             advertise,
             ready,
+            discarding: AtomicBool::new(false),
             mismatched: Default::default(),
             ring: ArcSwap::from_pointee(ring),
             leaving: AtomicBool::new(matches!(store.get(Space::Meta, LEAVING_KEY), Ok(Some(_)))),
@@ -182,7 +186,13 @@ impl Cluster {
     /// them, and must not serve on it: what it acknowledged there nobody
     /// else could find.
     pub fn is_ready(&self) -> bool {
-        self.ring.load().epoch() > 0
+        self.ring.load().epoch() > 0 && !self.discarding.load(Ordering::Acquire)
+    }
+
+    /// Tells [`Cluster::ready_watch`] what [`Cluster::is_ready`] says now.
+    fn publish_ready(&self) {
+        let ready = self.is_ready();
+        self.ready.send_if_modified(|r| std::mem::replace(r, ready) != ready);
     }
 
     /// Follows [`Cluster::is_ready`].
@@ -256,9 +266,8 @@ impl Cluster {
             owned_here = ring.owned_by(&self.node_id),
             "ring changed"
         );
-        let ready = ring.epoch() > 0;
         self.ring.store(Arc::new(ring));
-        self.ready.send_if_modified(|r| std::mem::replace(r, ready) != ready);
+        self.publish_ready();
         Ok(true)
     }
 
@@ -503,10 +512,18 @@ impl Cluster {
                     self.node_id
                 )));
             }
-            local.discard()?;
+            // Nothing is served from here until the new ring is adopted, so
+            // no write lands between the discard and the join.
+            self.discarding.store(true, Ordering::Release);
+            self.publish_ready();
+            let discarded = local.discard().and_then(|()| self.adopt_ring(theirs, true));
+            self.discarding.store(false, Ordering::Release);
+            self.publish_ready();
+            discarded?;
             tracing::warn!(seed, "discarded this node's data to join another cluster");
+        } else {
+            self.adopt_ring(theirs, true)?;
         }
-        self.adopt_ring(theirs, true)?;
         // A node that left may join again; only now, so that a join that
         // fails does not hand it back to the cluster it left.
         if self.leaving.swap(false, Ordering::Relaxed) {

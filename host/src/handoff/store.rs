@@ -206,7 +206,10 @@ impl HintStore {
         let _guard = self.lock(raw_key);
         if let Some(old) = self.engine.get(Space::Hints, raw_key)? {
             self.engine.remove(Space::Hints, raw_key)?;
-            self.stats().removed(target, HintKey::decode(raw_key).map(|k| k.partition), old.len());
+            // Only records whose key decodes were counted (see `open`).
+            if let Some(key) = HintKey::decode(raw_key) {
+                self.stats().removed(target, Some(key.partition), old.len());
+            }
         }
         Ok(())
     }
