@@ -103,7 +103,13 @@ impl Tally {
                 if !self.slots.contains(&a.replica) {
                     self.slots.push(a.replica.clone());
                 }
-                if self.local.contains(&a.node) && !self.local_slots.contains(&a.replica) {
+                // A local copy of a local replica's slot: a fallback in the
+                // zone standing in for a replica elsewhere hands its copy out
+                // of the zone later.
+                if self.local.contains(&a.node)
+                    && self.local.contains(&a.replica)
+                    && !self.local_slots.contains(&a.replica)
+                {
                     self.local_slots.push(a.replica.clone());
                 }
                 if a.is_fallback() {
@@ -187,14 +193,16 @@ mod tests {
             ((2, 2, false), &[ok("a", "a"), ok("d", "b")], false),
             ((2, 2, false), &[ok("a", "a"), ok("c", "c")], true),
             ((2, 0, false), &[ok("a", "a"), err("b")], false),
-            // LOCAL_QUORUM counts the client's zone, fallbacks included.
+            // LOCAL_QUORUM counts the client's zone's replica slots, a
+            // fallback in the zone included when it stands in for one.
             ((2, 0, true), &[ok("a", "a"), ok("b", "b")], false),
-            ((2, 0, true), &[ok("a", "a"), ok("d", "c")], true),
+            ((1, 0, true), &[ok("b", "b"), ok("d", "a")], true),
+            ((2, 0, true), &[ok("a", "a"), ok("d", "c")], false),
             // A replica and a fallback for it are one slot, not two.
             ((2, 0, false), &[ok("b", "b"), ok("d", "b")], false),
             ((2, 0, false), &[ok("d", "b"), ok("b", "b"), ok("c", "c")], true),
             ((3, 0, false), &[ok("a", "a"), ok("d", "b"), ok("e", "b")], false),
-            ((2, 0, true), &[ok("d", "c"), ok("d", "c")], false),
+            ((1, 0, true), &[ok("d", "c"), ok("d", "c")], false),
         ];
         for ((total, primaries, local), answers, want) in cases {
             let mut t = Tally::new(&plan(*total, *primaries, *local));
