@@ -677,45 +677,44 @@ impl ObjectStore {
     /// The keys of tree `n` in one segment, with their hashes, in key
     /// order: one range read.
     pub fn segment_keys(&self, partition: u32, n: u8, segment: u16) -> Result<Vec<(StoreKey, u64)>> {
-        Ok(self
-            .segment_objects(partition, n, segment)?
-            .into_iter()
-            .map(|(k, bytes)| {
-                let h = key_hash(k.as_bytes(), &bytes);
-                (k, h)
-            })
-            .collect())
+        // Hashed page by page: a listing never holds the segment's values.
+        let mut out = Vec::new();
+        self.scan_segment(partition, n, segment, |key, bytes| {
+            let h = key_hash(key.as_bytes(), bytes);
+            out.push((key, h));
+        })?;
+        Ok(out)
     }
 
     /// The objects of tree `n` in one segment, as stored.
     pub fn segment_objects(&self, partition: u32, n: u8, segment: u16) -> Result<Vec<(StoreKey, Vec<u8>)>> {
-        let space = Space::Partition(partition);
         let mut out = Vec::new();
+        self.scan_segment(partition, n, segment, |key, bytes| out.push((key, bytes.to_vec())))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each object of tree `(partition, n)` in `segment`, in
+    /// key order, a page at a time.
+    fn scan_segment(&self, partition: u32, n: u8, segment: u16, mut f: impl FnMut(StoreKey, &[u8])) -> Result<()> {
+        let space = Space::Partition(partition);
         let mut after = layout::segment_start(segment);
         loop {
             let page = self.engine.scan(space, Some(&after), 256)?;
             let Some((last, _)) = page.last() else { break };
             after = last.clone();
-            let mut done = false;
-            for (k, v) in page {
-                match layout::split_object(&k) {
+            for (k, v) in &page {
+                match layout::split_object(k) {
                     Some((s, store_key)) if s == segment => {
                         let Some(key) = StoreKey::from_bytes(store_key.to_vec()) else { continue };
                         if self.replicas_of(key.bucket()) == n {
-                            out.push((key, v));
+                            f(key, v);
                         }
                     }
-                    _ => {
-                        done = true;
-                        break;
-                    }
+                    _ => return Ok(()),
                 }
             }
-            if done {
-                break;
-            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Up to `limit` keys of tree `n` whose objects hold only tombstones,
