@@ -917,14 +917,19 @@ mod tests {
     use crate::storage::{DurabilityMode, MemStore};
 
     fn store() -> ObjectStore {
-        let engine: Arc<dyn Store> = Arc::new(MemStore::new());
+        open_on(Arc::new(MemStore::new()), 42, true)
+    }
+
+    /// An object store of actor `actor` over `engine` (8 partitions, every
+    /// bucket n = 3), as a start that was clean or not.
+    fn open_on(engine: Arc<dyn Store>, actor: Actor, clean: bool) -> ObjectStore {
         let d = Arc::new(Durability::start(
             engine.clone(),
             DurabilityMode::Periodic,
             Duration::from_millis(50),
             Duration::ZERO,
         ));
-        ObjectStore::open(engine, d, 42, "n1".into(), Arc::new(|_: &str| 3), 8, true).unwrap()
+        ObjectStore::open(engine, d, actor, "n1".into(), Arc::new(|_: &str| 3), 8, clean).unwrap()
     }
 
     /// The tree a full scan of the partition gives, for comparison.
@@ -1005,16 +1010,7 @@ mod tests {
     #[test]
     fn trees_survive_a_clean_stop_and_are_rebuilt_after_an_unclean_one() {
         let engine = MemStore::new();
-        let open = |clean: bool| {
-            let e: Arc<dyn Store> = Arc::new(engine.clone());
-            let d = Arc::new(Durability::start(
-                e.clone(),
-                DurabilityMode::Periodic,
-                Duration::from_millis(50),
-                Duration::ZERO,
-            ));
-            ObjectStore::open(e, d, 1, "n1".into(), Arc::new(|_: &str| 3), 8, clean).unwrap()
-        };
+        let open = |clean: bool| open_on(Arc::new(engine.clone()), 1, clean);
         let s = open(true);
         for i in 0..40u8 {
             s.update(5, "b", &[i], &VersionVector::new(), Content::Value(vec![i]), 0, 10).unwrap();
@@ -1055,13 +1051,7 @@ mod tests {
             engine.insert(Space::LegacyPartition(4), StoreKey::new("b", k).as_bytes(), &encode_object(&o)).unwrap();
         }
         let engine: Arc<dyn Store> = Arc::new(engine);
-        let d = Arc::new(Durability::start(
-            engine.clone(),
-            DurabilityMode::Periodic,
-            Duration::from_millis(50),
-            Duration::ZERO,
-        ));
-        let s = ObjectStore::open(Arc::clone(&engine), d, 1, "n1".into(), Arc::new(|_: &str| 3), 8, true).unwrap();
+        let s = open_on(Arc::clone(&engine), 1, true);
         for k in [&b"a"[..], b"b", b"c"] {
             assert_eq!(s.read(4, "b", k).unwrap().as_ref(), Some(&o));
         }
@@ -1097,16 +1087,7 @@ mod tests {
     #[test]
     fn a_key_written_again_after_its_tombstone_is_reaped_never_repeats_a_dot() {
         let engine = MemStore::new();
-        let open = || {
-            let e: Arc<dyn Store> = Arc::new(engine.clone());
-            let d = Arc::new(Durability::start(
-                e.clone(),
-                DurabilityMode::Periodic,
-                Duration::from_millis(50),
-                Duration::ZERO,
-            ));
-            ObjectStore::open(e, d, 42, "n1".into(), Arc::new(|_: &str| 3), 8, true).unwrap()
-        };
+        let open = || open_on(Arc::new(engine.clone()), 42, true);
         let s = open();
         let none = VersionVector::new();
         let written = s.update(0, "b", b"k", &none, Content::Value(vec![1]), 0, 10).unwrap();
