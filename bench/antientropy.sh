@@ -19,15 +19,7 @@ cd "$(dirname "$0")/.."
 BIN=${CONCORD_BIN:-target/release/concord}
 SECS=${1:-10}
 BASE=${BASE_PORT:-17779}
-[ -x "$BIN" ] || { echo "build first: cargo build --release -p concord" >&2; exit 1; }
-WORK=$(mktemp -d)
-declare -A PID
-cleanup() {
-  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PID[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/lib.sh
 EPS=()
 for i in 0 1 2 3; do EPS+=("127.0.0.1:$((BASE + i))"); done
 # Every node: exchanges every 5 s, no hints, no read repair (so only
@@ -41,24 +33,7 @@ start() {
     --worker-threads 1 --metrics-listen "127.0.0.1:$((BASE + 100 + i))" >>"$WORK/n$i.log" 2>&1 &
   PID[$i]=$!
 }
-stop() { kill "${PID[$1]}"; wait "${PID[$1]}" 2>/dev/null || true; unset "PID[$1]"; }
-status() { "$BIN" cluster status --json --endpoint "$1" 2>/dev/null || echo '{}'; }
 py() { python3 -c "$1"; }
-wait_up() {
-  for _ in $(seq 600); do
-    up=$(status "$1" | py "import json,sys; print(sum(1 for n in json.load(sys.stdin).get('nodes',[]) if n['status']=='up' and n['partitions']>0))")
-    [ "$up" = "$2" ] && return
-    sleep 0.1
-  done
-  echo "the cluster did not come up" >&2; exit 1
-}
-wait_down() {
-  for _ in $(seq 300); do
-    status "$1" | py "import json,sys; sys.exit(0 if any(n['node_id']=='$2' and n['status']=='down' for n in json.load(sys.stdin).get('nodes',[])) else 1)" && return
-    sleep 0.1
-  done
-  echo "$2 was not marked down" >&2; exit 1
-}
 # Sum of a counter over the running nodes' /metrics.
 metric() {
   local total=0

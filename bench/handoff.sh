@@ -17,15 +17,7 @@ cd "$(dirname "$0")/.."
 BIN=${CONCORD_BIN:-target/release/concord}
 SECS=${1:-8}
 BASE=${BASE_PORT:-17679}
-[ -x "$BIN" ] || { echo "build first: cargo build --release -p concord" >&2; exit 1; }
-WORK=$(mktemp -d)
-declare -A PID
-cleanup() {
-  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PID[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/lib.sh
 EPS=()
 for i in 0 1 2; do EPS+=("127.0.0.1:$((BASE + i))"); done
 start() {
@@ -35,24 +27,6 @@ start() {
   "$BIN" serve --listen "${EPS[$i]}" --data-dir "$WORK/n$i" --node-id "n$i" --seeds "$seeds" \
     --worker-threads 1 >>"$WORK/n$i.log" 2>&1 &
   PID[$i]=$!
-}
-stop() { kill "${PID[$1]}"; wait "${PID[$1]}" 2>/dev/null || true; unset "PID[$1]"; }
-status() { "$BIN" cluster status --json --endpoint "$1" 2>/dev/null || echo '{}'; }
-# Waits until the node at $1 sees $2 nodes up and owning partitions.
-wait_up() {
-  for _ in $(seq 300); do
-    up=$(status "$1" | python3 -c "import json,sys; print(sum(1 for n in json.load(sys.stdin).get('nodes',[]) if n['status']=='up' and n['partitions']>0))")
-    [ "$up" = "$2" ] && return
-    sleep 0.1
-  done
-  echo "the cluster did not come up" >&2; exit 1
-}
-wait_down() {
-  for _ in $(seq 300); do
-    status "$1" | python3 -c "import json,sys; sys.exit(0 if any(n['node_id']=='$2' and n['status']=='down' for n in json.load(sys.stdin).get('nodes',[])) else 1)" && return
-    sleep 0.1
-  done
-  echo "$2 was not marked down" >&2; exit 1
 }
 # Hints held by n0 and n1 together.
 hints() {
