@@ -31,12 +31,14 @@ for _ in $(seq 150); do
   sleep 0.2
 done
 ALL=$(IFS=,; echo "${EPS[*]}")
-echo "| workload | concurrency | ops/s | p50 ms | p99 ms | p99.9 ms | errors |"
-echo "|---|---|---|---|---|---|---|"
+FLOOR_ARG=--floor
+[ "${FLOOR:-1}" = 0 ] && FLOOR_ARG=
+echo "| workload | concurrency | ops/s | p50 ms | p99 ms | p99.9 ms | floor ops/s | of floor | floor p50 ms | errors |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for workload in write a; do
   for c in 1 16 64; do
     "$BIN" bench --endpoint "$ALL" --workload $workload --keys 10000 --value-size 1024 \
-      --concurrency $c --duration "$SECS" --warmup 2 --json 2>/dev/null |
-      python3 -c "import json,sys; r=json.load(sys.stdin); a=r['all']; print(f\"| $workload | $c | {r['ops_per_sec']:.0f} | {a['p50_ms']:.3f} | {a['p99_ms']:.3f} | {a['p999_ms']:.3f} | {r['errors']} |\")"
+      --concurrency $c --duration "$SECS" --warmup 2 --json $FLOOR_ARG 2>/dev/null |
+      python3 bench/row.py "| $workload | $c" errors
   done
 done

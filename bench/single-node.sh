@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the single-node benchmark matrix of docs/BENCHMARKS.md and prints a
 # markdown table: workloads write and a, concurrency 1/16/64, both durability
-# modes, server runtime with 1 and 2 worker threads. 1 KiB values.
+# modes, server runtime with 1 and 2 worker threads. 1 KiB values. Each run
+# is measured next to its floor (`concord bench --floor`: the same load
+# against an echo server), and the table gives the share of the floor;
+# FLOOR=0 leaves the floor out.
 #
 #   cargo build --release -p concord && bench/single-node.sh [seconds-per-run]
 set -euo pipefail
@@ -15,8 +18,10 @@ PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-echo "| durability | server threads | workload | concurrency | ops/s | p50 ms | p99 ms | p99.9 ms |"
-echo "|---|---|---|---|---|---|---|---|"
+FLOOR_ARG=--floor
+[ "${FLOOR:-1}" = 0 ] && FLOOR_ARG=
+echo "| durability | server threads | workload | concurrency | ops/s | p50 ms | p99 ms | p99.9 ms | floor ops/s | of floor | floor p50 ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for mode in periodic fsync; do
   for threads in 1 2; do
     rm -rf "$WORK/data"
@@ -27,8 +32,8 @@ for mode in periodic fsync; do
     for workload in write a; do
       for c in 1 16 64; do
         "$BIN" bench --endpoint 127.0.0.1:$PORT --workload $workload --keys 10000 --value-size 1024 \
-          --concurrency $c --duration "$SECS" --warmup 2 --json 2>/dev/null |
-          python3 -c "import json,sys; r=json.load(sys.stdin); a=r['all']; print(f\"| $mode | $threads | $workload | $c | {r['ops_per_sec']:.0f} | {a['p50_ms']:.3f} | {a['p99_ms']:.3f} | {a['p999_ms']:.3f} |\")"
+          --concurrency $c --duration "$SECS" --warmup 2 --json $FLOOR_ARG 2>/dev/null |
+          python3 bench/row.py "| $mode | $threads | $workload | $c "
       done
     done
     kill "$PID"; wait "$PID" 2>/dev/null || true; PID=

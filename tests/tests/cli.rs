@@ -119,6 +119,38 @@ async fn bench_reports_what_it_measured() {
     assert_eq!(reads + updates, 300);
     assert!(reads > 0 && updates > 0, "workload a mixes reads and updates");
     assert!(report["all"]["p99_ms"].as_f64().unwrap() >= report["all"]["p50_ms"].as_f64().unwrap());
+
+    // With the floor: the echo server's run first, the same operations,
+    // and the ratios of Concord's figures to it.
+    let report = json(
+        &server,
+        &[
+            "bench",
+            "--endpoint",
+            &endpoint,
+            "--workload",
+            "a",
+            "--keys",
+            "100",
+            "--ops",
+            "200",
+            "--warmup",
+            "0",
+            "--concurrency",
+            "4",
+            "--floor",
+        ],
+    );
+    let floor = &report["floor"];
+    assert_eq!(floor["ops"], 200);
+    assert_eq!(floor["errors"], 0);
+    assert_eq!(floor["connections"], report["connections"]);
+    assert!(floor["read"]["count"].as_u64().unwrap() > 0 && floor["update"]["count"].as_u64().unwrap() > 0);
+    assert_eq!(report["ops"], 200);
+    let ratio = report["to_floor"]["ops_per_sec"].as_f64().unwrap();
+    let expected = report["ops_per_sec"].as_f64().unwrap() / floor["ops_per_sec"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+    assert!(report["to_floor"]["p99"].as_f64().unwrap() > 0.0);
 }
 
 /// `concord dev`, the README's command to run Concord, while it runs: its

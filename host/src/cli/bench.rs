@@ -55,7 +55,7 @@ pub enum KeyDistribution {
     Uniform,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
     /// Nodes to send requests to, comma separated; requests are spread over them.
     #[arg(long, env = "CONCORD_ENDPOINT", default_value = super::DEFAULT_ENDPOINT, value_delimiter = ',')]
@@ -106,6 +106,16 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// First measure the floor: the same client, workload and concurrency
+    /// against an in-process gRPC server that answers at once with
+    /// messages of the same sizes. The report gives Concord's figures as
+    /// ratios to it, which stay comparable across machines and days.
+    #[arg(long)]
+    floor: bool,
+    /// Worker threads of the floor's server (0: one per core, as `concord
+    /// serve` has by default).
+    #[arg(long, default_value_t = 0, requires = "floor")]
+    floor_threads: usize,
 }
 
 /// The load generator's runtime.
@@ -346,6 +356,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (None, Some(_)) => None,
         (None, None) => Some(Duration::from_secs(10)),
     };
+    let floor = if args.floor {
+        let server = super::floor::EchoServer::start(args.floor_threads, args.value_size)?;
+        let mut echo = args.clone();
+        // As many endpoints (so as many connections) as the real run.
+        echo.endpoint = vec![server.addr().to_string(); args.endpoint.len()];
+        echo.load = Some(false);
+        eprintln!("measuring the floor (an echo server at {})", server.addr());
+        let floor = measure(echo, duration).await?;
+        drop(server);
+        Some(floor)
+    } else {
+        None
+    };
+    let json_out = args.json;
+    let mut report = measure(args, duration).await?;
+    if let Some(floor) = floor {
+        let ratio = |a: &serde_json::Value, b: &serde_json::Value| match (a.as_f64(), b.as_f64()) {
+            (Some(a), Some(b)) if b > 0.0 => json!(a / b),
+            _ => serde_json::Value::Null,
+        };
+        report["to_floor"] = json!({
+            "ops_per_sec": ratio(&report["ops_per_sec"], &floor["ops_per_sec"]),
+            "p50": ratio(&report["all"]["p50_ms"], &floor["all"]["p50_ms"]),
+            "p99": ratio(&report["all"]["p99_ms"], &floor["all"]["p99_ms"]),
+        });
+        report["floor"] = floor;
+    }
+    if json_out {
+        println!("{report}");
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// Runs the load phase (unless off) and the measured phase against
+/// `args.endpoint`; returns the report.
+async fn measure(args: BenchArgs, duration: Option<Duration>) -> anyhow::Result<serde_json::Value> {
     let clients = connect_all(&args).await?;
     let load = args.load.unwrap_or(args.workload != Workload::Write);
     let chooser = KeyChooser::new(args.keys, args.distribution)?;
@@ -395,8 +443,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     progress.abort();
     mirror.abort();
-    report(&shared, elapsed);
-    Ok(())
+    Ok(report(&shared, elapsed))
 }
 
 fn summary(h: &Histogram<u64>) -> serde_json::Value {
@@ -408,7 +455,7 @@ fn summary(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-fn report(shared: &Shared, elapsed: Duration) {
+fn report(shared: &Shared, elapsed: Duration) -> serde_json::Value {
     let s = &shared.stats;
     let reads = s.reads.lock().unwrap();
     let updates = s.updates.lock().unwrap();
@@ -417,7 +464,7 @@ fn report(shared: &Shared, elapsed: Duration) {
     let ops = s.ops.load(Ordering::Relaxed);
     let throughput = ops as f64 / elapsed.as_secs_f64();
     let a = &shared.args;
-    let report = json!({
+    json!({
         "workload": format!("{:?}", a.workload).to_lowercase(),
         "endpoints": a.endpoint,
         "keys": a.keys, "value_size": a.value_size, "concurrency": a.concurrency,
@@ -429,21 +476,47 @@ fn report(shared: &Shared, elapsed: Duration) {
         "first_error": *s.first_error.lock().unwrap(),
         "sibling_conflicts": s.conflicts.load(Ordering::Relaxed),
         "all": summary(&all), "read": summary(&reads), "update": summary(&updates),
-    });
-    if a.json {
-        println!("{report}");
-        return;
+    })
+}
+
+fn print_report(report: &serde_json::Value) {
+    if let Some(floor) = report.get("floor") {
+        println!("floor (echo server, same client and load):");
+        print_run(floor);
+        println!();
+        println!("concord:");
     }
+    print_run(report);
+    if let Some(r) = report.get("to_floor") {
+        let pct = |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |x| format!("{:.0}%", x * 100.0));
+        let times = |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.2}x"));
+        println!();
+        println!(
+            "to the floor: {} of its ops/s, p50 {} and p99 {} its own",
+            pct(&r["ops_per_sec"]),
+            times(&r["p50"]),
+            times(&r["p99"])
+        );
+    }
+}
+
+fn print_run(report: &serde_json::Value) {
     println!(
         "workload {} | {} keys | {} B values | concurrency {} | {} connection(s) | {}",
         report["workload"].as_str().unwrap_or_default(),
-        a.keys,
-        a.value_size,
-        a.concurrency,
-        shared.clients.len(),
+        report["keys"],
+        report["value_size"],
+        report["concurrency"],
+        report["connections"],
         report["distribution"].as_str().unwrap_or_default()
     );
-    println!("{ops} ops in {:.2}s: {throughput:.0} ops/s, {} errors", elapsed.as_secs_f64(), report["errors"]);
+    println!(
+        "{} ops in {:.2}s: {:.0} ops/s, {} errors",
+        report["ops"],
+        report["seconds"].as_f64().unwrap_or_default(),
+        report["ops_per_sec"].as_f64().unwrap_or_default(),
+        report["errors"]
+    );
     if let Some(e) = report["first_error"].as_str() {
         println!("first error: {e}");
     }

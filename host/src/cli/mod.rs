@@ -8,6 +8,7 @@ mod bench;
 mod bucket;
 mod cluster;
 mod dev;
+mod floor;
 mod kv;
 mod output;
 mod plugin;
