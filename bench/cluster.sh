@@ -37,8 +37,9 @@ echo "| workload | concurrency | ops/s | p50 ms | p99 ms | p99.9 ms | floor ops/
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for workload in write a; do
   for c in 1 16 64; do
-    "$BIN" bench --endpoint "$ALL" --workload $workload --keys 10000 --value-size 1024 \
-      --concurrency $c --duration "$SECS" --warmup 2 --json $FLOOR_ARG 2>/dev/null |
-      python3 bench/row.py "| $workload | $c" errors
+    out=$("$BIN" bench --endpoint "$ALL" --workload $workload --keys 10000 --value-size 1024 \
+      --concurrency $c --duration "$SECS" --warmup 2 --json $FLOOR_ARG 2>"$WORK/bench.err") ||
+      tail -3 "$WORK/bench.err" >&2
+    echo "$out" | python3 bench/row.py "| $workload | $c" errors
   done
 done

@@ -5,7 +5,13 @@ p50, then the error count if asked for ("errors" as the second argument)."""
 import json
 import sys
 
-r = json.load(sys.stdin)
+text = sys.stdin.read()
+try:
+    r = json.loads(text)
+except ValueError:
+    # The run printed no report (the bench failed; its stderr says why).
+    print(sys.argv[1].rstrip(" |") + " | run failed |")
+    sys.exit(0)
 a = r["all"]
 cells = [sys.argv[1].rstrip(" |"), f"{r['ops_per_sec']:.0f}", f"{a['p50_ms']:.3f}", f"{a['p99_ms']:.3f}", f"{a['p999_ms']:.3f}"]
 floor = r.get("floor")

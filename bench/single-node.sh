@@ -3,8 +3,8 @@
 # markdown table: workloads write and a, concurrency 1/16/64, both durability
 # modes, server runtime with 1 and 2 worker threads. 1 KiB values. Each run
 # is measured next to its floor (`concord bench --floor`: the same load
-# against an echo server), and the table gives the share of the floor;
-# FLOOR=0 leaves the floor out.
+# against an echo server with as many threads as the node), and the table
+# gives the share of the floor; FLOOR=0 leaves the floor out.
 #
 #   cargo build --release -p concord && bench/single-node.sh [seconds-per-run]
 set -euo pipefail
@@ -31,9 +31,10 @@ for mode in periodic fsync; do
     for _ in $(seq 100); do "$BIN" cluster status --endpoint 127.0.0.1:$PORT >/dev/null 2>&1 && break; sleep 0.1; done
     for workload in write a; do
       for c in 1 16 64; do
-        "$BIN" bench --endpoint 127.0.0.1:$PORT --workload $workload --keys 10000 --value-size 1024 \
-          --concurrency $c --duration "$SECS" --warmup 2 --json $FLOOR_ARG 2>/dev/null |
-          python3 bench/row.py "| $mode | $threads | $workload | $c "
+        out=$("$BIN" bench --endpoint 127.0.0.1:$PORT --workload $workload --keys 10000 --value-size 1024 \
+          --concurrency $c --duration "$SECS" --warmup 2 --json $FLOOR_ARG ${FLOOR_ARG:+--floor-threads $threads} \
+          2>"$WORK/bench.err") || tail -3 "$WORK/bench.err" >&2
+        echo "$out" | python3 bench/row.py "| $mode | $threads | $workload | $c "
       done
     done
     kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
