@@ -108,6 +108,10 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let long_key = vec![b'k'; 1025];
     let big_value = vec![0u8; 10 * 1024];
     let bad_bucket = "x".repeat(256);
+    // A well-formed token for this key that names 200,000 actors: refused
+    // before it is decoded (merging it took seconds under a lock).
+    let forged = concord::causal::VersionVector::from_entries((1..=200_000u64).map(|a| (a, 1)));
+    let huge_ctx = Context::from_bytes(concord::causal::encode_context(&forged, "b", b"k"));
     let cases: Vec<(&str, Result<_, ClientError>, &str)> = vec![
         ("empty key", c.put("b", b"", b"v", &Context::none()).await, "key is empty"),
         ("long key", c.put("b", &long_key, b"v", &Context::none()).await, "1025 bytes"),
@@ -118,6 +122,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("garbage context", c.put("b", b"k", b"v", &Context::from_bytes(vec![1, 2, 3])).await, "malformed"),
         ("unknown context version", c.put("b", b"k", b"v", &Context::from_bytes(vec![77])).await, "version 77"),
         ("context of another key", c.put("b", b"k", b"v", &other_key_ctx).await, "different bucket or key"),
+        ("context of 200,000 actors", c.put("b", b"k", b"v", &huge_ctx).await, "names 200000 actors"),
         (
             "w above n",
             c.put_with("b", b"k", b"v", &Context::none(), WriteOptions { w: 4, ..Default::default() }).await,
