@@ -50,11 +50,18 @@ pub enum PluginCommand {
     Test {
         file: PathBuf,
         /// Resolvers: JSON fixture of siblings (see docs/PLUGINS.md).
-        #[arg(long, conflicts_with = "value")]
+        #[arg(long, conflicts_with = "validated")]
         siblings: Option<PathBuf>,
-        /// Validators: the value to validate.
-        #[arg(long)]
+        /// Validators: the value to validate (text).
+        #[arg(long, group = "validated", allow_negative_numbers = true)]
         value: Option<String>,
+        /// Validators: the value to validate, base64-encoded (for bytes
+        /// that are not UTF-8).
+        #[arg(long, group = "validated")]
+        value_base64: Option<String>,
+        /// Validators: validate this file's bytes.
+        #[arg(long, group = "validated")]
+        value_file: Option<PathBuf>,
         /// Bucket name passed to the plugin.
         #[arg(long, default_value = "test")]
         bucket: String,
@@ -74,6 +81,10 @@ pub enum PluginCommand {
         /// Sibling sets to try.
         #[arg(long, default_value_t = 500)]
         cases: usize,
+        /// Seed of the generated sibling sets (default: random; the report
+        /// prints it, so a failure can be replayed).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -134,7 +145,19 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        PluginCommand::Test { file, siblings, value, bucket, key, json } => {
+        PluginCommand::Test { file, siblings, value, value_base64, value_file, bucket, key, json } => {
+            let value: Option<Vec<u8>> = match (value, value_base64, value_file) {
+                (Some(v), _, _) => Some(v.into_bytes()),
+                (_, Some(b), _) => Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b.trim())
+                        .context("--value-base64 is not valid base64")?,
+                ),
+                (_, _, Some(path)) => {
+                    Some(std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?)
+                }
+                (None, None, None) => None,
+            };
             let (runtime, loaded) = load_local(&file)?;
             let slot = || Arc::clone(runtime.slots()).try_acquire_owned().ok();
             match (loaded.info.kind, siblings, value) {
@@ -158,38 +181,51 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 }
                 (PluginKind::Validator, _, Some(value)) => {
                     let (v, took) = loaded
-                        .validate(slot, &bucket, key.as_bytes(), value.as_bytes(), MAX_OBJECT_BYTES_LIMIT as usize)
+                        .validate(slot, &bucket, key.as_bytes(), &value, MAX_OBJECT_BYTES_LIMIT as usize)
                         .map_err(|f| anyhow::anyhow!("{f}"))?
                         .context("no plugin slot free")?;
                     print_verdict(&v, took, json);
                 }
-                (PluginKind::Validator, _, None) => bail!("{} is a validator: give --value VALUE", file.display()),
+                (PluginKind::Validator, _, None) => bail!(
+                    "{} is a validator: give --value VALUE, --value-base64 B64 or --value-file FILE",
+                    file.display()
+                ),
             }
         }
-        PluginCommand::Verify { file, samples, cases, json } => {
+        PluginCommand::Verify { file, samples, cases, seed, json } => {
             let (runtime, loaded) = load_local(&file)?;
             if loaded.info.kind != PluginKind::Resolver {
                 bail!("{} is a validator; verify checks resolvers", file.display());
             }
             let samples = match &samples {
                 Some(p) => read_samples(p)?,
-                None => Vec::new(),
+                None => {
+                    eprintln!(
+                        "warning: no --samples, so the sibling values are generated short strings; a resolver that \
+                         parses its values (JSON, numbers) sees mostly input it rejects, and passing proves little \
+                         about it. Give --samples FILE with values in the plugin's format."
+                    );
+                    Vec::new()
+                }
             };
-            let report = verify::verify_loaded(&loaded, runtime.slots(), &samples, cases, rand::random());
+            let seed = seed.unwrap_or_else(rand::random);
+            let report = verify::verify_loaded(&loaded, runtime.slots(), &samples, cases, seed);
             if json {
                 println!(
                     "{}",
                     json!({
                         "passed": report.passed(), "cases": report.cases, "checks": report.checks,
-                        "failures": report.failures, "call_failure": report.call_failure,
+                        "failures": report.failures, "call_failure": report.call_failure, "seed": seed,
                     })
                 );
             } else if report.passed() {
                 println!(
-                    "ok: {} sibling sets, {} checks: deterministic, order-insensitive, idempotent, associative",
+                    "ok: {} sibling sets, {} checks: deterministic, order-insensitive, idempotent, associative \
+                     (seed {seed})",
                     report.cases, report.checks
                 );
             } else {
+                println!("seed {seed} (--seed {seed} replays these sibling sets)");
                 if let Some(f) = &report.call_failure {
                     println!("FAILED: a call failed, so the laws could not be checked: {f}");
                 }
