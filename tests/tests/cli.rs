@@ -93,24 +93,14 @@ async fn the_tour() {
 async fn bench_reports_what_it_measured() {
     let server = Server::start().await.unwrap();
     let endpoint = server.addr.to_string();
-    let report = json(
-        &server,
-        &[
-            "bench",
-            "--endpoint",
-            &endpoint,
-            "--workload",
-            "a",
-            "--keys",
-            "100",
-            "--ops",
-            "300",
-            "--warmup",
-            "0",
-            "--concurrency",
-            "4",
-        ],
-    );
+    // Workload a on 100 keys at concurrency 4, `ops` operations, no warm-up.
+    let bench = |ops: &str, extra: &[&str]| {
+        let mut args = vec!["bench", "--endpoint", &endpoint, "--workload", "a", "--keys", "100"];
+        args.extend(["--ops", ops, "--warmup", "0", "--concurrency", "4"]);
+        args.extend(extra);
+        json(&server, &args)
+    };
+    let report = bench("300", &[]);
     assert_eq!(report["ops"], 300);
     assert_eq!(report["errors"], 0);
     assert_eq!(report["workload"], "a");
@@ -122,25 +112,7 @@ async fn bench_reports_what_it_measured() {
 
     // With the floor: the echo server's run first, the same operations,
     // and the ratios of Concord's figures to it.
-    let report = json(
-        &server,
-        &[
-            "bench",
-            "--endpoint",
-            &endpoint,
-            "--workload",
-            "a",
-            "--keys",
-            "100",
-            "--ops",
-            "200",
-            "--warmup",
-            "0",
-            "--concurrency",
-            "4",
-            "--floor",
-        ],
-    );
+    let report = bench("200", &["--floor"]);
     let floor = &report["floor"];
     assert_eq!(floor["ops"], 200);
     assert_eq!(floor["errors"], 0);

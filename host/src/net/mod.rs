@@ -215,6 +215,8 @@ struct Pending<B: Batched> {
 }
 
 type Queue<B> = tokio::sync::mpsc::Sender<Pending<B>>;
+/// Batching queues by peer and by whether their items carry a ring check.
+type Queues<B> = Mutex<HashMap<(SocketAddr, bool), Queue<B>>>;
 
 /// Most items in one batch.
 const MAX_BATCH: usize = 128;
@@ -231,13 +233,8 @@ pub struct Net {
     faults: Arc<Faults>,
     channels: Mutex<HashMap<SocketAddr, InternalClient<Channel>>>,
     /// Per peer, the queues of its batching tasks (see [`Net::replica_write_one`]).
-    write_queues: Mutex<HashMap<SocketAddr, Queue<Writes>>>,
-    read_queues: Mutex<HashMap<SocketAddr, Queue<Reads>>>,
-    /// The same for calls without a ring check (`ring_epoch` 0): a batch
-    /// carries one epoch for all its items, so these never share a batch
-    /// with checked items (whose epoch would then refuse them).
-    unchecked_write_queues: Mutex<HashMap<SocketAddr, Queue<Writes>>>,
-    unchecked_read_queues: Mutex<HashMap<SocketAddr, Queue<Reads>>>,
+    write_queues: Queues<Writes>,
+    read_queues: Queues<Reads>,
     /// For the batching tasks, which must not keep the net alive.
     me: Weak<Net>,
     /// The runtime the net was made on (the node's request runtime).
@@ -256,8 +253,6 @@ impl Net {
             channels: Mutex::new(HashMap::new()),
             write_queues: Mutex::new(HashMap::new()),
             read_queues: Mutex::new(HashMap::new()),
-            unchecked_write_queues: Mutex::new(HashMap::new()),
-            unchecked_read_queues: Mutex::new(HashMap::new()),
             me: me.clone(),
             runtime: tokio::runtime::Handle::current(),
         })
@@ -278,8 +273,7 @@ impl Net {
         ring_epoch: u64,
         deadline: Instant,
     ) -> Result<(), String> {
-        let queues = if ring_epoch == 0 { &self.unchecked_write_queues } else { &self.write_queues };
-        self.enqueue::<Writes>(queues, addr, write, ring_epoch, deadline).await
+        self.enqueue::<Writes>(&self.write_queues, addr, write, ring_epoch, deadline).await
     }
 
     /// Reads one object's copy on `addr` as part of a batch (as
@@ -294,13 +288,12 @@ impl Net {
         ring_epoch: u64,
         deadline: Instant,
     ) -> Result<bytes::Bytes, String> {
-        let queues = if ring_epoch == 0 { &self.unchecked_read_queues } else { &self.read_queues };
-        self.enqueue::<Reads>(queues, addr, (key, hint_for), ring_epoch, deadline).await
+        self.enqueue::<Reads>(&self.read_queues, addr, (key, hint_for), ring_epoch, deadline).await
     }
 
     async fn enqueue<B: Batched>(
         &self,
-        queues: &Mutex<HashMap<SocketAddr, Queue<B>>>,
+        queues: &Queues<B>,
         addr: SocketAddr,
         item: B::Item,
         ring_epoch: u64,
@@ -308,10 +301,14 @@ impl Net {
     ) -> Result<B::Out, String> {
         let (done, wait) = tokio::sync::oneshot::channel();
         let mut pending = Pending::<B> { item, ring_epoch, deadline, done };
+        // A batch carries one ring epoch for all its items, so items without
+        // a ring check (epoch 0) get a queue of their own: batched with
+        // checked ones, they would be checked and refused.
+        let key = (addr, ring_epoch > 0);
         {
             let mut queues = queues.lock().expect("batch queue map lock");
             loop {
-                let tx = queues.entry(addr).or_insert_with(|| {
+                let tx = queues.entry(key).or_insert_with(|| {
                     let (tx, rx) = tokio::sync::mpsc::channel(MAX_QUEUED);
                     self.runtime.spawn(run_batcher::<B>(self.me.clone(), addr, rx));
                     tx
@@ -326,7 +323,7 @@ impl Net {
                     // The task ended (it does not while the net lives): start over.
                     Err(tokio::sync::mpsc::error::TrySendError::Closed(failed)) => {
                         pending = failed;
-                        queues.remove(&addr);
+                        queues.remove(&key);
                     }
                 }
             }
@@ -455,7 +452,7 @@ async fn run_batcher<B: Batched>(net: Weak<Net>, addr: SocketAddr, mut rx: tokio
             let deadline = batch.iter().map(|p| p.deadline).max().expect("a batch is never empty");
             // The oldest ring any item was planned on: a peer then refuses
             // what that ring's replicas may no longer hold (0: unchecked;
-            // such items have queues of their own).
+            // such items have queues of their own, see `Net::enqueue`).
             let ring_epoch = batch.iter().map(|p| p.ring_epoch).min().unwrap_or(0);
             let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             let (items, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.done)).unzip();
@@ -596,7 +593,7 @@ mod tests {
 
     async fn send_together<const SHORT: bool>(sizes: &[usize]) -> Vec<Result<usize, String>> {
         let net = Net::new(Arc::new(Faults::default()));
-        let queues: Mutex<HashMap<SocketAddr, Queue<Fake<SHORT>>>> = Mutex::new(HashMap::new());
+        let queues: Queues<Fake<SHORT>> = Mutex::new(HashMap::new());
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         // On a current-thread runtime every item is queued before the
@@ -650,7 +647,7 @@ mod tests {
     async fn a_peer_that_does_not_keep_up_fails_calls_at_once_past_its_queue() {
         use futures::FutureExt;
         let net = Net::new(Arc::new(Faults::default()));
-        let queues: Mutex<HashMap<SocketAddr, Queue<Fake<false>>>> = Mutex::new(HashMap::new());
+        let queues: Queues<Fake<false>> = Mutex::new(HashMap::new());
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         // The batcher never runs (nothing here yields), as if the peer hung.

@@ -258,7 +258,8 @@ impl ObjectStore {
             node_id,
             replicas_of,
             trees: RwLock::new(HashMap::new()),
-            trusted: (0..partitions).map(|_| AtomicBool::new(clean_start)).collect(),
+            // Set per partition below.
+            trusted: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
             tombstones: AtomicI64::new(0),
             counter_floor: AtomicU64::new(0),
             floor_lock: Mutex::new(()),
@@ -409,6 +410,16 @@ impl ObjectStore {
                 self.engine.insert(Space::Partition(p), &layout::trees_start(), &[])?;
             }
         }
+        Ok(())
+    }
+
+    /// Applies a write accepted here to `object`, with a dot of this
+    /// replica's actor above the counter floor.
+    fn apply_write(&self, object: &mut Object, context: &VersionVector, content: Content, now_ms: u64) -> Result<()> {
+        let floor = self.counter_floor.load(Ordering::Acquire);
+        object
+            .update_above(self.actor(), floor, context, content, now_ms, &self.node_id)
+            .map_err(|e| Error::invalid(e.to_string()))?;
         Ok(())
     }
 
@@ -564,15 +575,13 @@ impl ObjectStore {
         // is forged or corrupt; taking it would let new dots skip (or
         // overflow) the counter.
         let actor = self.actor();
-        let floor = self.counter_floor.load(Ordering::Acquire);
-        if context.get(actor) > current.context().get(actor).max(floor) {
+        if context.get(actor) > current.context().get(actor).max(self.counter_floor.load(Ordering::Acquire)) {
             return Err(Error::invalid(
                 "the context claims writes this replica never made; read the key again and write with that read's context",
             ));
         }
         let mut next = current.clone();
-        next.update_above(actor, floor, context, content, now_ms, &self.node_id)
-            .map_err(|e| Error::invalid(e.to_string()))?;
+        self.apply_write(&mut next, context, content, now_ms)?;
         if next.siblings().len() > max_siblings {
             return Err(Error::SiblingLimit {
                 limit: max_siblings,
@@ -610,9 +619,7 @@ impl ObjectStore {
             return Ok(None);
         }
         let mut next = current;
-        let floor = self.counter_floor.load(Ordering::Acquire);
-        next.update_above(self.actor(), floor, read.context(), content, now_ms, &self.node_id)
-            .map_err(|e| Error::invalid(e.to_string()))?;
+        self.apply_write(&mut next, read.context(), content, now_ms)?;
         let held = Held { bytes: encode_object(&next), tombstone: tombstone_only(&next) };
         self.write(partition, segment, &skey, old.as_ref(), Some(&held))?;
         Ok(Some(next))
