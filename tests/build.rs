@@ -26,6 +26,7 @@ const GUESTS: &[(&str, &[&str])] = &[
             "oversized-resolver",
             "wasi-resolver",
             "concat-resolver",
+            "wide-resolver",
             "panic-validator",
             "loop-validator",
             "utf8-validator",

@@ -103,6 +103,23 @@ pub struct GetResult {
     pub resolved_by: Option<String>,
     /// Replicas whose answers were merged.
     pub replicas: Vec<String>,
+    /// When the bucket binds a resolver but the siblings came back
+    /// unresolved: which plugin and why.
+    pub unresolved: Option<Unresolved>,
+}
+
+/// Why a bucket's resolver left siblings as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unresolved {
+    /// `name@version` of the resolver.
+    pub plugin: String,
+    /// `timeout`, `fuel`, `memory`, `trap`, `malformed`, `oversized`,
+    /// `unusable`, `switched-off`, `unavailable` or `keep-siblings`.
+    pub reason: String,
+    /// Details for people.
+    pub message: String,
+    /// Whether the plugin is switched off for the bucket.
+    pub breaker_open: bool,
 }
 
 impl GetResult {
@@ -304,6 +321,12 @@ impl Client {
             context: Context(r.context),
             resolved_by: non_empty(r.resolved_by),
             replicas: r.replicas,
+            unresolved: r.unresolved.map(|u| Unresolved {
+                plugin: u.plugin,
+                reason: u.reason,
+                message: u.message,
+                breaker_open: u.breaker_open,
+            }),
         })
     }
 

@@ -266,6 +266,13 @@ pub struct BucketChange {
 }
 
 impl BucketChange {
+    /// `props` as they would be after this change (not yet validated).
+    pub fn applied_to(&self, props: &BucketProps) -> BucketProps {
+        let mut next = props.clone();
+        self.clone().apply(&mut next);
+        next
+    }
+
     fn apply(self, props: &mut BucketProps) {
         let quorum = |v: u32| (v != 0).then_some(v);
         if let Some(n) = self.n {

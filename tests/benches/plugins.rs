@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(label, |b| {
             b.iter(|| {
                 let slot = Arc::clone(runtime.slots()).try_acquire_owned().unwrap();
-                loaded.resolve(slot, "bench", b"key", &siblings, 1 << 20, concord::plugins::Bound::Request).unwrap()
+                loaded.resolve(slot, "bench", b"key", &siblings, 1 << 20, concord::plugins::Mode::Request).unwrap()
             })
         });
     }
@@ -112,7 +112,16 @@ fn bench(c: &mut Criterion) {
         g.bench_function(label, |b| {
             b.iter(|| {
                 let slots = runtime.slots();
-                loaded.validate(|| Arc::clone(slots).try_acquire_owned().ok(), "bench", b"key", value, 1 << 20).unwrap()
+                loaded
+                    .validate(
+                        || Arc::clone(slots).try_acquire_owned().ok(),
+                        "bench",
+                        b"key",
+                        value,
+                        1 << 20,
+                        concord::plugins::Mode::Request,
+                    )
+                    .unwrap()
             })
         });
     }

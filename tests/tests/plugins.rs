@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use concord::buckets::{BucketProps, PluginRef};
-use concord::plugins::{PluginConfig, Plugins};
+use concord::plugins::{DeployRequest, PluginConfig, Plugins};
 use concord::storage::MemStore;
 use concord_client::{Client, ClientError, Context, SetBucketRequest};
 use concord_proto::v1 as pb;
@@ -33,6 +33,7 @@ async fn deploy_with(
         wasm: wasm.into(),
         force,
         samples: samples.iter().map(|s| s.as_bytes().to_vec().into()).collect(),
+        ..Default::default()
     };
     Ok(c.admin().deploy_plugin(req).await?.into_inner())
 }
@@ -525,6 +526,125 @@ async fn the_shadow_resolver_is_compared_but_never_applied() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(found, "five disagreements were counted");
+
+    // The report keeps counts and quoted examples per bucket and shadow.
+    let report = c.admin().shadow_report(pb::ShadowReportRequest { bucket: "s".into() }).await.unwrap().into_inner();
+    assert_eq!(report.shadows.len(), 1, "{report:?}");
+    let s = &report.shadows[0];
+    assert_eq!((s.plugin.as_str(), s.agree, s.disagree, s.failed), ("concat@1", 0, 5, 0));
+    assert!(!s.samples.is_empty() && s.samples.len() <= 5, "{s:?}");
+    assert_eq!(s.samples[0].key, "\"k\"");
+    assert_eq!(s.samples[0].active, "resolved \"bb\"");
+    assert!(s.samples[0].shadow.starts_with("resolved \""), "{s:?}");
+
+    // Promoting makes the shadow the active resolver and clears the shadow.
+    let e = c.admin().promote_shadow(pb::PromoteShadowRequest { bucket: "none".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    let props = c.admin().promote_shadow(pb::PromoteShadowRequest { bucket: "s".into() }).await.unwrap().into_inner();
+    assert_eq!((props.resolver.as_str(), props.shadow_resolver.as_str()), ("concat@1", ""));
+    assert_eq!(c.get("s", b"k").await.unwrap().resolved_by.as_deref(), Some("concat@1"));
+}
+
+#[tokio::test]
+async fn deploy_checks_stay_out_of_live_telemetry_and_identical_bytes_change_nothing() {
+    let (server, metrics_port) = metered(&[]).await;
+    let c = server.client().await;
+    let first = deploy(&c, plugins::WIDE_RESOLVER, "wide", "1").await.unwrap();
+    assert!(!first.unchanged);
+    // The plugin's two warnings per call come back summarised in the reply,
+    // not as a line per call in the node's log.
+    assert!(first.check_log.len() <= 21, "{:?}", first.check_log);
+    assert!(
+        first.check_log.iter().any(|l| l.starts_with("(x") && l.contains("WARN: wide: every answer is 20000 bytes")),
+        "{:?}",
+        first.check_log
+    );
+    assert!(!server.log_text().contains("every answer is 20000 bytes"), "check log lines reached the node log");
+    let text = metrics_text(metrics_port).await;
+    let live = r#"concord_plugin_calls_total{plugin="wide",version="1",kind="resolver"}"#;
+    assert_eq!(counter_value(&text, live), 0, "checks counted as live calls");
+    assert!(counter_value(&text, r#"concord_plugin_check_calls_total{plugin="wide",version="1"}"#) > 100);
+
+    // The same bytes again: nothing is checked, stored or logged.
+    let again = deploy(&c, plugins::WIDE_RESOLVER, "wide", "1").await.unwrap();
+    assert!(again.unchanged && again.check_log.is_empty(), "{again:?}");
+    let after = metrics_text(metrics_port).await;
+    let checks = r#"concord_plugin_check_calls_total{plugin="wide",version="1"}"#;
+    assert_eq!(counter_value(&after, checks), counter_value(&text, checks));
+    assert_eq!(server.log_text().matches("plugin deployed").count(), 1);
+}
+
+#[tokio::test]
+async fn resolver_answers_are_checked_against_the_bucket_they_serve() {
+    let server = Server::start().await.unwrap();
+    let c = server.client().await;
+    // Without a bucket, answers are checked against the most any bucket
+    // allows, and the error says so.
+    let e = deploy_with(&c, plugins::OVERSIZED_RESOLVER, "huge", "1", false, &["one"]).await.unwrap_err();
+    assert!(e.to_string().contains("the most any bucket allows"), "{e}");
+    // 20,000 bytes fit some bucket, so the deploy passes...
+    deploy(&c, plugins::WIDE_RESOLVER, "wide", "1").await.unwrap();
+    // ...but binding it to a bucket of the default 10 KiB is refused.
+    let e = c.set_bucket(resolver("small", "wide@1")).await.unwrap_err();
+    assert!(matches!(e, ClientError::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("max_object_bytes of 10240"), "{e}");
+    assert!(e.to_string().contains("bucket small"), "{e}");
+    assert_eq!(c.get_bucket("small").await.unwrap().resolver, "", "nothing was bound");
+    // A bucket that allows it binds it; shrinking that bucket is refused.
+    c.set_bucket(SetBucketRequest {
+        name: "roomy".into(),
+        max_object_bytes: Some(32 << 10),
+        resolver: Some("wide@1".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = c
+        .set_bucket(SetBucketRequest { name: "roomy".into(), max_object_bytes: Some(10_000), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("max_object_bytes of 10000"), "{e}");
+    assert_eq!(c.get_bucket("roomy").await.unwrap().max_object_bytes, 32 << 10);
+    // Naming a bucket at deploy checks against its limit then.
+    let wasm = std::fs::read(plugins::WIDE_RESOLVER).unwrap();
+    let req = pb::DeployPluginRequest {
+        name: "wide".into(),
+        version: "2".into(),
+        wasm: wasm.into(),
+        bucket: "small".into(),
+        ..Default::default()
+    };
+    let e = c.admin().deploy_plugin(req).await.unwrap_err();
+    assert!(e.message().contains("for bucket small") && e.message().contains("oversized"), "{e}");
+}
+
+#[tokio::test]
+async fn a_read_says_why_its_siblings_were_not_resolved() {
+    let server = resolving_every_read().await;
+    let c = server.client().await;
+    deploy_with(&c, plugins::PANIC_RESOLVER, "panic", "1", true, &[]).await.unwrap();
+    bind(&c, resolver("b", "panic@1")).await;
+    siblings(&c, "b", b"k", &[b"one", b"two"]).await;
+    let r = c.get("b", b"k").await.unwrap();
+    let why = r.unresolved.expect("a failed resolver is explained");
+    assert_eq!((why.plugin.as_str(), why.reason.as_str(), why.breaker_open), ("panic@1", "trap", false));
+    assert!(why.message.contains("unreachable"), "{why:?}");
+    // After repeated failures the plugin is switched off, and reads say so.
+    let mut last = None;
+    for _ in 0..10 {
+        last = c.get("b", b"k").await.unwrap().unresolved;
+    }
+    let last = last.unwrap();
+    assert!(last.breaker_open, "{last:?}");
+    assert_eq!(last.reason, "switched-off");
+    assert!(!c.cluster_status().await.unwrap().tripped_plugins.is_empty());
+    // Rebinding resets the breaker, and the cluster status shows it at once.
+    bind(&c, resolver("b", "panic@1")).await;
+    let status = c.cluster_status().await.unwrap();
+    assert!(status.tripped_plugins.is_empty(), "{:?}", status.tripped_plugins);
+    // A bucket without a resolver has nothing to explain.
+    siblings(&c, "plain", b"k", &[b"one", b"two"]).await;
+    assert_eq!(c.get("plain", b"k").await.unwrap().unresolved, None);
 }
 
 #[tokio::test]
@@ -569,6 +689,21 @@ async fn verify_passes_the_examples_and_catches_an_order_sensitive_resolver() {
     assert!(ok && out.contains("reject: missing required field \"email\""), "{out}");
     let (ok, _) = run(&["plugin", "test", plugins::JSON_SCHEMA, "--value-base64", "not base64!"]);
     assert!(!ok);
+    // A plugin's log lines show, and a trap comes with its message.
+    let out = Command::new(concord_tests::concord_bin())
+        .args(["plugin", "test", plugins::PANIC_RESOLVER, "--siblings", fixture.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("log: ERROR: plugin panicked") && stderr.contains("deliberate panic"), "{stderr}");
+    assert!(stderr.contains("failed (trap)") && stderr.contains("unreachable"), "{stderr}");
+    let out = Command::new(concord_tests::concord_bin())
+        .args(["plugin", "test", plugins::WIDE_RESOLVER, "--siblings", fixture.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("log: WARN: wide: merging 2 siblings"), "{stderr}");
 
     // A seed replays the same sibling sets, and the report names it.
     let first = run(&["plugin", "verify", plugins::CONCAT_RESOLVER, "--seed", "7", "--cases", "50"]);
@@ -664,7 +799,8 @@ async fn a_resolution_is_computed_once_per_set_of_siblings() {
 async fn plugin_system(config: PluginConfig, path: &str, name: &str) -> Arc<Plugins> {
     let node = Plugins::open(Arc::new(MemStore::new()), None, config).unwrap();
     let wasm = std::fs::read(path).unwrap();
-    node.deploy(name.into(), Some("1".into()), wasm, false, vec![]).await.unwrap();
+    let request = DeployRequest { name: name.into(), version: Some("1".into()), bytes: wasm, ..Default::default() };
+    node.deploy(request).await.unwrap();
     node
 }
 

@@ -56,6 +56,7 @@ pub async fn run(endpoint: &str, cart_wasm: &[u8], shopper: &str) -> anyhow::Res
         wasm: cart_wasm.to_vec().into(),
         force: false,
         samples: vec![br#"{"items":{"apple":1}}"#.to_vec().into(), br#"{"items":{"pear":2}}"#.to_vec().into()],
+        ..Default::default()
     };
     client.admin().deploy_plugin(deploy).await.map_err(ClientError::from).context("deploying the cart resolver")?;
     client

@@ -12,7 +12,7 @@ use crate::buckets::{
 };
 use crate::cluster::{Cluster, LocalData};
 use crate::handoff::{Handoff, Transfers};
-use crate::plugins::{PluginInfo, PluginKind, Plugins};
+use crate::plugins::{DeployRequest, PluginInfo, PluginKind, Plugins, SizeLimit};
 use crate::{Error, Result};
 
 /// Serves `concord.v1.Admin`.
@@ -49,14 +49,32 @@ impl AdminService {
         Self { buckets, plugins, cluster, handoff, transfers, antientropy, local }
     }
 
-    /// Refuses a change that binds a plugin that is not deployed, or one of
-    /// the wrong kind.
-    fn check_bindings(&self, change: &BucketChange) -> Result<()> {
+    /// Refuses a change that binds a plugin that is not deployed, one of
+    /// the wrong kind, or a resolver whose answers do not fit the bucket's
+    /// `max_object_bytes` (checked whenever either changes).
+    async fn check_bindings(&self, bucket: &str, change: &BucketChange) -> Result<()> {
         for r in [&change.resolver, &change.shadow_resolver].into_iter().flatten().flatten() {
             self.plugins.check_binding(r, PluginKind::Resolver)?;
         }
         for r in change.validators.iter().flatten() {
             self.plugins.check_binding(r, PluginKind::Validator)?;
+        }
+        let resizes = change.max_object_bytes.is_some();
+        if resizes || change.resolver.is_some() || change.shadow_resolver.is_some() {
+            let next = change.applied_to(&self.buckets.get(bucket));
+            // Bad properties get their own error, not a failed check.
+            next.validate()?;
+            let bound = [
+                (&next.resolver, change.resolver.is_some()),
+                (&next.shadow_resolver, change.shadow_resolver.is_some()),
+            ];
+            for (r, changed) in bound {
+                if let Some(r) = r
+                    && (changed || resizes)
+                {
+                    self.plugins.check_fits(r, bucket, next.max_object_bytes).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -221,12 +239,10 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn set_bucket(&self, request: Request<pb::SetBucketRequest>) -> Result<Response<pb::BucketProps>, Status> {
         let req = request.into_inner();
-        let props = change_from_proto(&req)
-            .and_then(|c| {
-                self.check_bindings(&c)?;
-                self.buckets.set(&req.name, c)
-            })
-            .map_err(admin_status)?;
+        let change = change_from_proto(&req).map_err(admin_status)?;
+        validate_bucket_name(&req.name).map_err(admin_status)?;
+        self.check_bindings(&req.name, &change).await.map_err(admin_status)?;
+        let props = self.buckets.set(&req.name, change).map_err(admin_status)?;
         Ok(Response::new(props_to_proto(&req.name, &props)))
     }
 
@@ -249,17 +265,74 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::DeployPluginRequest>,
     ) -> Result<Response<pb::DeployPluginResponse>, Status> {
         let req = request.into_inner();
-        let samples = req.samples.iter().map(|s| s.to_vec()).collect();
-        let version = (!req.version.is_empty()).then_some(req.version);
-        let deployed = self
-            .plugins
-            .deploy(req.name, version, req.wasm.to_vec(), req.force, samples)
-            .await
-            .map_err(admin_status)?;
+        let limit = if req.bucket.is_empty() {
+            SizeLimit::default()
+        } else {
+            validate_bucket_name(&req.bucket).map_err(admin_status)?;
+            SizeLimit::bucket(&req.bucket, self.buckets.get(&req.bucket).max_object_bytes)
+        };
+        let request = DeployRequest {
+            name: req.name,
+            version: (!req.version.is_empty()).then_some(req.version),
+            bytes: req.wasm.to_vec(),
+            force: req.force,
+            samples: req.samples.iter().map(|s| s.to_vec()).collect(),
+            limit,
+        };
+        let deployed = self.plugins.deploy(request).await.map_err(admin_status)?;
         Ok(Response::new(pb::DeployPluginResponse {
             plugin: Some(plugin_to_proto(&deployed.info)),
             warnings: deployed.warnings,
+            check_log: deployed.check_log,
+            unchanged: deployed.unchanged,
         }))
+    }
+
+    async fn shadow_report(
+        &self,
+        request: Request<pb::ShadowReportRequest>,
+    ) -> Result<Response<pb::ShadowReportResponse>, Status> {
+        let bucket = request.into_inner().bucket;
+        if !bucket.is_empty() {
+            validate_bucket_name(&bucket).map_err(admin_status)?;
+        }
+        let shadows = self
+            .plugins
+            .shadow_report((!bucket.is_empty()).then_some(bucket.as_str()))
+            .into_iter()
+            .map(|(bucket, plugin, s)| pb::ShadowStats {
+                bucket,
+                plugin,
+                agree: s.agree,
+                disagree: s.disagree,
+                failed: s.failed,
+                samples: s
+                    .samples
+                    .into_iter()
+                    .map(|x| pb::ShadowSample { key: x.key, active: x.active, shadow: x.shadow, at_ms: x.at_ms })
+                    .collect(),
+                last_failure: s.last_failure.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ShadowReportResponse { node_id: self.cluster.node_id().to_string(), shadows }))
+    }
+
+    async fn promote_shadow(
+        &self,
+        request: Request<pb::PromoteShadowRequest>,
+    ) -> Result<Response<pb::BucketProps>, Status> {
+        let bucket = request.into_inner().bucket;
+        validate_bucket_name(&bucket).map_err(admin_status)?;
+        let Some(shadow) = self.buckets.get(&bucket).shadow_resolver.clone() else {
+            return Err(admin_status(Error::FailedPrecondition(format!(
+                "bucket {bucket} has no shadow resolver to promote; bind one with `concord bucket set {bucket} \
+                 --shadow-resolver NAME@VERSION`"
+            ))));
+        };
+        let change = BucketChange { resolver: Some(Some(shadow)), shadow_resolver: Some(None), ..Default::default() };
+        self.check_bindings(&bucket, &change).await.map_err(admin_status)?;
+        let props = self.buckets.set(&bucket, change).map_err(admin_status)?;
+        Ok(Response::new(props_to_proto(&bucket, &props)))
     }
 
     async fn list_plugins(

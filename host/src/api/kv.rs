@@ -92,7 +92,13 @@ impl pb::kv_server::Kv for KvService {
                     (out.object.is_found(), out.object.siblings().iter().map(sibling_to_proto).collect(), String::new())
                 }
             };
-            Response::new(pb::GetResponse { found, siblings, context, resolved_by, replicas: out.replicas })
+            let unresolved = out.unresolved.map(|u| pb::Unresolved {
+                plugin: u.plugin,
+                reason: u.reason,
+                message: u.message,
+                breaker_open: u.breaker_open,
+            });
+            Response::new(pb::GetResponse { found, siblings, context, resolved_by, replicas: out.replicas, unresolved })
         });
         observe(&self.metrics.get, started, reply)
     }

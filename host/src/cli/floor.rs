@@ -37,6 +37,7 @@ impl pb::kv_server::Kv for Echo {
             }],
             context: self.context.clone(),
             resolved_by: String::new(),
+            unresolved: None,
             replicas: vec!["echo".into()],
         }))
     }

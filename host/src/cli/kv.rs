@@ -217,6 +217,9 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                 "context": r.context.to_base64(),
                 "resolved_by": r.resolved_by,
                 "replicas": r.replicas,
+                "unresolved": r.unresolved.as_ref().map(|u| json!({
+                    "plugin": u.plugin, "reason": u.reason, "message": u.message, "breaker_open": u.breaker_open,
+                })),
             })
         );
         return Ok(());
@@ -233,6 +236,11 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     }
     if let Some(by) = &r.resolved_by {
         println!("resolved by {by}");
+    }
+    if let Some(u) = &r.unresolved {
+        let breaker =
+            if u.breaker_open { "; it is switched off for this bucket (rebind it to switch it back on)" } else { "" };
+        println!("not resolved: {} {}: {}{breaker}", u.plugin, u.reason, u.message);
     }
     if !r.context.is_empty() {
         println!("context: {}", r.context.to_base64());

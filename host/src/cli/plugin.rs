@@ -12,7 +12,8 @@ use base64::Engine as _;
 use concord::buckets::MAX_OBJECT_BYTES_LIMIT;
 use concord::causal::{Content, Dot, Sibling};
 use concord::plugins::{
-    Bound, Loaded, PluginConfig, PluginInfo, PluginKind, Resolution, Runtime, Verdict, package, verify,
+    CheckLog, Loaded, Mode, PluginConfig, PluginFailure, PluginInfo, PluginKind, Resolution, Runtime, Verdict, package,
+    verify,
 };
 use concord_proto::v1 as pb;
 use serde::Deserialize;
@@ -38,11 +39,34 @@ pub enum PluginCommand {
         /// JSON array of example values for the convergence checks.
         #[arg(long)]
         samples: Option<PathBuf>,
+        /// Check the resolver's answers against this bucket's
+        /// max_object_bytes [default: the largest any bucket may allow].
+        #[arg(long)]
+        bucket: Option<String>,
         #[command(flatten)]
         target: Target,
     },
     /// List deployed plugins.
     List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// How a bucket's shadow resolvers compare with its active one, summed
+    /// over every node that is up (each counts the reads and writes it
+    /// coordinated since it started).
+    ShadowReport {
+        /// Bucket.
+        bucket: String,
+        /// Ask only the node at --endpoint.
+        #[arg(long)]
+        this_node: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make a bucket's shadow resolver its active resolver.
+    PromoteShadow {
+        /// Bucket.
+        bucket: String,
         #[command(flatten)]
         target: Target,
     },
@@ -93,7 +117,7 @@ pub enum PluginCommand {
 
 pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
     match cmd {
-        PluginCommand::Deploy { file, name, version, force, samples, target } => {
+        PluginCommand::Deploy { file, name, version, force, samples, bucket, target } => {
             let wasm = read(&file)?;
             let samples = match &samples {
                 Some(p) => read_samples(p)?.into_iter().map(Into::into).collect(),
@@ -106,15 +130,29 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 wasm: wasm.into(),
                 force,
                 samples,
+                bucket: bucket.unwrap_or_default(),
             };
             let r = client.admin().deploy_plugin(req).await.map_err(concord_client::ClientError::from)?.into_inner();
             let p = r.plugin.context("the node returned no plugin")?;
             if target.json {
-                println!("{}", json!({"plugin": plugin_json(&p), "warnings": r.warnings}));
+                println!(
+                    "{}",
+                    json!({"plugin": plugin_json(&p), "warnings": r.warnings, "check_log": r.check_log, "unchanged": r.unchanged})
+                );
             } else {
-                println!("deployed {}@{} ({}, sha256 {})", p.name, p.version, kind_name(p.kind), p.sha256);
+                if r.unchanged {
+                    println!("{}@{} is already deployed with these bytes; nothing changed", p.name, p.version);
+                } else {
+                    println!("deployed {}@{} ({}, sha256 {})", p.name, p.version, kind_name(p.kind), p.sha256);
+                }
                 for w in &r.warnings {
                     println!("warning: {w}");
+                }
+                if !r.check_log.is_empty() {
+                    println!("the plugin logged during the checks:");
+                    for l in &r.check_log {
+                        println!("  {l}");
+                    }
                 }
             }
         }
@@ -145,6 +183,21 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        PluginCommand::ShadowReport { bucket, this_node, target } => shadow_report(&bucket, this_node, &target).await?,
+        PluginCommand::PromoteShadow { bucket, target } => {
+            let client = connect(&target).await?;
+            let p = client
+                .admin()
+                .promote_shadow(pb::PromoteShadowRequest { bucket: bucket.clone() })
+                .await
+                .map_err(concord_client::ClientError::from)?
+                .into_inner();
+            if target.json {
+                println!("{}", json!({"bucket": p.name, "resolver": p.resolver, "version": p.version}));
+            } else {
+                println!("bucket {bucket} now resolves with {} (properties version {})", p.resolver, p.version);
+            }
+        }
         PluginCommand::Test { file, siblings, value, value_base64, value_file, bucket, key, json } => {
             let value: Option<Vec<u8>> = match (value, value_base64, value_file) {
                 (Some(v), _, _) => Some(v.into_bytes()),
@@ -160,31 +213,23 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
             };
             let (runtime, loaded) = load_local(&file)?;
             let slot = || Arc::clone(runtime.slots()).try_acquire_owned().ok();
+            let max = MAX_OBJECT_BYTES_LIMIT as usize;
+            let mut log = CheckLog::default();
             match (loaded.info.kind, siblings, value) {
                 (PluginKind::Resolver, Some(fixture), _) => {
                     let (bucket, key, siblings) = read_fixture(&fixture, &bucket, &key)?;
                     let permit = slot().context("no plugin slot free")?;
-                    let (r, took) = loaded
-                        .resolve(
-                            permit,
-                            &bucket,
-                            key.as_bytes(),
-                            &siblings,
-                            MAX_OBJECT_BYTES_LIMIT as usize,
-                            Bound::Check,
-                        )
-                        .map_err(|f| anyhow::anyhow!("{f}"))?;
-                    print_resolution(&r, took, json);
+                    let result = loaded.resolve(permit, &bucket, key.as_bytes(), &siblings, max, Mode::Check(&mut log));
+                    let (r, took) = show_log(&log, json, result)?;
+                    print_resolution(&r, took, &log, json);
                 }
                 (PluginKind::Resolver, None, _) => {
                     bail!("{} is a resolver: give --siblings FIXTURE.json", file.display())
                 }
                 (PluginKind::Validator, _, Some(value)) => {
-                    let (v, took) = loaded
-                        .validate(slot, &bucket, key.as_bytes(), &value, MAX_OBJECT_BYTES_LIMIT as usize)
-                        .map_err(|f| anyhow::anyhow!("{f}"))?
-                        .context("no plugin slot free")?;
-                    print_verdict(&v, took, json);
+                    let result = loaded.validate(slot, &bucket, key.as_bytes(), &value, max, Mode::Check(&mut log));
+                    let (v, took) = show_log(&log, json, result)?.context("no plugin slot free")?;
+                    print_verdict(&v, took, &log, json);
                 }
                 (PluginKind::Validator, _, None) => bail!(
                     "{} is a validator: give --value VALUE, --value-base64 B64 or --value-file FILE",
@@ -209,32 +254,20 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 }
             };
             let seed = seed.unwrap_or_else(rand::random);
-            let report = verify::verify_loaded(&loaded, runtime.slots(), &samples, cases, seed);
+            let max = MAX_OBJECT_BYTES_LIMIT as usize;
+            let report = verify::verify_loaded(&loaded, runtime.slots(), &samples, cases, seed, max);
+            let log = report.log.summary();
             if json {
                 println!(
                     "{}",
                     json!({
                         "passed": report.passed(), "cases": report.cases, "checks": report.checks,
                         "failures": report.failures, "call_failure": report.call_failure, "seed": seed,
+                        "log": log,
                     })
                 );
-            } else if report.passed() {
-                println!(
-                    "ok: {} sibling sets, {} checks: deterministic, order-insensitive, idempotent, associative \
-                     (seed {seed})",
-                    report.cases, report.checks
-                );
             } else {
-                println!("seed {seed} (--seed {seed} replays these sibling sets)");
-                if let Some(f) = &report.call_failure {
-                    println!("FAILED: a call failed, so the laws could not be checked: {f}");
-                }
-                if !report.failures.is_empty() {
-                    println!("FAILED: {} of {} checks broke a law:", report.failures.len(), report.checks);
-                }
-                for f in &report.failures {
-                    println!("  {f}");
-                }
+                print_verify_report(&report, &log, seed);
             }
             if report.call_failure.is_some() {
                 bail!("{} failed while being checked", file.display());
@@ -243,6 +276,143 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 bail!("{} breaks the resolver laws; replicas resolving with it could disagree", file.display());
             }
         }
+    }
+    Ok(())
+}
+
+fn print_verify_report(report: &verify::Report, log: &[String], seed: u64) {
+    if !log.is_empty() {
+        println!("the plugin logged:");
+        for l in log {
+            println!("  {l}");
+        }
+    }
+    if report.passed() {
+        println!(
+            "ok: {} sibling sets, {} checks: deterministic, order-insensitive, idempotent, associative \
+                     (seed {seed})",
+            report.cases, report.checks
+        );
+    } else {
+        println!("seed {seed} (--seed {seed} replays these sibling sets)");
+        if let Some(f) = &report.call_failure {
+            println!("FAILED: a call failed, so the laws could not be checked: {f}");
+        }
+        if !report.failures.is_empty() {
+            println!("FAILED: {} of {} checks broke a law:", report.failures.len(), report.checks);
+        }
+        for f in &report.failures {
+            println!("  {f}");
+        }
+    }
+}
+
+/// Asks every node that is up (or only the one at the endpoint) for its
+/// shadow counts and prints them per shadow, summed, with each node's
+/// examples.
+async fn shadow_report(bucket: &str, this_node: bool, target: &Target) -> anyhow::Result<()> {
+    let client = connect(target).await?;
+    let mut endpoints = vec![target.endpoint.clone()];
+    let mut unreachable = Vec::new();
+    if !this_node {
+        let status = client.admin().cluster_status(pb::ClusterStatusRequest {}).await;
+        let status = status.map_err(concord_client::ClientError::from)?.into_inner();
+        endpoints = status
+            .nodes
+            .iter()
+            .filter(|n| !n.is_self && !n.address.is_empty())
+            .filter(|n| {
+                let up = n.status == "up";
+                if !up {
+                    unreachable.push(format!("{} ({})", n.node_id, n.status));
+                }
+                up
+            })
+            .map(|n| n.address.clone())
+            .collect();
+        endpoints.insert(0, target.endpoint.clone());
+    }
+    let mut reports = Vec::new();
+    for endpoint in &endpoints {
+        let asked = async {
+            let c = if *endpoint == target.endpoint {
+                client.clone()
+            } else {
+                concord_client::Client::connect(endpoint).await?
+            };
+            let r = c.admin().shadow_report(pb::ShadowReportRequest { bucket: bucket.to_owned() }).await;
+            anyhow::Ok(r.map_err(concord_client::ClientError::from)?.into_inner())
+        };
+        match asked.await {
+            Ok(r) => reports.push(r),
+            Err(e) => unreachable.push(format!("{endpoint} ({e:#})")),
+        }
+    }
+    // Per shadow plugin: totals, and each node's examples.
+    let mut by_plugin: std::collections::BTreeMap<String, (pb::ShadowStats, Vec<String>)> = Default::default();
+    for r in &reports {
+        for s in &r.shadows {
+            let (total, nodes) = by_plugin.entry(s.plugin.clone()).or_insert_with(|| {
+                (pb::ShadowStats { bucket: s.bucket.clone(), plugin: s.plugin.clone(), ..Default::default() }, vec![])
+            });
+            total.agree += s.agree;
+            total.disagree += s.disagree;
+            total.failed += s.failed;
+            total.samples.extend(s.samples.iter().cloned());
+            if !s.last_failure.is_empty() {
+                total.last_failure = s.last_failure.clone();
+            }
+            nodes.push(r.node_id.clone());
+        }
+    }
+    if target.json {
+        let shadows: Vec<_> = by_plugin
+            .values()
+            .map(|(s, nodes)| {
+                json!({
+                    "plugin": s.plugin, "agree": s.agree, "disagree": s.disagree, "failed": s.failed,
+                    "last_failure": s.last_failure, "nodes": nodes,
+                    "samples": s.samples.iter().map(|x| json!({"key": x.key, "active": x.active, "shadow": x.shadow, "at_ms": x.at_ms})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"bucket": bucket, "shadows": shadows, "nodes_asked": reports.len(), "not_asked": unreachable})
+        );
+        return Ok(());
+    }
+    if by_plugin.is_empty() {
+        println!("no shadow resolutions recorded for bucket {bucket} on {} node(s)", reports.len());
+    }
+    for (s, _) in by_plugin.values() {
+        let all = s.agree + s.disagree + s.failed;
+        let pct = |n: u64| if all == 0 { 0.0 } else { n as f64 * 100.0 / all as f64 };
+        println!(
+            "{}: {all} resolutions: {} agree ({:.1}%), {} disagree ({:.1}%), {} failed ({:.1}%)",
+            s.plugin,
+            s.agree,
+            pct(s.agree),
+            s.disagree,
+            pct(s.disagree),
+            s.failed,
+            pct(s.failed)
+        );
+        if !s.last_failure.is_empty() {
+            println!("  last failure: {}", s.last_failure);
+        }
+        for x in &s.samples {
+            println!(
+                "  {} key {}: active {} / shadow {}",
+                super::output::show_time(x.at_ms),
+                x.key,
+                x.active,
+                x.shadow
+            );
+        }
+    }
+    for u in &unreachable {
+        println!("not counted: {u}");
     }
     Ok(())
 }
@@ -353,15 +523,33 @@ fn read_fixture(path: &Path, bucket: &str, key: &str) -> anyhow::Result<(String,
     Ok((bucket, key, siblings))
 }
 
-fn print_resolution(r: &Resolution, took: std::time::Duration, as_json: bool) {
+/// Prints what a local call logged (for people; JSON output carries it in
+/// the answer) and turns a failed call into an error that names the plugin,
+/// the kind of failure and its message (a trap's, or a panic's as logged).
+fn show_log<T>(log: &CheckLog, as_json: bool, result: Result<T, PluginFailure>) -> anyhow::Result<T> {
+    if !as_json {
+        for l in log.summary() {
+            eprintln!("log: {l}");
+        }
+    }
+    result.map_err(|f| {
+        if as_json {
+            println!("{}", json!({"error": f.to_string(), "reason": f.reason.as_str(), "log": log.summary()}));
+        }
+        anyhow::anyhow!("{f}")
+    })
+}
+
+fn print_resolution(r: &Resolution, took: std::time::Duration, log: &CheckLog, as_json: bool) {
     if as_json {
-        let j = match r {
+        let mut j = match r {
             Resolution::Resolved(v) => {
                 json!({"resolution": "resolved", "value": std::str::from_utf8(v).ok(), "value_base64": base64::engine::general_purpose::STANDARD.encode(v)})
             }
             Resolution::Delete => json!({"resolution": "delete"}),
             Resolution::KeepSiblings => json!({"resolution": "keep-siblings"}),
         };
+        j["log"] = json!(log.summary());
         println!("{j}");
         return;
     }
@@ -373,15 +561,16 @@ fn print_resolution(r: &Resolution, took: std::time::Duration, as_json: bool) {
     eprintln!("({} µs)", took.as_micros());
 }
 
-fn print_verdict(v: &Verdict, took: std::time::Duration, as_json: bool) {
+fn print_verdict(v: &Verdict, took: std::time::Duration, log: &CheckLog, as_json: bool) {
     if as_json {
-        let j = match v {
+        let mut j = match v {
             Verdict::Accept => json!({"verdict": "accept"}),
             Verdict::Reject(reason) => json!({"verdict": "reject", "reason": reason}),
             Verdict::Replace(v) => {
                 json!({"verdict": "replace", "value": std::str::from_utf8(v).ok(), "value_base64": base64::engine::general_purpose::STANDARD.encode(v)})
             }
         };
+        j["log"] = json!(log.summary());
         println!("{j}");
         return;
     }

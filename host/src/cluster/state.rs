@@ -656,7 +656,7 @@ impl Cluster {
             ring_epoch: ring.epoch(),
             tripped_plugins: self
                 .plugins
-                .tripped()
+                .tripped(|bucket| self.buckets.get(bucket).version)
                 .into_iter()
                 .map(|t| pb::PluginBreaker {
                     bucket: t.bucket,

@@ -51,7 +51,7 @@ use crate::buckets::{BucketProps, Buckets, ResolveOn};
 use crate::causal::{Content, Dot, Object, Sibling, VersionVector};
 use crate::cluster::Cluster;
 use crate::handoff::{HintKey, HintStore};
-use crate::plugins::{Plugins, Resolution, ResolveFor};
+use crate::plugins::{Plugins, Resolution, ResolveFor, Unresolved};
 use crate::ring::NodeId;
 use crate::storage::ObjectStore;
 use crate::storage::codec::{decode_object, encode_object};
@@ -85,6 +85,8 @@ pub struct ReadOutcome {
     /// (a value or a tombstone) and who decided. The object's context still
     /// covers every sibling, so a write with it supersedes them all.
     pub resolved: Option<(Content, Arc<str>)>,
+    /// Set when the bucket's resolver ran but left the siblings: why.
+    pub unresolved: Option<Unresolved>,
 }
 
 /// A write (put or delete), checked.
@@ -308,18 +310,22 @@ impl Coordinator {
         }
         let merged = answers.iter().filter_map(|(_, _, o)| o.as_ref()).fold(Object::new(), |acc, o| acc.merged(o));
         self.repair_in_background(&plan, &req, answers, rx);
-        let mut out = ReadOutcome { object: merged, replicas: tally.ok, resolved: None };
-        if let Some((content, by)) = self.resolve_siblings(&req, &props, &out.object).await {
-            if self.plugins.runtime().config().write_back_resolved {
-                match self.write_back(&plan, &req, &out.object, content.clone(), deadline).await {
-                    // Hand out the written-back object only if nothing else
-                    // slipped in: its context must not cover a sibling the
-                    // reader has not seen.
-                    Some(written) if written.siblings().len() == 1 => out.object = written,
-                    _ => {}
+        let mut out = ReadOutcome { object: merged, replicas: tally.ok, resolved: None, unresolved: None };
+        match self.resolve_siblings(&req, &props, &out.object).await {
+            None => {}
+            Some(Err(why)) => out.unresolved = Some(why),
+            Some(Ok((content, by))) => {
+                if self.plugins.runtime().config().write_back_resolved {
+                    match self.write_back(&plan, &req, &out.object, content.clone(), deadline).await {
+                        // Hand out the written-back object only if nothing else
+                        // slipped in: its context must not cover a sibling the
+                        // reader has not seen.
+                        Some(written) if written.siblings().len() == 1 => out.object = written,
+                        _ => {}
+                    }
                 }
+                out.resolved = Some((content, by));
             }
-            out.resolved = Some((content, by));
         }
         Ok(out)
     }
@@ -489,7 +495,7 @@ impl Coordinator {
         };
         if props.resolve_on == ResolveOn::Write
             && object.siblings().len() > 1
-            && let Some(r) =
+            && let Some(Ok(r)) =
                 self.plugins.resolve(&req.bucket, &props, &req.key, object.siblings(), ResolveFor::Write).await
             && let Some(content) = content_of(r.resolution)
         {
@@ -651,7 +657,7 @@ impl Coordinator {
             written_at_ms: now,
             writer: self.node_id.clone(),
         });
-        let r = self.plugins.resolve(&req.bucket, props, &req.key, &candidates, ResolveFor::Write).await?;
+        let r = self.plugins.resolve(&req.bucket, props, &req.key, &candidates, ResolveFor::Write).await?.ok()?;
         let content = content_of(r.resolution)?;
         let mut context = stored.context().clone();
         context.merge(&req.context);

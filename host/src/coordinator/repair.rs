@@ -11,7 +11,7 @@ use super::tally::{Answer, Plan};
 use super::{Coordinator, ReadRequest, content_of};
 use crate::buckets::BucketProps;
 use crate::causal::{Content, Object};
-use crate::plugins::ResolveFor;
+use crate::plugins::{ResolveFor, Unresolved};
 use crate::ring::NodeId;
 use crate::storage::codec::encode_object;
 
@@ -120,13 +120,16 @@ impl Coordinator {
         req: &ReadRequest,
         props: &BucketProps,
         object: &Object,
-    ) -> Option<(Content, Arc<str>)> {
+    ) -> Option<Result<(Content, Arc<str>), Unresolved>> {
         let has_resolver = props.resolver.is_some() || props.shadow_resolver.is_some();
         if !has_resolver || object.live_siblings().nth(1).is_none() {
             return None;
         }
         let resolved = self.plugins.resolve(&req.bucket, props, &req.key, object.siblings(), ResolveFor::Read).await?;
-        Some((content_of(resolved.resolution)?, resolved.by))
+        Some(resolved.and_then(|r| match content_of(r.resolution) {
+            Some(content) => Ok((content, r.by)),
+            None => Err(Unresolved::kept(&r.by)),
+        }))
     }
 
     /// Stores a resolved value over the siblings it merged, so later reads

@@ -116,10 +116,16 @@ impl Breakers {
         trips
     }
 
-    /// Every tripped breaker.
-    pub fn tripped(&self) -> Vec<Tripped> {
+    /// Every breaker that is open at its bucket's current properties
+    /// version (`version_of`): one tripped under older properties was
+    /// closed by the change, even before the next call clears it.
+    pub fn tripped(&self, version_of: impl Fn(&str) -> u64) -> Vec<Tripped> {
         let states = self.states.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<Tripped> = states.values().filter_map(|s| s.tripped.clone()).collect();
+        let mut out: Vec<Tripped> = states
+            .iter()
+            .filter(|((bucket, _), s)| s.props_version >= version_of(bucket))
+            .filter_map(|(_, s)| s.tripped.clone())
+            .collect();
         out.sort_by(|a, b| (&a.bucket, &a.plugin).cmp(&(&b.bucket, &b.plugin)));
         out
     }
@@ -150,11 +156,13 @@ mod tests {
         assert!(b.failure("bk", &p, 1, "timeout"));
         assert!(b.is_open("bk", &p, 1));
         assert!(!b.is_open("other", &p, 1), "breakers are per bucket");
-        assert_eq!(b.tripped()[0].reason, "timeout");
-        // Changing the bucket's properties closes it.
+        assert_eq!(b.tripped(|_| 1)[0].reason, "timeout");
+        // Changing the bucket's properties closes it, and status reports
+        // say so at once, before any call.
         assert!(!b.is_open("bk", &p, 2));
+        assert!(b.tripped(|_| 2).is_empty());
         b.success("bk", &p, 2);
-        assert!(b.tripped().is_empty());
+        assert!(b.tripped(|_| 1).is_empty());
     }
 
     #[test]

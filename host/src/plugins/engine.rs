@@ -52,6 +52,16 @@ pub struct CallState {
     log_budget: u32,
     /// Log lines dropped for exceeding the budget.
     log_dropped: u32,
+    /// Deploy-time checks and local tests keep the plugin's log lines here
+    /// instead of writing them to the node log.
+    captured: Option<Vec<String>>,
+}
+
+impl CallState {
+    /// Log lines a checked call wrote (empty for request calls).
+    pub(super) fn take_captured(&mut self) -> Vec<String> {
+        self.captured.as_mut().map(std::mem::take).unwrap_or_default()
+    }
 }
 
 impl ResourceLimiter for CallState {
@@ -88,6 +98,10 @@ impl v0_1::Host for CallState {
         }
         self.log_budget -= 1;
         let message: String = message.chars().take(512).collect();
+        if let Some(captured) = &mut self.captured {
+            captured.push(format!("{}: {message}", level_name(level)));
+            return;
+        }
         let plugin = &*self.plugin;
         match level {
             v0_1::Level::Trace => tracing::trace!(plugin, "{message}"),
@@ -96,6 +110,16 @@ impl v0_1::Host for CallState {
             v0_1::Level::Warn => tracing::warn!(plugin, "{message}"),
             v0_1::Level::Error => tracing::error!(plugin, "{message}"),
         }
+    }
+}
+
+fn level_name(level: v0_1::Level) -> &'static str {
+    match level {
+        v0_1::Level::Trace => "TRACE",
+        v0_1::Level::Debug => "DEBUG",
+        v0_1::Level::Info => "INFO",
+        v0_1::Level::Warn => "WARN",
+        v0_1::Level::Error => "ERROR",
     }
 }
 
@@ -295,6 +319,7 @@ impl Runtime {
             memory_exceeded: false,
             log_budget: self.config.log_lines_per_call,
             log_dropped: 0,
+            captured: (bound == Bound::Check).then(Vec::new),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -335,6 +360,46 @@ pub enum Bound {
     /// machine's load, so a check never fails because the machine is busy;
     /// a wall-clock limit of [`CHECK_DEADLINE_MS`] stays as a backstop.
     Check,
+}
+
+/// The plugin's log lines from checked calls, summarised for a reply:
+/// identical lines are counted, not repeated, and at most
+/// [`CheckLog::MAX_LINES`] distinct lines are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckLog {
+    /// Distinct lines in the order first written, each with how often.
+    pub lines: Vec<(String, u64)>,
+    /// Lines not kept because [`CheckLog::MAX_LINES`] distinct ones were.
+    pub dropped: u64,
+}
+
+impl CheckLog {
+    /// Distinct lines kept.
+    pub const MAX_LINES: usize = 20;
+
+    /// Adds lines a call wrote.
+    pub fn extend(&mut self, lines: impl IntoIterator<Item = String>) {
+        for line in lines {
+            if let Some((_, n)) = self.lines.iter_mut().find(|(l, _)| *l == line) {
+                *n += 1;
+            } else if self.lines.len() < Self::MAX_LINES {
+                self.lines.push((line, 1));
+            } else {
+                self.dropped += 1;
+            }
+        }
+    }
+
+    /// The summary, one string per distinct line (`"(x12) WARN: ..."` for a
+    /// repeated one), and a last line counting what was left out.
+    pub fn summary(&self) -> Vec<String> {
+        let mut out: Vec<String> =
+            self.lines.iter().map(|(l, n)| if *n > 1 { format!("(x{n}) {l}") } else { l.clone() }).collect();
+        if self.dropped > 0 {
+            out.push(format!("... and {} more lines", self.dropped));
+        }
+        out
+    }
 }
 
 /// Fuel (roughly, wasm instructions) of one call during deploy checks:

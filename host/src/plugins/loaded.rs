@@ -22,10 +22,41 @@ use wasmtime::Store;
 use wasmtime::component::Component;
 
 use super::bindings::v0_1;
-use super::engine::{Bound, CallState, Runtime, classify};
+use super::engine::{Bound, CallState, CheckLog, Runtime, classify};
 use super::{FailureReason, PluginFailure, PluginInfo, PluginKind, Resolution, Verdict};
 use crate::causal::Sibling;
 use crate::{Error, Result};
+
+/// What a call is for.
+pub enum Mode<'a> {
+    /// A request: bounded by the node's deadline (and fuel, when set),
+    /// counted in the plugin's metrics, its log lines in the node log.
+    Request,
+    /// A deploy-time check or a local test: bounded by fuel, counted apart
+    /// (`concord_plugin_check_calls_total`), its log lines kept in the
+    /// given log instead of the node's.
+    Check(&'a mut CheckLog),
+}
+
+impl Mode<'_> {
+    fn bound(&self) -> Bound {
+        match self {
+            Mode::Request => Bound::Request,
+            Mode::Check(_) => Bound::Check,
+        }
+    }
+
+    fn is_check(&self) -> bool {
+        matches!(self, Mode::Check(_))
+    }
+
+    /// Keeps what a checked call logged.
+    fn collect(&mut self, store: &mut Store<CallState>) {
+        if let Mode::Check(log) = self {
+            log.extend(store.data_mut().take_captured());
+        }
+    }
+}
 
 /// Idle validator instances kept per plugin.
 const MAX_IDLE: usize = 4;
@@ -155,13 +186,20 @@ impl Loaded {
         }
     }
 
-    fn failure(&self, reason: FailureReason, message: String) -> PluginFailure {
-        metrics::counter!("concord_plugin_failures_total", "plugin" => self.info.name.clone(), "version" => self.info.version.clone(), "reason" => reason.as_str()).increment(1);
+    fn failure(&self, mode: &Mode<'_>, reason: FailureReason, message: String) -> PluginFailure {
+        let name =
+            if mode.is_check() { "concord_plugin_check_failures_total" } else { "concord_plugin_failures_total" };
+        metrics::counter!(name, "plugin" => self.info.name.clone(), "version" => self.info.version.clone(), "reason" => reason.as_str()).increment(1);
         PluginFailure { plugin: Arc::clone(&self.label), reason, message }
     }
 
-    fn finish(&self, started: Instant, store: &Store<CallState>) -> Duration {
+    fn finish(&self, started: Instant, mode: &mut Mode<'_>, store: &mut Store<CallState>) -> Duration {
         let elapsed = started.elapsed();
+        if mode.is_check() {
+            metrics::counter!("concord_plugin_check_calls_total", "plugin" => self.info.name.clone(), "version" => self.info.version.clone()).increment(1);
+            mode.collect(store);
+            return elapsed;
+        }
         self.calls.increment(1);
         self.duration.record(elapsed.as_secs_f64());
         if let Some(fuel) = self.runtime.fuel_used(store) {
@@ -171,8 +209,9 @@ impl Loaded {
     }
 
     /// Resolves `siblings`, refusing results over `max_bytes`. Runs on the
-    /// calling thread; `slot` is the pool slot the call may use, and
-    /// `bound` what limits it.
+    /// calling thread; `slot` is the pool slot the call may use, and `mode`
+    /// says what the call is for.
+    #[allow(clippy::too_many_arguments)]
     pub fn resolve(
         &self,
         _slot: OwnedSemaphorePermit,
@@ -180,25 +219,26 @@ impl Loaded {
         key: &[u8],
         siblings: &[Sibling],
         max_bytes: usize,
-        bound: Bound,
+        mut mode: Mode<'_>,
     ) -> Result<(Resolution, Duration), PluginFailure> {
         let Kind::Resolver(pre) = &self.kind else {
-            return Err(self.failure(FailureReason::Unusable, format!("{} is not a resolver", self.label)));
+            return Err(self.failure(&mode, FailureReason::Unusable, format!("{} is not a resolver", self.label)));
         };
         let started = Instant::now();
         let mut store = self
             .runtime
-            .new_store(&self.label, bound)
-            .map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
+            .new_store(&self.label, mode.bound())
+            .map_err(|e| self.failure(&mode, FailureReason::Unusable, e.to_string()))?;
         let input: Vec<v0_1::Sibling> = siblings.iter().map(to_wit).collect();
         let result = pre.instantiate(&mut store).and_then(|r| r.call_resolve(&mut store, bucket, key, &input));
-        let elapsed = self.finish(started, &store);
-        let out = result.map_err(|e| self.failure(classify(&e, store.data()), brief(&self.label, &e)))?;
+        let elapsed = self.finish(started, &mut mode, &mut store);
+        let out = result.map_err(|e| self.failure(&mode, classify(&e, store.data()), brief(&self.label, &e)))?;
         let resolution = match out {
             v0_1::Resolution::Resolved(v) if v.len() > max_bytes => {
                 return Err(self.failure(
+                    &mode,
                     FailureReason::Oversized,
-                    format!("resolved value is {} bytes, over the bucket's limit of {max_bytes}", v.len()),
+                    format!("resolved value is {} bytes, over {}", v.len(), limit_words(max_bytes)),
                 ));
             }
             v0_1::Resolution::Resolved(v) => Resolution::Resolved(v),
@@ -210,7 +250,8 @@ impl Loaded {
 
     /// Validates a write. `slot` is used only if no idle instance exists;
     /// pass `None` to require an idle one (returns `Ok(None)` if there is
-    /// none).
+    /// none). Checked calls always use a fresh instance, and leave none
+    /// behind.
     pub fn validate(
         &self,
         slot: impl FnOnce() -> Option<OwnedSemaphorePermit>,
@@ -218,12 +259,13 @@ impl Loaded {
         key: &[u8],
         value: &[u8],
         max_bytes: usize,
+        mut mode: Mode<'_>,
     ) -> Result<Option<(Verdict, Duration)>, PluginFailure> {
         let Kind::Validator { pre, idle } = &self.kind else {
-            return Err(self.failure(FailureReason::Unusable, format!("{} is not a validator", self.label)));
+            return Err(self.failure(&mode, FailureReason::Unusable, format!("{} is not a validator", self.label)));
         };
         let started = Instant::now();
-        let reused = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reused = if mode.is_check() { None } else { idle.lock().unwrap_or_else(|p| p.into_inner()).pop() };
         if reused.is_some() {
             self.runtime.release_idle();
         }
@@ -231,30 +273,33 @@ impl Loaded {
             Some(mut i) => {
                 self.runtime
                     .arm(&mut i.store, Bound::Request)
-                    .map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
+                    .map_err(|e| self.failure(&mode, FailureReason::Unusable, e.to_string()))?;
                 i
             }
             None => {
                 let Some(slot) = slot() else { return Ok(None) };
                 let mut store = self
                     .runtime
-                    .new_store(&self.label, Bound::Request)
-                    .map_err(|e| self.failure(FailureReason::Unusable, e.to_string()))?;
-                let instance = pre.instantiate(&mut store).map_err(|e| {
-                    let reason = classify(&e, store.data());
-                    self.failure(reason, brief(&self.label, &e))
-                })?;
+                    .new_store(&self.label, mode.bound())
+                    .map_err(|e| self.failure(&mode, FailureReason::Unusable, e.to_string()))?;
+                let instance = match pre.instantiate(&mut store) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        mode.collect(&mut store);
+                        return Err(self.failure(&mode, classify(&e, store.data()), brief(&self.label, &e)));
+                    }
+                };
                 Idle { store, instance, _slot: slot }
             }
         };
         let result = inst.instance.call_validate(&mut inst.store, bucket, key, value);
-        let elapsed = self.finish(started, &inst.store);
+        let elapsed = self.finish(started, &mut mode, &mut inst.store);
         let verdict = match result {
             Ok(v) => v,
             // The store is poisoned: drop the instance (and free its slot).
-            Err(e) => return Err(self.failure(classify(&e, inst.store.data()), brief(&self.label, &e))),
+            Err(e) => return Err(self.failure(&mode, classify(&e, inst.store.data()), brief(&self.label, &e))),
         };
-        {
+        if !mode.is_check() {
             // Idle instances keep their pool slot, so how many may idle is
             // bounded per plugin and across all plugins.
             let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -267,13 +312,24 @@ impl Loaded {
             v0_1::Verdict::Reject(reason) => Verdict::Reject(reason.chars().take(1024).collect()),
             v0_1::Verdict::Replace(v) if v.len() > max_bytes => {
                 return Err(self.failure(
+                    &mode,
                     FailureReason::Oversized,
-                    format!("replacement value is {} bytes, over the bucket's limit of {max_bytes}", v.len()),
+                    format!("replacement value is {} bytes, over {}", v.len(), limit_words(max_bytes)),
                 ));
             }
             v0_1::Verdict::Replace(v) => Verdict::Replace(v),
         };
         Ok(Some((verdict, elapsed)))
+    }
+}
+
+/// How an oversized answer's limit is worded: a bucket's own limit, or,
+/// where no bucket is named, the largest value any bucket may allow.
+fn limit_words(max_bytes: usize) -> String {
+    if max_bytes == crate::buckets::MAX_OBJECT_BYTES_LIMIT as usize {
+        format!("{max_bytes} bytes, the most any bucket allows (max_object_bytes)")
+    } else {
+        format!("the bucket's max_object_bytes of {max_bytes}")
     }
 }
 

@@ -14,7 +14,8 @@
 //! * [`breaker`] switches a plugin off for a bucket when it keeps failing;
 //! * [`memo`] remembers resolutions, so the same siblings are not resolved
 //!   twice;
-//! * [`verify`] checks the laws a resolver must obey.
+//! * [`verify`] checks the laws a resolver must obey;
+//! * [`shadow`] keeps what shadow resolvers did, per bucket and shadow.
 //!
 //! [`Plugins`] ties them together for the request paths. Where a call runs:
 //! a plugin starts out running on the request's own thread (a call takes
@@ -31,20 +32,20 @@ pub mod loaded;
 pub mod memo;
 pub mod package;
 pub mod registry;
+pub mod shadow;
 pub mod verify;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use breaker::Tripped;
-pub use engine::{Bound, Runtime};
-pub use loaded::Loaded;
+pub use engine::{Bound, CheckLog, Runtime};
+pub use loaded::{Loaded, Mode};
 pub use registry::Registry;
 
 use crate::buckets::{BucketProps, PluginRef, ValidatorFailure, validate_plugin_word};
@@ -267,6 +268,9 @@ struct Worked {
     previous: Option<PluginRef>,
 }
 
+/// Sibling sets a binding tries (see [`Plugins::check_fits`]).
+const FIT_CASES: usize = 50;
+
 /// Largest plugin (component or core module) a deploy accepts.
 pub const MAX_PLUGIN_BYTES: usize = 32 << 20;
 
@@ -298,6 +302,76 @@ pub struct Resolved {
     pub by: Arc<str>,
 }
 
+/// A plugin to deploy.
+#[derive(Clone, Debug, Default)]
+pub struct DeployRequest {
+    /// Plugin name.
+    pub name: String,
+    /// Version; `None` names the build by its content.
+    pub version: Option<String>,
+    /// A component, or a core module built with concord-guest.
+    pub bytes: Vec<u8>,
+    /// Store a resolver that fails its checks anyway.
+    pub force: bool,
+    /// Example values in the plugin's format, for the checks.
+    pub samples: Vec<Vec<u8>>,
+    /// The value size answers are checked against.
+    pub limit: SizeLimit,
+}
+
+/// The largest answer a plugin may give: a bucket's `max_object_bytes`, or
+/// without a bucket the largest any bucket may allow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SizeLimit {
+    /// The bucket whose limit applies.
+    pub bucket: Option<String>,
+    /// Its `max_object_bytes`.
+    pub max_object_bytes: u32,
+}
+
+impl SizeLimit {
+    /// The limit of `bucket`.
+    pub fn bucket(bucket: &str, max_object_bytes: u32) -> Self {
+        Self { bucket: Some(bucket.to_owned()), max_object_bytes }
+    }
+
+    /// In bytes.
+    pub fn max_bytes(&self) -> usize {
+        match self.bucket {
+            Some(_) => self.max_object_bytes as usize,
+            None => crate::buckets::MAX_OBJECT_BYTES_LIMIT as usize,
+        }
+    }
+}
+
+/// Why a bound resolver left the siblings as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unresolved {
+    /// `name@version` of the resolver that was to run.
+    pub plugin: String,
+    /// What happened: a [`FailureReason`] label (`timeout`, `trap`, ...),
+    /// `switched-off` (its breaker is open and nothing worked before it),
+    /// `unavailable` (not loaded on this node), or `keep-siblings` (it ran
+    /// and chose to keep them).
+    pub reason: String,
+    /// Details, for people.
+    pub message: String,
+    /// Whether the plugin is switched off for the bucket now.
+    pub breaker_open: bool,
+}
+
+impl Unresolved {
+    /// `plugin` ran and chose to keep the siblings.
+    pub fn kept(plugin: &str) -> Self {
+        Self {
+            plugin: plugin.to_owned(),
+            reason: "keep-siblings".into(),
+            message: "the resolver chose to keep the siblings".into(),
+            breaker_open: false,
+        }
+    }
+}
+
 /// What a deploy did.
 #[derive(Clone, Debug)]
 pub struct Deployed {
@@ -305,6 +379,19 @@ pub struct Deployed {
     pub info: PluginInfo,
     /// Laws the resolver broke, when deployed with `force`.
     pub warnings: Vec<String>,
+    /// What the plugin logged during the checks, summarised.
+    pub check_log: Vec<String>,
+    /// True when these bytes were already deployed under this name and
+    /// version: nothing was checked or stored.
+    pub unchanged: bool,
+}
+
+/// The plugin's own words about a failed check, for an error message.
+fn log_tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\nthe plugin logged:\n  {}", lines.join("\n  "))
 }
 
 /// The plugin system of a node.
@@ -313,7 +400,7 @@ pub struct Plugins {
     registry: Registry,
     breakers: breaker::Breakers,
     worked: RwLock<HashMap<(String, Slot), Worked>>,
-    shadow_disagreements: AtomicU64,
+    shadows: shadow::Shadows,
     memo: memo::Memo,
 }
 
@@ -330,7 +417,7 @@ impl Plugins {
             registry,
             breakers,
             worked: RwLock::new(HashMap::new()),
-            shadow_disagreements: AtomicU64::new(0),
+            shadows: shadow::Shadows::default(),
             memo,
         }))
     }
@@ -345,36 +432,24 @@ impl Plugins {
         &self.registry
     }
 
-    /// Plugins switched off by their breakers.
-    pub fn tripped(&self) -> Vec<Tripped> {
-        self.breakers.tripped()
+    /// Plugins switched off by their breakers, given each bucket's current
+    /// properties version.
+    pub fn tripped(&self, version_of: impl Fn(&str) -> u64) -> Vec<Tripped> {
+        self.breakers.tripped(version_of)
     }
 
     /// Deploys a plugin: checks, compiles and links it, verifies a resolver
     /// (refusing one that breaks the laws unless `force`), then stores it.
-    /// Nothing is stored on any error.
-    pub async fn deploy(
-        self: &Arc<Self>,
-        name: String,
-        version: Option<String>,
-        bytes: Vec<u8>,
-        force: bool,
-        samples: Vec<Vec<u8>>,
-    ) -> Result<Deployed> {
+    /// Nothing is stored on any error. Deploying bytes that are already
+    /// deployed under that name and version changes nothing and runs no
+    /// checks.
+    pub async fn deploy(self: &Arc<Self>, request: DeployRequest) -> Result<Deployed> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.deploy_blocking(&name, version.as_deref(), &bytes, force, &samples))
-            .await
-            .map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || this.deploy_blocking(&request)).await.map_err(Error::internal)?
     }
 
-    fn deploy_blocking(
-        &self,
-        name: &str,
-        version: Option<&str>,
-        bytes: &[u8],
-        force: bool,
-        samples: &[Vec<u8>],
-    ) -> Result<Deployed> {
+    fn deploy_blocking(&self, request: &DeployRequest) -> Result<Deployed> {
+        let DeployRequest { name, version, bytes, force, samples, limit } = request;
         validate_plugin_word("name", name)?;
         if bytes.is_empty() {
             return Err(Error::invalid("plugin bytes are empty"));
@@ -393,16 +468,28 @@ impl Plugins {
         };
         validate_plugin_word("version", &version)?;
         let r = PluginRef { name: name.to_owned(), version };
+        if let Some(existing) = self.registry.info(&r)
+            && existing.sha256 == registry::sha256_hex(&prepared.component)
+        {
+            return Ok(Deployed { info: existing, warnings: Vec::new(), check_log: Vec::new(), unchanged: true });
+        }
         let (info, loaded) = self.registry.load_candidate(&r, &prepared)?;
         let mut warnings = Vec::new();
+        let mut check_log = Vec::new();
         if info.kind == PluginKind::Resolver {
             let cases = self.runtime.config().verify_cases;
-            let report = verify::verify_loaded(&loaded, &self.runtime.slots, samples, cases, 0xc0c0);
+            let report = verify::verify_loaded(&loaded, &self.runtime.slots, samples, cases, 0xc0c0, limit.max_bytes());
+            check_log = report.log.summary();
+            let what = match &limit.bucket {
+                Some(b) => format!(" for bucket {b}"),
+                None => String::new(),
+            };
             if let Some(failure) = &report.call_failure {
                 if !force {
                     return Err(Error::invalid(format!(
-                        "{r} failed during the deploy-time checks, so its laws could not be checked: {failure}\n(deploy \
-                         with --force to accept it anyway)"
+                        "{r} failed during the deploy-time checks{what}, so its laws could not be checked: \
+                         {failure}{}\n(deploy with --force to accept it anyway)",
+                        log_tail(&check_log)
                     )));
                 }
                 warnings.push(format!("a call failed during the checks: {failure}"));
@@ -410,8 +497,9 @@ impl Plugins {
             if !report.failures.is_empty() {
                 if !force {
                     return Err(Error::invalid(format!(
-                        "{r} breaks the laws a resolver must obey, so replicas could disagree:\n  {}\n(deploy with --force to accept it anyway)",
-                        report.failures.join("\n  ")
+                        "{r} breaks the laws a resolver must obey, so replicas could disagree:\n  {}{}\n(deploy with --force to accept it anyway)",
+                        report.failures.join("\n  "),
+                        log_tail(&check_log)
                     )));
                 }
                 warnings.extend(report.failures);
@@ -419,7 +507,35 @@ impl Plugins {
         }
         let info = self.registry.commit(info, &prepared.component, loaded)?;
         tracing::info!(plugin = %r, kind = info.kind.as_str(), sha256 = %info.sha256, "plugin deployed");
-        Ok(Deployed { info, warnings })
+        Ok(Deployed { info, warnings, check_log, unchanged: false })
+    }
+
+    /// Checks a resolver against a bucket's limits before the bucket binds
+    /// it: the deploy-time checks ran against the largest value any bucket
+    /// allows (or another bucket's limit), so a resolver whose answers fit
+    /// those may still be too large for this bucket.
+    pub async fn check_fits(self: &Arc<Self>, r: &PluginRef, bucket: &str, max_object_bytes: u32) -> Result<()> {
+        let loaded = self.loaded(r).await?;
+        if loaded.info.kind != PluginKind::Resolver {
+            return Ok(());
+        }
+        let this = Arc::clone(self);
+        let (r, bucket) = (r.clone(), bucket.to_owned());
+        tokio::task::spawn_blocking(move || {
+            // Sizes, not laws, are in question: fewer cases than a deploy.
+            let cases = this.runtime.config().verify_cases.min(FIT_CASES);
+            let report =
+                verify::verify_loaded(&loaded, &this.runtime.slots, &[], cases, 0xc0c0, max_object_bytes as usize);
+            match (report.call_failure, report.call_failure_reason) {
+                (Some(f), Some(FailureReason::Oversized)) => Err(Error::invalid(format!(
+                    "{r} cannot be bound to bucket {bucket}: {f}\n(raise the bucket's max_object_bytes, or fix the \
+                     resolver)"
+                ))),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     /// Checks that `r` is deployed and of `kind`, before a bucket binds it.
@@ -498,7 +614,7 @@ impl Plugins {
         if !loaded.offloaded()
             && let Ok(slot) = Arc::clone(&self.runtime.slots).try_acquire_owned()
         {
-            let result = loaded.resolve(slot, bucket, key, siblings, max_bytes, Bound::Request);
+            let result = loaded.resolve(slot, bucket, key, siblings, max_bytes, Mode::Request);
             let slow = match &result {
                 Ok((_, took)) => loaded.note_inline(*took, INLINE_BUDGET),
                 Err(_) => true,
@@ -512,7 +628,7 @@ impl Plugins {
         let label = Arc::clone(&loaded.label);
         let (bucket, key, siblings) = (bucket.to_owned(), key.to_vec(), siblings.to_vec());
         let task = tokio::task::spawn_blocking(move || {
-            loaded.resolve(slot, &bucket, &key, &siblings, max_bytes, Bound::Request)
+            loaded.resolve(slot, &bucket, &key, &siblings, max_bytes, Mode::Request)
         });
         match task.await {
             Ok(r) => r.map(|(r, _)| r),
@@ -520,9 +636,9 @@ impl Plugins {
         }
     }
 
-    /// Runs the bucket's resolver (or its fallback) on `siblings`. `None`
-    /// when the bucket has no usable resolver or the call failed: the
-    /// siblings then stay as they are. Also runs the shadow resolver, if
+    /// Runs the bucket's resolver (or its fallback) on `siblings`: `None`
+    /// when the bucket binds no resolver, and why not when the resolver
+    /// left the siblings as they are. Also runs the shadow resolver, if
     /// any, in the background.
     pub async fn resolve(
         self: &Arc<Self>,
@@ -531,12 +647,13 @@ impl Plugins {
         key: &[u8],
         siblings: &[Sibling],
         purpose: ResolveFor,
-    ) -> Option<Resolved> {
+    ) -> Option<Result<Resolved, Unresolved>> {
         let conflict = Conflict { bucket, key, siblings, purpose };
-        let active = match &props.resolver {
-            Some(configured) => self.run_slot(Slot::Resolver, configured, props, &conflict).await,
+        let outcome = match &props.resolver {
+            Some(configured) => Some(self.run_slot(Slot::Resolver, configured, props, &conflict).await),
             None => None,
         };
+        let active = outcome.clone().and_then(Result::ok);
         if let Some(shadow) = &props.shadow_resolver {
             let this = Arc::clone(self);
             let (bucket, props, key, siblings, shadow) =
@@ -548,7 +665,10 @@ impl Plugins {
                 this.compare_shadow(&bucket, &key, active.as_ref(), theirs.as_ref(), &shadow);
             });
         }
-        active
+        outcome.map(|o| match o {
+            Ok(r) if r.resolution == Resolution::KeepSiblings => Err(Unresolved::kept(&r.by)),
+            other => other,
+        })
     }
 
     async fn run_slot(
@@ -557,9 +677,22 @@ impl Plugins {
         configured: &PluginRef,
         props: &BucketProps,
         conflict: &Conflict<'_>,
-    ) -> Option<Resolved> {
+    ) -> Result<Resolved, Unresolved> {
         let Conflict { bucket, key, siblings, purpose } = *conflict;
-        let chosen = self.choose(bucket, slot.clone(), configured, props.version)?;
+        let Some(chosen) = self.choose(bucket, slot.clone(), configured, props.version) else {
+            let label: Arc<str> = configured.to_string().into();
+            let last =
+                self.breakers.tripped(|_| props.version).into_iter().find(|t| t.bucket == bucket && t.plugin == label);
+            return Err(Unresolved {
+                plugin: configured.to_string(),
+                reason: "switched-off".into(),
+                message: format!(
+                    "switched off for this bucket after repeated failures{}; rebind the resolver to switch it back on",
+                    last.map(|t| format!(" (last: {})", t.reason)).unwrap_or_default()
+                ),
+                breaker_open: true,
+            });
+        };
         let max_bytes = props.max_object_bytes as usize;
         let label: Arc<str> = chosen.to_string().into();
         let input = (purpose == ResolveFor::Read && self.memo.is_on())
@@ -568,13 +701,18 @@ impl Plugins {
             // A remembered answer is a success of the plugin as much as the
             // call that produced it.
             self.breakers.success(bucket, &label, props.version);
-            return Some(Resolved { resolution, by: label });
+            return Ok(Resolved { resolution, by: label });
         }
         let loaded = match self.loaded(&chosen).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(bucket, plugin = %chosen, error = %e, "resolver unavailable; keeping siblings");
-                return None;
+                return Err(Unresolved {
+                    plugin: label.to_string(),
+                    reason: "unavailable".into(),
+                    message: e.to_string(),
+                    breaker_open: false,
+                });
             }
         };
         match self.call_resolver(loaded, bucket, key, siblings, max_bytes).await {
@@ -584,12 +722,17 @@ impl Plugins {
                 if let Some(input) = &input {
                     self.memo.insert(input, &resolution);
                 }
-                Some(Resolved { resolution, by: label })
+                Ok(Resolved { resolution, by: label })
             }
             Err(f) => {
                 self.breakers.failure(bucket, &label, props.version, &f.to_string());
                 tracing::warn!(bucket, "{f}; keeping siblings");
-                None
+                Err(Unresolved {
+                    plugin: label.to_string(),
+                    reason: f.reason.as_str().into(),
+                    message: f.message,
+                    breaker_open: self.breakers.is_open(bucket, &label, props.version),
+                })
             }
         }
     }
@@ -599,31 +742,32 @@ impl Plugins {
         bucket: &str,
         key: &[u8],
         active: Option<&Resolved>,
-        shadow: Option<&Resolved>,
+        theirs: Result<&Resolved, &Unresolved>,
         shadow_ref: &PluginRef,
     ) {
-        let outcome = match (active, shadow) {
-            (_, None) => "failed",
-            (Some(a), Some(s)) if a.resolution == s.resolution => "agree",
-            (None, Some(s)) if s.resolution == Resolution::KeepSiblings => "agree",
-            _ => "disagree",
-        };
-        metrics::counter!("concord_shadow_resolutions_total", "bucket" => bucket.to_owned(), "plugin" => shadow_ref.to_string(), "outcome" => outcome).increment(1);
-        if outcome == "disagree" {
-            // Log the first disagreement and then one in a hundred.
-            let n = self.shadow_disagreements.fetch_add(1, Ordering::Relaxed);
-            if n.is_multiple_of(100) {
-                tracing::info!(
-                    bucket,
-                    key = %String::from_utf8_lossy(key),
-                    shadow = %shadow_ref,
-                    active = ?active.map(|a| describe(&a.resolution)),
-                    shadow_result = ?shadow.map(|s| describe(&s.resolution)),
-                    disagreements = n + 1,
-                    "shadow resolver disagrees with the active one (sampled)"
-                );
-            }
+        let label = shadow_ref.to_string();
+        let theirs = theirs.map(|r| &r.resolution).map_err(|u| u.message.as_str());
+        let active = active.map(|a| &a.resolution);
+        let (outcome, n) = self.shadows.record(bucket, &label, key, active, theirs);
+        metrics::counter!("concord_shadow_resolutions_total", "bucket" => bucket.to_owned(), "plugin" => label.clone(), "outcome" => outcome.as_str()).increment(1);
+        // Log each shadow's first disagreement, then one in a hundred.
+        if outcome == shadow::Outcome::Disagree && n % 100 == 1 {
+            tracing::info!(
+                bucket,
+                key = %shadow::quote(key),
+                shadow = %label,
+                active = %active.map_or_else(|| "no answer".to_owned(), shadow::describe),
+                shadow_result = %theirs.map(shadow::describe).unwrap_or_default(),
+                disagreements = n,
+                "shadow resolver disagrees with the active one (sampled; see concord plugin shadow-report)"
+            );
         }
+    }
+
+    /// What the shadow resolvers of `bucket` (all buckets when `None`) did
+    /// on this node.
+    pub fn shadow_report(&self, bucket: Option<&str>) -> Vec<(String, String, shadow::Stats)> {
+        self.shadows.report(bucket)
     }
 
     /// Runs the bucket's validators in order. Returns the value to store
@@ -700,7 +844,14 @@ impl Plugins {
     ) -> Result<Verdict, PluginFailure> {
         if !loaded.offloaded() {
             let slots = &self.runtime.slots;
-            match loaded.validate(|| Arc::clone(slots).try_acquire_owned().ok(), bucket, key, value, max_bytes) {
+            match loaded.validate(
+                || Arc::clone(slots).try_acquire_owned().ok(),
+                bucket,
+                key,
+                value,
+                max_bytes,
+                Mode::Request,
+            ) {
                 Ok(Some((verdict, took))) => {
                     if loaded.note_inline(took, INLINE_BUDGET) {
                         loaded.offload();
@@ -721,7 +872,7 @@ impl Plugins {
         let (bucket, key, value) = (bucket.to_owned(), key.to_vec(), value.to_vec());
         let task = tokio::task::spawn_blocking(move || {
             let slot = move || slot.or_else(|| slots.try_acquire_owned().ok());
-            loaded.validate(slot, &bucket, &key, &value, max_bytes).map(|v| v.map(|(v, _)| v))
+            loaded.validate(slot, &bucket, &key, &value, max_bytes, Mode::Request).map(|v| v.map(|(v, _)| v))
         });
         match task.await {
             Ok(Ok(Some(v))) => Ok(v),
@@ -736,10 +887,14 @@ impl Plugins {
     }
 }
 
-fn describe(r: &Resolution) -> String {
-    match r {
-        Resolution::Resolved(v) => format!("resolved({} bytes)", v.len()),
-        Resolution::Delete => "delete".into(),
-        Resolution::KeepSiblings => "keep-siblings".into(),
-    }
+/// Bytes quoted for people: text in quotes, anything else in hex, cut to
+/// `max` bytes with the full length noted, so that a plugin returning
+/// megabytes cannot blow up a report (or the reply that carries it).
+pub(crate) fn quote(v: &[u8], max: usize) -> String {
+    let head = &v[..v.len().min(max)];
+    let shown = match std::str::from_utf8(head) {
+        Ok(s) => format!("{s:?}"),
+        Err(_) => format!("0x{}", hex::encode(head)),
+    };
+    if head.len() < v.len() { format!("{shown}... ({} bytes)", v.len()) } else { shown }
 }

@@ -26,9 +26,9 @@ use rand::{Rng, SeedableRng};
 
 use tokio::sync::Semaphore;
 
-use super::engine::Bound;
-use super::loaded::Loaded;
-use super::{PluginFailure, Resolution};
+use super::engine::CheckLog;
+use super::loaded::{Loaded, Mode};
+use super::{FailureReason, PluginFailure, Resolution};
 use crate::causal::{Content, Dot, Sibling};
 
 /// Failures after which verification stops.
@@ -47,6 +47,10 @@ pub struct Report {
     /// resolver trapped, ran out of fuel or memory, or answered something
     /// malformed or oversized. No law could be judged on it.
     pub call_failure: Option<String>,
+    /// How that call failed.
+    pub call_failure_reason: Option<FailureReason>,
+    /// What the plugin logged during the checks, summarised.
+    pub log: CheckLog,
 }
 
 impl Report {
@@ -61,7 +65,18 @@ pub type ResolveFn<'a> = dyn FnMut(&[Sibling]) -> Result<Resolution, PluginFailu
 
 /// Verifies a loaded resolver on `cases` generated sibling sets. Runs on
 /// the calling thread, one call at a time, taking pool slots from `slots`.
-pub fn verify_loaded(loaded: &Loaded, slots: &Arc<Semaphore>, samples: &[Vec<u8>], cases: usize, seed: u64) -> Report {
+/// Answers over `max_bytes` fail the check: pass the bucket's
+/// `max_object_bytes`, or [`crate::buckets::MAX_OBJECT_BYTES_LIMIT`] when
+/// no bucket is named.
+pub fn verify_loaded(
+    loaded: &Loaded,
+    slots: &Arc<Semaphore>,
+    samples: &[Vec<u8>],
+    cases: usize,
+    seed: u64,
+    max_bytes: usize,
+) -> Report {
+    let mut log = CheckLog::default();
     let mut call = |siblings: &[Sibling]| {
         let give_up = std::time::Instant::now() + super::SLOT_WAIT;
         let slot = loop {
@@ -78,11 +93,11 @@ pub fn verify_loaded(loaded: &Loaded, slots: &Arc<Semaphore>, samples: &[Vec<u8>
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
             }
         };
-        // No bucket could store a larger value.
-        let max_bytes = crate::buckets::MAX_OBJECT_BYTES_LIMIT as usize;
-        loaded.resolve(slot, "verify", b"verify", siblings, max_bytes, Bound::Check).map(|(r, _)| r)
+        loaded.resolve(slot, "verify", b"verify", siblings, max_bytes, Mode::Check(&mut log)).map(|(r, _)| r)
     };
-    verify(&mut call, samples, cases, seed)
+    let mut report = verify(&mut call, samples, cases, seed);
+    report.log = log;
+    report
 }
 
 /// Verifies any resolve function (the laws do not care how it is called).
@@ -98,11 +113,11 @@ pub fn verify(resolve: &mut ResolveFn<'_>, samples: &[Vec<u8>], cases: usize, se
         }
         report.cases += 1;
         let siblings = generate(&mut rng, samples);
-        let mut failed: Option<String> = None;
+        let mut failed: Option<(String, FailureReason)> = None;
         let mut call = |input: &[Sibling]| match resolve(input) {
             Ok(r) => Some(r),
             Err(e) => {
-                failed.get_or_insert_with(|| format!("case {case}: {e} on {}", show(input)));
+                failed.get_or_insert_with(|| (format!("case {case}: {e} on {}", show(input)), e.reason));
                 None
             }
         };
@@ -146,8 +161,9 @@ pub fn verify(resolve: &mut ResolveFn<'_>, samples: &[Vec<u8>], cases: usize, se
                 }
             }
         }
-        if let Some(f) = failed {
+        if let Some((f, reason)) = failed {
             report.call_failure = Some(f);
+            report.call_failure_reason = Some(reason);
             break;
         }
         for (law, detail) in checks {
@@ -211,12 +227,7 @@ fn show_res(r: &Resolution) -> String {
 const SHOWN_BYTES: usize = 32;
 
 fn show_value(v: &[u8]) -> String {
-    let head = &v[..v.len().min(SHOWN_BYTES)];
-    let shown = match std::str::from_utf8(head) {
-        Ok(s) => format!("{s:?}"),
-        Err(_) => format!("0x{}", hex::encode(head)),
-    };
-    if head.len() < v.len() { format!("{shown}…({} bytes)", v.len()) } else { shown }
+    super::quote(v, SHOWN_BYTES)
 }
 
 fn show(siblings: &[Sibling]) -> String {
