@@ -66,3 +66,151 @@ async fn python_client_through_grpcio() {
     assert!(stdout.contains("bad bucket name: INVALID_ARGUMENT"), "{stdout}");
     assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
 }
+
+/// Deploys a resolver built outside Rust (its deploy-time checks run on
+/// `samples`), binds it to a bucket, makes two siblings and reads them back
+/// resolved into `expected`.
+async fn deploy_and_resolve(wasm: Vec<u8>, name: &str, samples: &[&str], siblings: [&[u8]; 2], expected: &[u8]) {
+    let server = Server::start().await.unwrap();
+    let c = server.client().await;
+    let req = concord_proto::v1::DeployPluginRequest {
+        name: name.into(),
+        version: "1".into(),
+        wasm: wasm.into(),
+        samples: samples.iter().map(|s| s.as_bytes().to_vec().into()).collect(),
+        ..Default::default()
+    };
+    let deployed = c.admin().deploy_plugin(req).await.unwrap_or_else(|e| panic!("deploying {name}: {e}")).into_inner();
+    assert!(deployed.warnings.is_empty(), "{:?}", deployed.warnings);
+    let plugin = format!("{name}@1");
+    c.set_bucket(concord_client::SetBucketRequest {
+        name: name.into(),
+        resolver: Some(plugin.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for v in siblings {
+        c.put(name, b"k", v, &concord_client::Context::none()).await.unwrap();
+    }
+    let r = c.get(name, b"k").await.unwrap();
+    assert_eq!(r.resolved_by.as_deref(), Some(plugin.as_str()), "{r:?}");
+    assert_eq!(r.values(), vec![expected]);
+}
+
+/// Runs a build command; `None` (with the reason printed) when the tool
+/// cannot be installed or run here.
+fn build_step(what: &str, cmd: &mut Command) -> Option<()> {
+    match cmd.output() {
+        Ok(out) if out.status.success() => Some(()),
+        Ok(out) => {
+            panic!("{what} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        }
+        Err(e) => {
+            eprintln!("cannot run {what} ({e}); skipping");
+            None
+        }
+    }
+}
+
+/// Builds examples/python-resolver with componentize-py, installed from
+/// PyPI into a virtualenv under target/ on first use.
+fn build_python_resolver() -> Option<PathBuf> {
+    let root = repo_root();
+    let venv = root.join("target/componentize-py-venv");
+    let requirements = root.join("examples/python-resolver/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    let marker = venv.join("requirements.installed");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        build_step("python3 -m venv", Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        let pip = venv.join("bin/pip");
+        let installed = Command::new(&pip)
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements)
+            .status();
+        if !installed.is_ok_and(|s| s.success()) {
+            eprintln!("pip could not install componentize-py (is PyPI reachable?); skipping the Python resolver");
+            return None;
+        }
+        std::fs::write(&marker, wanted).unwrap();
+    }
+    let out = root.join("target/examples/cart-py.wasm");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    // The command docs/PLUGINS.md gives, from the repository root.
+    build_step(
+        "componentize-py",
+        Command::new(venv.join("bin/componentize-py"))
+            .current_dir(&root)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args(["-d", "guest-sdk/wit/since_v0.1.0", "-w", "resolver", "componentize", "--stub-wasi"])
+            .args(["-p", "examples/python-resolver", "cart", "-o"])
+            .arg(&out),
+    )?;
+    Some(out)
+}
+
+/// Builds examples/js-resolver with componentize-js, installed from npm
+/// (the example's package-lock.json) into target/ on first use.
+fn build_js_resolver() -> Option<PathBuf> {
+    let root = repo_root();
+    let example = root.join("examples/js-resolver");
+    let tools = root.join("target/js-resolver-tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let lock = std::fs::read_to_string(example.join("package-lock.json")).unwrap();
+    let marker = tools.join("installed.lock");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(lock.as_str()) {
+        for f in ["package.json", "package-lock.json"] {
+            std::fs::copy(example.join(f), tools.join(f)).unwrap();
+        }
+        let installed = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&tools)
+            .status();
+        if !installed.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "npm could not install componentize-js (is npm, or its registry, there?); skipping the JS resolver"
+            );
+            return None;
+        }
+        std::fs::write(&marker, lock).unwrap();
+    }
+    let out = root.join("target/examples/max-js.wasm");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    // What `npm run build` in the example runs, with the output in target/.
+    build_step(
+        "componentize-js",
+        Command::new(tools.join("node_modules/.bin/componentize-js"))
+            .current_dir(&example)
+            .args(["max.js", "--wit", "../../guest-sdk/wit/since_v0.1.0", "--world-name", "resolver"])
+            .args(["--disable", "stdio", "random", "clocks", "http", "fetch-event", "--out"])
+            .arg(&out),
+    )?;
+    Some(out)
+}
+
+#[tokio::test]
+async fn a_python_resolver_builds_deploys_and_resolves() {
+    let Some(wasm) = tokio::task::spawn_blocking(build_python_resolver).await.unwrap() else { return };
+    let samples = std::fs::read_to_string(repo_root().join("examples/python-resolver/samples.json")).unwrap();
+    let samples: Vec<String> = serde_json::from_str(&samples).unwrap();
+    let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
+    let wasm = std::fs::read(wasm).unwrap();
+    deploy_and_resolve(
+        wasm,
+        "cart-py",
+        &samples,
+        [br#"["pear","apple"]"#, br#"["fig"]"#],
+        br#"["apple","fig","pear"]"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_javascript_resolver_builds_deploys_and_resolves() {
+    let Some(wasm) = tokio::task::spawn_blocking(build_js_resolver).await.unwrap() else { return };
+    let samples = std::fs::read_to_string(repo_root().join("examples/js-resolver/samples.json")).unwrap();
+    let samples: Vec<String> = serde_json::from_str(&samples).unwrap();
+    let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
+    let wasm = std::fs::read(wasm).unwrap();
+    deploy_and_resolve(wasm, "max-js", &samples, [b"40", b"-7"], b"40").await;
+}

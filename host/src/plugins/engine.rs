@@ -36,9 +36,13 @@ use crate::{Error, Result};
 
 /// Epoch ticker period: deadlines are counted in these.
 const TICK: Duration = Duration::from_millis(1);
-/// Core instances, tables and memories one plugin instance may use (a
-/// concord-guest component has 3 core instances, 2 tables, 1 memory).
-const CORE_INSTANCES_PER_PLUGIN: u32 = 8;
+/// Core instances, tables and memories one plugin instance may use. A
+/// concord-guest component has 3 core instances, 2 tables and 1 memory; a
+/// Python one (componentize-py, which links CPython's shared libraries)
+/// has 38 core instances, 2 tables and 1 memory; a JavaScript one
+/// (componentize-js) 3, 2 and 1. These bound bookkeeping, not memory: each
+/// instance's linear memory is capped by `plugins.memory_mb` either way.
+const CORE_INSTANCES_PER_PLUGIN: u32 = 64;
 const TABLES_PER_PLUGIN: u32 = 4;
 
 /// What a store carries during a call.
@@ -168,8 +172,10 @@ impl Runtime {
             .max_tables_per_module(1)
             .table_elements(100_000)
             .max_memory_size(memory)
-            .max_component_instance_size(256 << 10)
-            .max_core_instance_size(256 << 10)
+            // A Python component's 38 core instances need 401 KiB of
+            // runtime state together; a Rust one a few KiB.
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(1 << 20)
             .max_unused_warm_slots(64)
             // Reset a freed slot by finding its dirty pages (PAGEMAP_SCAN,
             // Linux 6.7+) and zeroing just those, instead of unmapping the

@@ -93,8 +93,15 @@ fn inspect(component: &[u8]) -> Result<(PluginKind, String)> {
             (WorldKey::Name(n), _) => n.clone(),
         };
         let Some(rest) = name.strip_prefix(&format!("{NAMESPACE}:{PACKAGE}/")) else {
+            let hint = if name.starts_with("wasi:") {
+                ". Plugins get no files, sockets, clocks or environment, so WASI is not offered: build Python \
+                 plugins with `componentize-py ... componentize --stub-wasi` and JavaScript ones with \
+                 `componentize-js ... --disable stdio random clocks http fetch-event` (docs/PLUGINS.md)"
+            } else {
+                ""
+            };
             return Err(Error::invalid(format!(
-                "plugin imports {name}; plugins may import only concord:plugin interfaces"
+                "plugin imports {name}; plugins may import only concord:plugin interfaces{hint}"
             )));
         };
         let (_, v) =
