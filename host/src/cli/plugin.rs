@@ -96,6 +96,27 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time a resolver locally: compile, instantiate and call, on sibling
+    /// sets of a given shape, and the memory an instance uses.
+    Bench {
+        file: PathBuf,
+        /// Siblings per call.
+        #[arg(long, default_value_t = 2)]
+        siblings: usize,
+        /// Bytes of each sibling's value.
+        #[arg(long, default_value_t = 1024)]
+        value_bytes: usize,
+        /// A sample value in the plugin's format, repeated or cut to
+        /// --value-bytes (default: the letter x).
+        #[arg(long)]
+        value: Option<String>,
+        /// Calls to time.
+        #[arg(long, default_value_t = 200)]
+        calls: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a resolver's convergence laws on generated sibling sets.
     Verify {
         file: PathBuf,
@@ -237,6 +258,9 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 ),
             }
         }
+        PluginCommand::Bench { file, siblings, value_bytes, value, calls, json } => {
+            bench(&file, siblings, value_bytes, value.as_deref(), calls, json)?
+        }
         PluginCommand::Verify { file, samples, cases, seed, json } => {
             let (runtime, loaded) = load_local(&file)?;
             if loaded.info.kind != PluginKind::Resolver {
@@ -305,6 +329,83 @@ fn print_verify_report(report: &verify::Report, log: &[String], seed: u64) {
             println!("  {f}");
         }
     }
+}
+
+/// `concord plugin bench`: one compile from cold (no artifact cache), then
+/// `calls` resolutions, each on a fresh instance as on a node.
+fn bench(
+    file: &Path,
+    n: usize,
+    value_bytes: usize,
+    value: Option<&str>,
+    calls: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !(1..=1000).contains(&n) || calls == 0 {
+        bail!("--siblings must be 1 to 1000 and --calls at least 1");
+    }
+    let bytes = read(file)?;
+    let prepared = package::prepare(&bytes)?;
+    if prepared.kind != PluginKind::Resolver {
+        bail!("{} is a validator; bench times resolvers", file.display());
+    }
+    // Generous deadlines: this measures, it does not judge.
+    let config = PluginConfig { deadline_ms: 60_000, ..PluginConfig::default() };
+    let runtime = Runtime::new(config)?;
+    let started = std::time::Instant::now();
+    let (component, _) = runtime.compile(&prepared.component, None)?;
+    let compile = started.elapsed();
+    let loaded = Loaded::new(Arc::clone(&runtime), local_info(file, &prepared), &component)?;
+    let pattern = value.unwrap_or("x").as_bytes();
+    let siblings: Vec<Sibling> = (0..n)
+        .map(|i| {
+            let mut v: Vec<u8> = pattern.iter().copied().cycle().take(value_bytes.max(pattern.len())).collect();
+            v.truncate(value_bytes.max(1));
+            let dot = Dot { actor: i as u64 + 1, counter: 1 };
+            Sibling { dot, content: Content::Value(v), written_at_ms: 1_000 + i as u64, writer: String::new() }
+        })
+        .collect();
+    let mut log = CheckLog::default();
+    let mut instantiate = Vec::with_capacity(calls);
+    let mut total = Vec::with_capacity(calls);
+    let mut memory = 0;
+    for _ in 0..calls {
+        let slot = Arc::clone(runtime.slots()).try_acquire_owned().context("no plugin slot free")?;
+        let m = loaded.measure_resolve(slot, &siblings, &mut log).map_err(|f| anyhow::anyhow!("{f}"))?;
+        instantiate.push(m.instantiate);
+        total.push(m.total);
+        memory = memory.max(m.memory_bytes);
+    }
+    let stats = |v: &mut Vec<std::time::Duration>| {
+        v.sort();
+        let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+        (us(v[v.len() / 2]), us(v[(v.len() * 99 / 100).min(v.len() - 1)]))
+    };
+    let (inst_p50, inst_p99) = stats(&mut instantiate);
+    let (call_p50, call_p99) = stats(&mut total);
+    if json {
+        println!(
+            "{}",
+            json!({
+                "file": file.display().to_string(), "component_bytes": prepared.component.len(),
+                "siblings": n, "value_bytes": value_bytes, "calls": calls,
+                "compile_ms": compile.as_secs_f64() * 1e3,
+                "instantiate_p50_us": inst_p50, "instantiate_p99_us": inst_p99,
+                "call_p50_us": call_p50, "call_p99_us": call_p99, "memory_bytes": memory,
+            })
+        );
+    } else {
+        println!(
+            "{}: {} bytes, compiled in {:.0} ms; {n} x {value_bytes} B siblings, {calls} calls: instantiate p50 \
+             {inst_p50:.0} us (p99 {inst_p99:.0}), instantiate + resolve p50 {call_p50:.0} us (p99 {call_p99:.0}), \
+             linear memory {:.1} MiB per instance",
+            file.display(),
+            prepared.component.len(),
+            compile.as_secs_f64() * 1e3,
+            memory as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
 }
 
 /// Asks every node that is up (or only the one at the endpoint) for its
@@ -427,19 +528,22 @@ fn load_local(file: &Path) -> anyhow::Result<(Arc<Runtime>, Loaded)> {
     let prepared = package::prepare(&bytes)?;
     let runtime = Runtime::new(PluginConfig::default())?;
     let (component, _) = runtime.compile(&prepared.component, None)?;
-    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
-    let info = PluginInfo {
-        name,
+    let loaded = Loaded::new(Arc::clone(&runtime), local_info(file, &prepared), &component)?;
+    Ok((runtime, loaded))
+}
+
+/// The manifest entry of a plugin file run locally.
+fn local_info(file: &Path, prepared: &package::Prepared) -> PluginInfo {
+    PluginInfo {
+        name: file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned(),
         version: "local".into(),
         sha256: concord::plugins::registry::sha256_hex(&prepared.component),
         kind: prepared.kind,
         size_bytes: prepared.component.len() as u64,
-        interface_version: prepared.interface_version,
+        interface_version: prepared.interface_version.clone(),
         deployed_at_ms: 0,
         seq: 0,
-    };
-    let loaded = Loaded::new(Arc::clone(&runtime), info, &component)?;
-    Ok((runtime, loaded))
+    }
 }
 
 #[derive(Deserialize)]

@@ -52,6 +52,8 @@ pub struct CallState {
     memory_cap: usize,
     /// Set when the limiter refused to grow memory.
     pub memory_exceeded: bool,
+    /// Largest linear memory the instance asked for, in bytes.
+    pub memory_peak: usize,
     /// Log lines this call may still write.
     log_budget: u32,
     /// Log lines dropped for exceeding the budget.
@@ -70,6 +72,7 @@ impl CallState {
 
 impl ResourceLimiter for CallState {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.memory_peak = self.memory_peak.max(desired);
         if desired > self.memory_cap {
             self.memory_exceeded = true;
             wasmtime::bail!("plugin exceeded its memory cap of {} MiB", self.memory_cap >> 20);
@@ -323,6 +326,7 @@ impl Runtime {
             plugin: Arc::clone(plugin),
             memory_cap: (self.config.memory_mb as usize) << 20,
             memory_exceeded: false,
+            memory_peak: 0,
             log_budget: self.config.log_lines_per_call,
             log_dropped: 0,
             captured: (bound == Bound::Check).then(Vec::new),

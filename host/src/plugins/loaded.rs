@@ -58,6 +58,17 @@ impl Mode<'_> {
     }
 }
 
+/// One measured resolver call.
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    /// Making the instance.
+    pub instantiate: Duration,
+    /// Making the instance and the call.
+    pub total: Duration,
+    /// Linear memory the instance had at its largest.
+    pub memory_bytes: usize,
+}
+
 /// Idle validator instances kept per plugin.
 const MAX_IDLE: usize = 4;
 
@@ -246,6 +257,33 @@ impl Loaded {
             v0_1::Resolution::KeepSiblings => Resolution::KeepSiblings,
         };
         Ok((resolution, elapsed))
+    }
+
+    /// Resolves like a request would, timing instantiation and the call
+    /// apart and reporting the instance's linear memory: what `concord
+    /// plugin bench` prints. Counted as a check.
+    pub fn measure_resolve(
+        &self,
+        _slot: OwnedSemaphorePermit,
+        siblings: &[Sibling],
+        log: &mut CheckLog,
+    ) -> Result<Measured, PluginFailure> {
+        let mut mode = Mode::Check(log);
+        let Kind::Resolver(pre) = &self.kind else {
+            return Err(self.failure(&mode, FailureReason::Unusable, format!("{} is not a resolver", self.label)));
+        };
+        let mut store = self
+            .runtime
+            .new_store(&self.label, Bound::Request)
+            .map_err(|e| self.failure(&mode, FailureReason::Unusable, e.to_string()))?;
+        let input: Vec<v0_1::Sibling> = siblings.iter().map(to_wit).collect();
+        let started = Instant::now();
+        let instance = pre.instantiate(&mut store);
+        let instantiated = started.elapsed();
+        let result = instance.and_then(|r| r.call_resolve(&mut store, "bench", b"bench", &input));
+        let total = self.finish(started, &mut mode, &mut store);
+        result.map_err(|e| self.failure(&mode, classify(&e, store.data()), brief(&self.label, &e)))?;
+        Ok(Measured { instantiate: instantiated, total, memory_bytes: store.data().memory_peak })
     }
 
     /// Validates a write. `slot` is used only if no idle instance exists;
