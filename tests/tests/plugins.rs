@@ -2,6 +2,7 @@
 //! swaps under load, and misbehaving plugins contained.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -858,4 +859,59 @@ async fn a_plugin_version_with_other_bytes_on_a_peer_is_reported_not_fetched() {
     assert_eq!(names, ["other"], "only the plugin this node lacks is fetched");
     let conflicts: Vec<String> = node.registry().conflicts().iter().map(|r| r.to_string()).collect();
     assert_eq!(conflicts, ["lww@1"]);
+}
+
+/// `concord plugin new` writes crates that build offline, outside the
+/// repository, pass their own unit tests, and give a deployable plugin.
+#[test]
+fn new_plugin_crates_build_offline_test_natively_and_run() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let concord = concord_tests::concord_bin();
+    // One target folder for both crates (and reruns): the SDK's
+    // dependencies compile once.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold-test");
+    let cargo = |crate_dir: &Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(crate_dir)
+            .env("CARGO_NET_OFFLINE", "true")
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "cargo {args:?} in {}:\n{text}", crate_dir.display());
+        text
+    };
+    let run = |args: &[&str]| {
+        let out = Command::new(&concord).args(args).current_dir(dir.path()).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    for (name, kind, lib) in [("my-merge", "resolver", "my_merge"), ("tidy", "validator", "tidy")] {
+        let (ok, out) = run(&["plugin", "new", name, "--kind", kind]);
+        assert!(ok, "{out}");
+        let root = dir.path().join(name);
+        let tests = cargo(&root, &["test", "--lib"]);
+        assert!(tests.contains("test result: ok. 2 passed"), "{tests}");
+        cargo(&root, &["build", "--release", "--target", "wasm32-unknown-unknown"]);
+        let wasm = target.join(format!("wasm32-unknown-unknown/release/{lib}.wasm"));
+        let wasm = wasm.to_str().unwrap();
+        let fixture = root.join("fixture.json");
+        let samples = root.join("samples.json");
+        if kind == "resolver" {
+            let (ok, out) = run(&["plugin", "test", wasm, "--siblings", fixture.to_str().unwrap()]);
+            assert!(ok && out.contains("resolved: pear"), "{out}");
+            let (ok, out) = run(&["plugin", "verify", wasm, "--samples", samples.to_str().unwrap(), "--cases", "100"]);
+            assert!(ok && out.starts_with("ok: 100 sibling sets"), "{out}");
+        } else {
+            let (ok, out) = run(&["plugin", "test", wasm, "--value", " hello "]);
+            assert!(ok && out.contains("replace: hello"), "{out}");
+        }
+    }
+    // The same name twice, or a name that is not one, is refused.
+    let (ok, out) = run(&["plugin", "new", "tidy", "--kind", "validator"]);
+    assert!(!ok && out.contains("already exists"), "{out}");
+    let (ok, out) = run(&["plugin", "new", "Bad Name", "--kind", "resolver"]);
+    assert!(!ok && out.contains("not a usable plugin name"), "{out}");
 }

@@ -12,6 +12,7 @@ mod floor;
 mod kv;
 mod output;
 mod plugin;
+mod scaffold;
 mod serve;
 
 use std::process::ExitCode;

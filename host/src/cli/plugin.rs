@@ -1,8 +1,9 @@
-//! `concord plugin deploy | list | test | verify`.
+//! `concord plugin deploy | list | shadow-report | promote-shadow | new | bench | test | verify`.
 //!
-//! `deploy` and `list` talk to a node. `test` and `verify` run the plugin
-//! locally, in the same sandbox a node uses, so an author can try a build
-//! before deploying it.
+//! `deploy`, `list`, `shadow-report` and `promote-shadow` talk to nodes.
+//! `test`, `verify` and `bench` run the plugin locally, in the same sandbox
+//! a node uses, so an author can try a build before deploying it. `new`
+//! writes a plugin crate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,6 +96,17 @@ pub enum PluginCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a new plugin crate (builds offline, outside this repository).
+    New {
+        /// Plugin (and crate) name.
+        name: String,
+        /// What the plugin is.
+        #[arg(long, value_enum)]
+        kind: super::scaffold::Kind,
+        /// Folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Time a resolver locally: compile, instantiate and call, on sibling
     /// sets of a given shape, and the memory an instance uses.
@@ -257,6 +269,10 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                     file.display()
                 ),
             }
+        }
+        PluginCommand::New { name, kind, dir } => {
+            let root = super::scaffold::new_plugin(&dir, &name, kind)?;
+            println!("created {}; see its README.md to build, test, verify and deploy it", root.display());
         }
         PluginCommand::Bench { file, siblings, value_bytes, value, calls, json } => {
             bench(&file, siblings, value_bytes, value.as_deref(), calls, json)?
