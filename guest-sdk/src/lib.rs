@@ -44,7 +44,8 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! concord-guest = "0.1"
+//! # Not on crates.io: by git, by path, or as the copy `concord plugin new` writes.
+//! concord-guest = { git = "https://github.com/concord-kv/concord" }
 //! ```
 //!
 //! ```sh
