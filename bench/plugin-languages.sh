@@ -28,7 +28,7 @@ if [ ! -x "$venv/bin/componentize-py" ]; then
     "$venv/bin/pip" install --quiet -r examples/python-resolver/requirements.txt
 fi
 PYTHONDONTWRITEBYTECODE=1 "$venv/bin/componentize-py" -d guest-sdk/wit/since_v0.1.0 -w resolver \
-    componentize --stub-wasi -p bench/lww lww_py -o "$out/lww-python.wasm"
+    componentize -p bench/lww lww_py -o "$out/lww-python.wasm"
 
 # JavaScript.
 tools=$root/target/js-resolver-tools

@@ -70,7 +70,13 @@ async fn python_client_through_grpcio() {
 /// Deploys a resolver built outside Rust (its deploy-time checks run on
 /// `samples`), binds it to a bucket, makes two siblings and reads them back
 /// resolved into `expected`.
-async fn deploy_and_resolve(wasm: Vec<u8>, name: &str, samples: &[&str], siblings: [&[u8]; 2], expected: &[u8]) {
+async fn deploy_and_resolve(
+    wasm: Vec<u8>,
+    name: &str,
+    samples: &[&str],
+    siblings: [&[u8]; 2],
+    expected: &[u8],
+) -> concord_proto::v1::DeployPluginResponse {
     let server = Server::start().await.unwrap();
     let c = server.client().await;
     let req = concord_proto::v1::DeployPluginRequest {
@@ -96,6 +102,7 @@ async fn deploy_and_resolve(wasm: Vec<u8>, name: &str, samples: &[&str], sibling
     let r = c.get(name, b"k").await.unwrap();
     assert_eq!(r.resolved_by.as_deref(), Some(plugin.as_str()), "{r:?}");
     assert_eq!(r.values(), vec![expected]);
+    deployed
 }
 
 /// Runs a build command; `None` (with the reason printed) when the tool
@@ -142,7 +149,7 @@ fn build_python_resolver() -> Option<PathBuf> {
         Command::new(venv.join("bin/componentize-py"))
             .current_dir(&root)
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .args(["-d", "guest-sdk/wit/since_v0.1.0", "-w", "resolver", "componentize", "--stub-wasi"])
+            .args(["-d", "guest-sdk/wit/since_v0.1.0", "-w", "resolver", "componentize"])
             .args(["-p", "examples/python-resolver", "cart", "-o"])
             .arg(&out),
     )?;

@@ -231,6 +231,21 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 println!("bucket {bucket} now resolves with {} (properties version {})", p.resolver, p.version);
             }
         }
+        local @ (PluginCommand::Test { .. }
+        | PluginCommand::Verify { .. }
+        | PluginCommand::Bench { .. }
+        | PluginCommand::New { .. }) => {
+            // These run plugins right here. WASI host functions block on
+            // tokio futures, which is allowed only off the async workers.
+            tokio::task::block_in_place(|| run_local(local))?;
+        }
+    }
+    Ok(())
+}
+
+/// The commands that run on this machine, not on a node.
+fn run_local(cmd: PluginCommand) -> anyhow::Result<()> {
+    match cmd {
         PluginCommand::Test { file, siblings, value, value_base64, value_file, bucket, key, json } => {
             let value: Option<Vec<u8>> = match (value, value_base64, value_file) {
                 (Some(v), _, _) => Some(v.into_bytes()),
@@ -316,6 +331,10 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 bail!("{} breaks the resolver laws; replicas resolving with it could disagree", file.display());
             }
         }
+        PluginCommand::Deploy { .. }
+        | PluginCommand::List { .. }
+        | PluginCommand::ShadowReport { .. }
+        | PluginCommand::PromoteShadow { .. } => unreachable!("run by `run`"),
     }
     Ok(())
 }

@@ -27,8 +27,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::v0_1;
 use super::{FailureReason, PluginConfig};
@@ -61,9 +63,93 @@ pub struct CallState {
     /// Deploy-time checks and local tests keep the plugin's log lines here
     /// instead of writing them to the node log.
     captured: Option<Vec<String>>,
+    /// WASI, made on the first WASI call (Rust plugins never make one).
+    wasi: Option<Box<Wasi>>,
+}
+
+/// What a plugin that imports WASI (one built with componentize-py or
+/// componentize-js) gets: the interfaces, and no capability behind them.
+/// No preopened directories, no environment or arguments, no sockets or
+/// name lookups, stdin closed, a wall clock stopped at the epoch, a
+/// monotonic clock that never moves, and "random" bytes from a fixed
+/// cycle. So, as for any plugin, the answer depends only on the input.
+/// What it writes to stdout or stderr becomes its log lines.
+struct Wasi {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    output: MemoryOutputPipe,
+    /// Bytes of `output` already turned into log lines.
+    logged: usize,
+}
+
+/// Output a call may write to stdout and stderr together; more is dropped
+/// (and the write fails, as on a full pipe).
+const WASI_OUTPUT_BYTES: usize = 64 << 10;
+
+struct StoppedClock;
+
+impl HostWallClock for StoppedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl Wasi {
+    fn new() -> Self {
+        let output = MemoryOutputPipe::new(WASI_OUTPUT_BYTES);
+        // A fixed, not all-zero, cycle: some runtimes reject a seed of zeroes.
+        let bytes: Vec<u8> = (0u8..64).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
+        let ctx = WasiCtxBuilder::new()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .wall_clock(StoppedClock)
+            .monotonic_clock(StoppedClock)
+            .secure_random(wasmtime_wasi::Deterministic::new(bytes.clone()))
+            .insecure_random(wasmtime_wasi::Deterministic::new(bytes))
+            .insecure_random_seed(0x5eed)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self { ctx, table: ResourceTable::new(), output, logged: 0 }
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        let wasi = self.wasi.get_or_insert_with(|| Box::new(Wasi::new()));
+        WasiCtxView { ctx: &mut wasi.ctx, table: &mut wasi.table }
+    }
 }
 
 impl CallState {
+    /// Turns what the plugin wrote to stdout and stderr since the last
+    /// call of this into log lines (info level, within the call's budget).
+    pub(super) fn log_output(&mut self) {
+        let Some(wasi) = &mut self.wasi else { return };
+        let all = wasi.output.contents();
+        let new = &all[wasi.logged.min(all.len())..];
+        // Only whole lines; a partial one waits for the rest.
+        let Some(end) = new.iter().rposition(|b| *b == b'\n') else { return };
+        wasi.logged += end + 1;
+        let lines: Vec<String> = String::from_utf8_lossy(&new[..end]).lines().map(str::to_owned).collect();
+        for line in lines {
+            v0_1::Host::log(self, v0_1::Level::Info, line);
+        }
+    }
+
     /// Log lines a checked call wrote (empty for request calls).
     pub(super) fn take_captured(&mut self) -> Vec<String> {
         self.captured.as_mut().map(std::mem::take).unwrap_or_default()
@@ -210,6 +296,11 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         v0_1::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(|e| Error::Internal(format!("cannot link the plugin host interface: {e:#}")))?;
+        // Synchronous WASI host functions block on tokio futures: a plugin
+        // that imports WASI therefore never runs on a request thread (see
+        // [`uses_wasi`]).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| Error::Internal(format!("cannot link WASI for plugins: {e:#}")))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&stop_ticker);
@@ -266,6 +357,11 @@ impl Runtime {
     /// The linker that provides the host interface.
     pub(super) fn linker(&self) -> &Linker<CallState> {
         &self.linker
+    }
+
+    /// The engine.
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Compiles a component, or loads its precompiled artifact from
@@ -330,6 +426,7 @@ impl Runtime {
             log_budget: self.config.log_lines_per_call,
             log_dropped: 0,
             captured: (bound == Bound::Check).then(Vec::new),
+            wasi: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -417,6 +514,11 @@ impl CheckLog {
 pub const CHECK_FUEL: u64 = 2_000_000_000;
 /// Wall-clock backstop of one deploy-check call, in milliseconds.
 pub const CHECK_DEADLINE_MS: u64 = 60_000;
+
+/// Whether a compiled component imports WASI.
+pub fn uses_wasi(component: &Component, engine: &Engine) -> bool {
+    component.component_type().imports(engine).any(|(name, _)| name.starts_with("wasi:"))
+}
 
 /// Why a guest call failed, from the error and the store's state.
 pub(super) fn classify(e: &wasmtime::Error, state: &CallState) -> FailureReason {

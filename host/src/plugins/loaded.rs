@@ -130,6 +130,9 @@ impl Loaded {
                 Kind::Validator { pre: v0_1::ValidatorPre::new(pre).map_err(link)?, idle: Mutex::new(Vec::new()) }
             }
         };
+        // Synchronous WASI blocks on tokio futures, which would panic on a
+        // request thread.
+        let offloaded = super::engine::uses_wasi(component, runtime.engine());
         let kind_label = info.kind.as_str();
         let calls = metrics::counter!("concord_plugin_calls_total", "plugin" => info.name.clone(), "version" => info.version.clone(), "kind" => kind_label);
         let duration = metrics::histogram!("concord_plugin_call_duration_seconds", "kind" => kind_label);
@@ -140,7 +143,7 @@ impl Loaded {
             kind,
             calls,
             duration,
-            offloaded: AtomicBool::new(false),
+            offloaded: AtomicBool::new(offloaded),
             avg_nanos: AtomicU64::new(0),
             used: AtomicBool::new(true),
         })
@@ -206,6 +209,7 @@ impl Loaded {
 
     fn finish(&self, started: Instant, mode: &mut Mode<'_>, store: &mut Store<CallState>) -> Duration {
         let elapsed = started.elapsed();
+        store.data_mut().log_output();
         if mode.is_check() {
             metrics::counter!("concord_plugin_check_calls_total", "plugin" => self.info.name.clone(), "version" => self.info.version.clone()).increment(1);
             mode.collect(store);

@@ -6,8 +6,10 @@
 //! turned into components here. Either way the component's interface is
 //! then decoded *before* anything is instantiated, so a plugin built against
 //! an interface version this host does not serve, or one that imports
-//! anything but Concord's own interfaces (WASI, say), is refused with an
-//! error that says why.
+//! anything but Concord's own interfaces and the capability-free part of
+//! WASI 0.2 (components from other languages need it), is refused with an
+//! error that says why. Core modules get no WASI at all: they come from
+//! concord-guest, which needs none.
 
 use wit_component::DecodedWasm;
 use wit_parser::{WorldItem, WorldKey};
@@ -76,6 +78,29 @@ fn componentize(core: &[u8]) -> Result<Vec<u8>> {
     })
 }
 
+/// WASI 0.2 packages a plugin may import. The node serves them without
+/// capabilities (see `engine.rs`): they let interpreters built for WASI
+/// (componentize-py, componentize-js) start, and give them nothing that
+/// could make an answer depend on more than the input.
+const WASI_PACKAGES: &[&str] = &["io", "clocks", "random", "cli", "filesystem", "sockets"];
+
+/// Accepts `wasi:<package>/<interface>@0.2.x` for the packages above.
+fn check_wasi(name: &str, wasi: &str) -> Result<()> {
+    let package = wasi.split('/').next().unwrap_or_default();
+    let version = wasi.split_once('@').map(|(_, v)| v).unwrap_or_default();
+    if !WASI_PACKAGES.contains(&package) {
+        return Err(Error::invalid(format!(
+            "plugin imports {name}; of WASI, plugins get only {} (without files, sockets, environment or clock). \
+             Build without it: componentize-js takes --disable http fetch-event",
+            WASI_PACKAGES.iter().map(|p| format!("wasi:{p}")).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if !version.starts_with("0.2.") {
+        return Err(Error::invalid(format!("plugin imports {name}; this node serves WASI 0.2 only")));
+    }
+    Ok(())
+}
+
 /// The kind and interface version a component targets.
 fn inspect(component: &[u8]) -> Result<(PluginKind, String)> {
     let decoded = wit_component::decode(component)
@@ -92,16 +117,14 @@ fn inspect(component: &[u8]) -> Result<(PluginKind, String)> {
             (WorldKey::Interface(id), _) => resolve.id_of(*id).unwrap_or_default(),
             (WorldKey::Name(n), _) => n.clone(),
         };
+        if let Some(wasi) = name.strip_prefix("wasi:") {
+            check_wasi(&name, wasi)?;
+            continue;
+        }
         let Some(rest) = name.strip_prefix(&format!("{NAMESPACE}:{PACKAGE}/")) else {
-            let hint = if name.starts_with("wasi:") {
-                ". Plugins get no files, sockets, clocks or environment, so WASI is not offered: build Python \
-                 plugins with `componentize-py ... componentize --stub-wasi` and JavaScript ones with \
-                 `componentize-js ... --disable stdio random clocks http fetch-event` (docs/PLUGINS.md)"
-            } else {
-                ""
-            };
             return Err(Error::invalid(format!(
-                "plugin imports {name}; plugins may import only concord:plugin interfaces{hint}"
+                "plugin imports {name}; plugins may import only concord:plugin interfaces (and WASI 0.2's {})",
+                WASI_PACKAGES.join(", ")
             )));
         };
         let (_, v) =
@@ -166,5 +189,46 @@ mod tests {
         // A valid, empty core module without Concord's interface.
         let empty = b"\0asm\x01\0\0\0";
         assert!(prepare(empty).is_err());
+    }
+
+    /// A resolver component that also imports `interface`, declared in a
+    /// package of its own as `package`.
+    fn resolver_importing(package: &str, interface: &str) -> Vec<u8> {
+        use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
+        use wit_parser::{LiftLowerAbi, ManglingAndAbi, Resolve};
+        let mut resolve = Resolve::default();
+        resolve.push_str("plugin.wit", include_str!("../../../guest-sdk/wit/since_v0.1.0/plugin.wit")).unwrap();
+        resolve
+            .push_str("extra.wit", &format!("package {package};\ninterface {interface} {{ f: func(); }}\n"))
+            .unwrap();
+        let (ns_name, version) = package.split_once('@').unwrap();
+        let pkg = resolve
+            .push_str(
+                "test.wit",
+                &format!(
+                    "package test:plugin;\nworld w {{\n  use concord:plugin/types@0.1.0.{{sibling, resolution}};\n  \
+                     import concord:plugin/host@0.1.0;\n  import {ns_name}/{interface}@{version};\n  \
+                     export resolve: func(bucket: string, key: list<u8>, siblings: list<sibling>) -> resolution;\n}}\n"
+                ),
+            )
+            .unwrap();
+        let world = resolve.select_world(&[pkg], Some("w")).unwrap();
+        let mut module = dummy_module(&resolve, world, ManglingAndAbi::Legacy(LiftLowerAbi::Sync));
+        embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8).unwrap();
+        ComponentEncoder::default().module(&module).unwrap().validate(true).encode().unwrap()
+    }
+
+    #[test]
+    fn capability_free_wasi_is_accepted_and_anything_else_is_refused_by_name() {
+        for (package, interface) in [("wasi:cli@0.2.9", "environment"), ("wasi:random@0.2.3", "random")] {
+            let p = prepare(&resolver_importing(package, interface)).unwrap();
+            assert_eq!((p.kind, p.interface_version.as_str()), (PluginKind::Resolver, "0.1.0"));
+        }
+        let e = prepare(&resolver_importing("wasi:http@0.2.10", "types")).unwrap_err().to_string();
+        assert!(e.contains("wasi:http/types@0.2.10") && e.contains("--disable http"), "{e}");
+        let e = prepare(&resolver_importing("wasi:cli@0.3.0", "environment")).unwrap_err().to_string();
+        assert!(e.contains("WASI 0.2 only"), "{e}");
+        let e = prepare(&resolver_importing("acme:db@1.0.0", "query")).unwrap_err().to_string();
+        assert!(e.contains("acme:db/query@1.0.0"), "{e}");
     }
 }
