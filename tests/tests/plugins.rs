@@ -915,3 +915,31 @@ fn new_plugin_crates_build_offline_test_natively_and_run() {
     let (ok, out) = run(&["plugin", "new", "Bad Name", "--kind", "resolver"]);
     assert!(!ok && out.contains("not a usable plugin name"), "{out}");
 }
+
+#[tokio::test]
+async fn a_plugin_can_be_deployed_with_a_memory_cap_of_its_own() {
+    let server = resolving_every_read().await;
+    let c = server.client().await;
+    let deploy_capped = |version: &str, memory_mb: u32| {
+        let req = pb::DeployPluginRequest {
+            name: "bomb".into(),
+            version: version.into(),
+            wasm: std::fs::read(plugins::BOMB_RESOLVER).unwrap().into(),
+            force: true,
+            memory_mb,
+            ..Default::default()
+        };
+        let c = c.clone();
+        async move { c.admin().deploy_plugin(req).await }
+    };
+    let e = deploy_capped("0", 100_000).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("plugins.max_memory_mb"), "{e}");
+    let deployed = deploy_capped("1", 8).await.unwrap().into_inner();
+    assert_eq!(deployed.plugin.unwrap().memory_mb, 8);
+    bind(&c, resolver("b", "bomb@1")).await;
+    siblings(&c, "b", b"k", &[b"one", b"two"]).await;
+    let why = c.get("b", b"k").await.unwrap().unresolved.expect("the bomb fails");
+    assert_eq!(why.reason, "memory", "{why:?}");
+    assert!(why.message.contains("memory cap of 8 MiB"), "{why:?}");
+}

@@ -93,6 +93,7 @@ pub fn plugin_to_proto(p: &PluginInfo) -> pb::PluginInfo {
         size_bytes: p.size_bytes,
         interface_version: p.interface_version.clone(),
         deployed_at_ms: p.deployed_at_ms,
+        memory_mb: p.memory_mb,
     }
 }
 
@@ -278,6 +279,7 @@ impl pb::admin_server::Admin for AdminService {
             force: req.force,
             samples: req.samples.iter().map(|s| s.to_vec()).collect(),
             limit,
+            memory_mb: (req.memory_mb != 0).then_some(req.memory_mb),
         };
         let deployed = self.plugins.deploy(request).await.map_err(admin_status)?;
         Ok(Response::new(pb::DeployPluginResponse {

@@ -44,6 +44,10 @@ pub enum PluginCommand {
         /// max_object_bytes [default: the largest any bucket may allow].
         #[arg(long)]
         bucket: Option<String>,
+        /// Memory cap of one instance, in MiB [default: the node's
+        /// plugins.memory_mb].
+        #[arg(long)]
+        memory_mb: Option<u32>,
         #[command(flatten)]
         target: Target,
     },
@@ -150,7 +154,7 @@ pub enum PluginCommand {
 
 pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
     match cmd {
-        PluginCommand::Deploy { file, name, version, force, samples, bucket, target } => {
+        PluginCommand::Deploy { file, name, version, force, samples, bucket, memory_mb, target } => {
             let wasm = read(&file)?;
             let samples = match &samples {
                 Some(p) => read_samples(p)?.into_iter().map(Into::into).collect(),
@@ -164,6 +168,7 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 force,
                 samples,
                 bucket: bucket.unwrap_or_default(),
+                memory_mb: memory_mb.unwrap_or(0),
             };
             let r = client.admin().deploy_plugin(req).await.map_err(concord_client::ClientError::from)?.into_inner();
             let p = r.plugin.context("the node returned no plugin")?;
@@ -578,6 +583,7 @@ fn local_info(file: &Path, prepared: &package::Prepared) -> PluginInfo {
         interface_version: prepared.interface_version.clone(),
         deployed_at_ms: 0,
         seq: 0,
+        memory_mb: 0,
     }
 }
 
@@ -733,5 +739,6 @@ fn plugin_json(p: &pb::PluginInfo) -> serde_json::Value {
     json!({
         "name": p.name, "version": p.version, "sha256": p.sha256, "kind": kind_name(p.kind),
         "size_bytes": p.size_bytes, "interface_version": p.interface_version, "deployed_at_ms": p.deployed_at_ms,
+        "memory_mb": p.memory_mb,
     })
 }

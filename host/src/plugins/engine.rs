@@ -43,7 +43,8 @@ const TICK: Duration = Duration::from_millis(1);
 /// Python one (componentize-py, which links CPython's shared libraries)
 /// has 38 core instances, 2 tables and 1 memory; a JavaScript one
 /// (componentize-js) 3, 2 and 1. These bound bookkeeping, not memory: each
-/// instance's linear memory is capped by `plugins.memory_mb` either way.
+/// instance's linear memory is capped by its plugin's `memory_mb` (or the
+/// node's `plugins.memory_mb`) either way.
 const CORE_INSTANCES_PER_PLUGIN: u32 = 64;
 const TABLES_PER_PLUGIN: u32 = 4;
 
@@ -248,7 +249,9 @@ impl Runtime {
     pub fn new(config: PluginConfig) -> Result<Arc<Self>> {
         config.validate()?;
         let slots = config.max_instances;
-        let memory = (config.memory_mb as usize) << 20;
+        // Slots are sized for the largest cap a plugin may be given; each
+        // store's limiter holds it to its own.
+        let memory = (config.max_memory_mb as usize) << 20;
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(slots)
             .total_core_instances(slots * CORE_INSTANCES_PER_PLUGIN)
@@ -417,10 +420,12 @@ impl Runtime {
     }
 
     /// A fresh store for one call (or one reused validator instance).
-    pub(super) fn new_store(&self, plugin: &Arc<str>, bound: Bound) -> Result<Store<CallState>> {
+    /// `memory_mb` is the plugin's own cap, 0 for the node's default.
+    pub(super) fn new_store(&self, plugin: &Arc<str>, bound: Bound, memory_mb: u32) -> Result<Store<CallState>> {
+        let memory_mb = if memory_mb == 0 { self.config.memory_mb } else { memory_mb.min(self.config.max_memory_mb) };
         let state = CallState {
             plugin: Arc::clone(plugin),
-            memory_cap: (self.config.memory_mb as usize) << 20,
+            memory_cap: (memory_mb as usize) << 20,
             memory_exceeded: false,
             memory_peak: 0,
             log_budget: self.config.log_lines_per_call,

@@ -242,7 +242,7 @@ impl Loaded {
         let started = Instant::now();
         let mut store = self
             .runtime
-            .new_store(&self.label, mode.bound())
+            .new_store(&self.label, mode.bound(), self.info.memory_mb)
             .map_err(|e| self.failure(&mode, FailureReason::Unusable, e.to_string()))?;
         let input: Vec<v0_1::Sibling> = siblings.iter().map(to_wit).collect();
         let result = pre.instantiate(&mut store).and_then(|r| r.call_resolve(&mut store, bucket, key, &input));
@@ -278,7 +278,7 @@ impl Loaded {
         };
         let mut store = self
             .runtime
-            .new_store(&self.label, Bound::Request)
+            .new_store(&self.label, Bound::Request, self.info.memory_mb)
             .map_err(|e| self.failure(&mode, FailureReason::Unusable, e.to_string()))?;
         let input: Vec<v0_1::Sibling> = siblings.iter().map(to_wit).collect();
         let started = Instant::now();
@@ -322,7 +322,7 @@ impl Loaded {
                 let Some(slot) = slot() else { return Ok(None) };
                 let mut store = self
                     .runtime
-                    .new_store(&self.label, mode.bound())
+                    .new_store(&self.label, mode.bound(), self.info.memory_mb)
                     .map_err(|e| self.failure(&mode, FailureReason::Unusable, e.to_string()))?;
                 let instance = match pre.instantiate(&mut store) {
                     Ok(i) => i,

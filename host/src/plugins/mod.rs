@@ -99,6 +99,10 @@ pub struct PluginInfo {
     pub deployed_at_ms: u64,
     /// Manifest sequence number (a Lamport counter across the cluster).
     pub seq: u64,
+    /// Memory cap of one instance in MiB, set at deploy; 0 for the node's
+    /// `plugins.memory_mb`.
+    #[serde(default)]
+    pub memory_mb: u32,
 }
 
 impl PluginInfo {
@@ -185,8 +189,13 @@ impl fmt::Display for PluginFailure {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginConfig {
-    /// Memory cap per plugin instance, in MiB.
+    /// Memory cap per plugin instance, in MiB, for plugins deployed
+    /// without a cap of their own.
     pub memory_mb: u32,
+    /// The largest cap a plugin may be deployed with (`--memory-mb`), in
+    /// MiB. The pool reserves this much address space (not memory) per
+    /// instance slot.
+    pub max_memory_mb: u32,
     /// Wall-clock deadline per call, in milliseconds.
     pub deadline_ms: u64,
     /// Fuel per call (roughly, wasm instructions); 0 turns fuel off.
@@ -214,6 +223,7 @@ impl Default for PluginConfig {
     fn default() -> Self {
         Self {
             memory_mb: 64,
+            max_memory_mb: 256,
             deadline_ms: 50,
             fuel: 0,
             max_instances: 256,
@@ -232,6 +242,9 @@ impl PluginConfig {
     pub fn validate(&self) -> Result<()> {
         if !(1..=4096).contains(&self.memory_mb) {
             return Err(Error::invalid("plugins.memory_mb must be between 1 and 4096"));
+        }
+        if !(self.memory_mb..=4096).contains(&self.max_memory_mb) {
+            return Err(Error::invalid("plugins.max_memory_mb must be between plugins.memory_mb and 4096"));
         }
         if !(1..=60_000).contains(&self.deadline_ms) {
             return Err(Error::invalid("plugins.deadline_ms must be between 1 and 60000"));
@@ -317,6 +330,8 @@ pub struct DeployRequest {
     pub samples: Vec<Vec<u8>>,
     /// The value size answers are checked against.
     pub limit: SizeLimit,
+    /// Memory cap of one instance in MiB (`None`: the node's default).
+    pub memory_mb: Option<u32>,
 }
 
 /// The largest answer a plugin may give: a bucket's `max_object_bytes`, or
@@ -449,8 +464,16 @@ impl Plugins {
     }
 
     fn deploy_blocking(&self, request: &DeployRequest) -> Result<Deployed> {
-        let DeployRequest { name, version, bytes, force, samples, limit } = request;
+        let DeployRequest { name, version, bytes, force, samples, limit, memory_mb } = request;
         validate_plugin_word("name", name)?;
+        let max = self.runtime.config().max_memory_mb;
+        if let Some(mb) = memory_mb
+            && !(1..=max).contains(mb)
+        {
+            return Err(Error::invalid(format!(
+                "a plugin's memory cap must be 1 to {max} MiB (plugins.max_memory_mb); got {mb}"
+            )));
+        }
         if bytes.is_empty() {
             return Err(Error::invalid("plugin bytes are empty"));
         }
@@ -473,7 +496,7 @@ impl Plugins {
         {
             return Ok(Deployed { info: existing, warnings: Vec::new(), check_log: Vec::new(), unchanged: true });
         }
-        let (info, loaded) = self.registry.load_candidate(&r, &prepared)?;
+        let (info, loaded) = self.registry.load_candidate(&r, &prepared, memory_mb.unwrap_or(0))?;
         let mut warnings = Vec::new();
         let mut check_log = Vec::new();
         if info.kind == PluginKind::Resolver {

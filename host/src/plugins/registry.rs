@@ -194,13 +194,19 @@ impl Registry {
                 info.kind.as_str()
             )));
         }
-        let (_, loaded) = self.load_candidate(&r, &prepared)?;
+        let (_, loaded) = self.load_candidate(&r, &prepared, info.memory_mb)?;
         self.commit(info, &prepared.component, loaded)
     }
 
-    /// Compiles and links `prepared` as `r` without storing anything, so the
-    /// caller can try it (and refuse it) before it becomes visible.
-    pub fn load_candidate(&self, r: &PluginRef, prepared: &Prepared) -> Result<(PluginInfo, Arc<Loaded>)> {
+    /// Compiles and links `prepared` as `r` (with a memory cap of
+    /// `memory_mb`, 0 for the node's default) without storing anything, so
+    /// the caller can try it (and refuse it) before it becomes visible.
+    pub fn load_candidate(
+        &self,
+        r: &PluginRef,
+        prepared: &Prepared,
+        memory_mb: u32,
+    ) -> Result<(PluginInfo, Arc<Loaded>)> {
         let sha256 = sha256_hex(&prepared.component);
         if let Some(existing) = self.info(r)
             && existing.sha256 != sha256
@@ -219,6 +225,7 @@ impl Registry {
             interface_version: prepared.interface_version.clone(),
             deployed_at_ms: crate::now_ms(),
             seq: 0,
+            memory_mb,
         };
         if let Some(loaded) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(r) {
             return Ok((loaded.info.clone(), Arc::clone(loaded)));
