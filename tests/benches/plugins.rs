@@ -24,6 +24,7 @@ fn load(runtime: &Arc<Runtime>, path: &str) -> Loaded {
         interface_version: prepared.interface_version,
         deployed_at_ms: 0,
         seq: 0,
+        memory_mb: 0,
     };
     Loaded::new(Arc::clone(runtime), info, &component).unwrap()
 }

@@ -538,10 +538,25 @@ async fn the_shadow_resolver_is_compared_but_never_applied() {
     assert_eq!(s.samples[0].active, "resolved \"bb\"");
     assert!(s.samples[0].shadow.starts_with("resolved \""), "{s:?}");
 
+    // The CLI sums every node's counts and shows the examples.
+    let out = std::process::Command::new(concord_tests::concord_bin())
+        .args(["plugin", "shadow-report", "s", "--endpoint", &server.addr.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("concat@1: 5 resolutions: 0 agree"), "{text}");
+    assert!(text.contains("active resolved \"bb\""), "{text}");
+
     // Promoting makes the shadow the active resolver and clears the shadow.
     let e = c.admin().promote_shadow(pb::PromoteShadowRequest { bucket: "none".into() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
-    let props = c.admin().promote_shadow(pb::PromoteShadowRequest { bucket: "s".into() }).await.unwrap().into_inner();
+    let out = std::process::Command::new(concord_tests::concord_bin())
+        .args(["plugin", "promote-shadow", "s", "--endpoint", &server.addr.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("bucket s now resolves with concat@1"), "{text}");
+    let props = c.get_bucket("s").await.unwrap();
     assert_eq!((props.resolver.as_str(), props.shadow_resolver.as_str()), ("concat@1", ""));
     assert_eq!(c.get("s", b"k").await.unwrap().resolved_by.as_deref(), Some("concat@1"));
 }
@@ -690,6 +705,11 @@ async fn verify_passes_the_examples_and_catches_an_order_sensitive_resolver() {
     assert!(ok && out.contains("reject: missing required field \"email\""), "{out}");
     let (ok, _) = run(&["plugin", "test", plugins::JSON_SCHEMA, "--value-base64", "not base64!"]);
     assert!(!ok);
+    // bench times a resolver on sibling sets of a given shape.
+    let (ok, out) = run(&["plugin", "bench", plugins::LWW, "--siblings", "3", "--value-bytes", "100", "--calls", "5"]);
+    assert!(ok && out.contains("3 x 100 B siblings, 5 calls") && out.contains("MiB per instance"), "{out}");
+    let (ok, _) = run(&["plugin", "bench", plugins::JSON_SCHEMA]);
+    assert!(!ok, "bench times resolvers only");
     // A plugin's log lines show, and a trap comes with its message.
     let out = Command::new(concord_tests::concord_bin())
         .args(["plugin", "test", plugins::PANIC_RESOLVER, "--siblings", fixture.to_str().unwrap()])

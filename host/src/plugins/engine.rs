@@ -219,7 +219,8 @@ fn level_name(level: v0_1::Level) -> &'static str {
 
 impl Drop for CallState {
     fn drop(&mut self) {
-        if self.log_dropped > 0 {
+        // Checked calls stay out of live telemetry.
+        if self.log_dropped > 0 && self.captured.is_none() {
             metrics::counter!("concord_plugin_log_lines_dropped_total").increment(self.log_dropped.into());
         }
     }
