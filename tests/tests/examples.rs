@@ -68,15 +68,14 @@ async fn python_client_through_grpcio() {
 }
 
 /// Deploys a resolver built outside Rust (its deploy-time checks run on
-/// `samples`), binds it to a bucket, makes two siblings and reads them back
-/// resolved into `expected`.
+/// `samples`), binds it to a bucket, makes two siblings and reads them
+/// back: returns the deploy's reply and the resolved value.
 async fn deploy_and_resolve(
     wasm: Vec<u8>,
     name: &str,
     samples: &[&str],
     siblings: [&[u8]; 2],
-    expected: &[u8],
-) -> concord_proto::v1::DeployPluginResponse {
+) -> (concord_proto::v1::DeployPluginResponse, Vec<u8>) {
     let server = Server::start().await.unwrap();
     let c = server.client().await;
     let req = concord_proto::v1::DeployPluginRequest {
@@ -101,8 +100,8 @@ async fn deploy_and_resolve(
     }
     let r = c.get(name, b"k").await.unwrap();
     assert_eq!(r.resolved_by.as_deref(), Some(plugin.as_str()), "{r:?}");
-    assert_eq!(r.values(), vec![expected]);
-    deployed
+    assert_eq!(r.siblings.len(), 1, "{r:?}");
+    (deployed, r.siblings[0].value.clone())
 }
 
 /// Runs a build command; `None` (with the reason printed) when the tool
@@ -120,9 +119,10 @@ fn build_step(what: &str, cmd: &mut Command) -> Option<()> {
     }
 }
 
-/// Builds examples/python-resolver with componentize-py, installed from
-/// PyPI into a virtualenv under target/ on first use.
-fn build_python_resolver() -> Option<PathBuf> {
+/// Builds a Python resolver (`module` in `dir`, relative to the
+/// repository) with componentize-py, installed from PyPI into a virtualenv
+/// under target/ on first use.
+fn build_python(dir: &str, module: &str) -> Option<PathBuf> {
     let root = repo_root();
     let venv = root.join("target/componentize-py-venv");
     let requirements = root.join("examples/python-resolver/requirements.txt");
@@ -141,7 +141,7 @@ fn build_python_resolver() -> Option<PathBuf> {
         }
         std::fs::write(&marker, wanted).unwrap();
     }
-    let out = root.join("target/examples/cart-py.wasm");
+    let out = root.join(format!("target/examples/{module}-py.wasm"));
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     // The command docs/PLUGINS.md gives, from the repository root.
     build_step(
@@ -150,7 +150,7 @@ fn build_python_resolver() -> Option<PathBuf> {
             .current_dir(&root)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .args(["-d", "guest-sdk/wit/since_v0.1.0", "-w", "resolver", "componentize"])
-            .args(["-p", "examples/python-resolver", "cart", "-o"])
+            .args(["-p", dir, module, "-o"])
             .arg(&out),
     )?;
     Some(out)
@@ -197,19 +197,18 @@ fn build_js_resolver() -> Option<PathBuf> {
 
 #[tokio::test]
 async fn a_python_resolver_builds_deploys_and_resolves() {
-    let Some(wasm) = tokio::task::spawn_blocking(build_python_resolver).await.unwrap() else { return };
+    let build = || build_python("examples/python-resolver", "cart");
+    let Some(wasm) = tokio::task::spawn_blocking(build).await.unwrap() else { return };
     let samples = std::fs::read_to_string(repo_root().join("examples/python-resolver/samples.json")).unwrap();
     let samples: Vec<String> = serde_json::from_str(&samples).unwrap();
     let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
     let wasm = std::fs::read(wasm).unwrap();
-    deploy_and_resolve(
-        wasm,
-        "cart-py",
-        &samples,
-        [br#"["pear","apple"]"#, br#"["fig"]"#],
-        br#"["apple","fig","pear"]"#,
-    )
-    .await;
+    let (deployed, value) =
+        deploy_and_resolve(wasm, "cart-py", &samples, [br#"["pear","apple"]"#, br#"["fig"]"#]).await;
+    assert_eq!(value, br#"["apple","fig","pear"]"#);
+    // It imports WASI, served without capabilities: what it prints is its
+    // log, which the deploy checks return.
+    assert!(deployed.check_log.iter().any(|l| l.contains("INFO: cart: merged")), "{:?}", deployed.check_log);
 }
 
 #[tokio::test]
@@ -219,5 +218,22 @@ async fn a_javascript_resolver_builds_deploys_and_resolves() {
     let samples: Vec<String> = serde_json::from_str(&samples).unwrap();
     let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
     let wasm = std::fs::read(wasm).unwrap();
-    deploy_and_resolve(wasm, "max-js", &samples, [b"40", b"-7"], b"40").await;
+    let (_, value) = deploy_and_resolve(wasm, "max-js", &samples, [b"40", b"-7"]).await;
+    assert_eq!(value, b"40");
+}
+
+#[tokio::test]
+async fn wasi_is_served_with_nothing_behind_it() {
+    let build = || build_python("tests/python-probe", "probe");
+    let Some(wasm) = tokio::task::spawn_blocking(build).await.unwrap() else { return };
+    let wasm = std::fs::read(wasm).unwrap();
+    // The deploy checks call it on fresh instances and compare: it deploys
+    // without --force only if every call reports the same.
+    let (deployed, value) = deploy_and_resolve(wasm, "probe", &[], [b"one", b"two"]).await;
+    let report = String::from_utf8(value).unwrap();
+    for expected in ["time=0.0 ", "monotonic=0.0 ", "env=0 ", "files=none"] {
+        assert!(report.contains(expected), "{report}");
+    }
+    // What it printed is its log.
+    assert!(deployed.check_log.iter().any(|l| l.contains("INFO: time=0.0")), "{:?}", deployed.check_log);
 }
