@@ -458,20 +458,13 @@ async fn shadow_report(bucket: &str, this_node: bool, target: &Target) -> anyhow
     if !this_node {
         let status = client.admin().cluster_status(pb::ClusterStatusRequest {}).await;
         let status = status.map_err(concord_client::ClientError::from)?.into_inner();
-        endpoints = status
-            .nodes
-            .iter()
-            .filter(|n| !n.is_self && !n.address.is_empty())
-            .filter(|n| {
-                let up = n.status == "up";
-                if !up {
-                    unreachable.push(format!("{} ({})", n.node_id, n.status));
-                }
-                up
-            })
-            .map(|n| n.address.clone())
-            .collect();
-        endpoints.insert(0, target.endpoint.clone());
+        for n in status.nodes.iter().filter(|n| !n.is_self && !n.address.is_empty()) {
+            if n.status == "up" {
+                endpoints.push(n.address.clone());
+            } else {
+                unreachable.push(format!("{} ({})", n.node_id, n.status));
+            }
+        }
     }
     let mut reports = Vec::new();
     for endpoint in &endpoints {

@@ -61,6 +61,15 @@ impl Breakers {
             .is_some_and(|s| s.props_version >= props_version && s.tripped.is_some())
     }
 
+    /// The failure that tripped `plugin`'s breaker for `bucket`, if it is
+    /// open at `props_version`.
+    pub fn open_reason(&self, bucket: &str, plugin: &Arc<str>, props_version: u64) -> Option<String> {
+        let states = self.states.read().unwrap_or_else(|p| p.into_inner());
+        let s = states.get(&(bucket.to_owned(), Arc::clone(plugin)))?;
+        let t = s.tripped.as_ref().filter(|_| s.props_version >= props_version)?;
+        Some(t.reason.clone())
+    }
+
     /// Records a successful call.
     pub fn success(&self, bucket: &str, plugin: &Arc<str>, props_version: u64) {
         let key = (bucket.to_owned(), Arc::clone(plugin));

@@ -236,18 +236,8 @@ impl Loaded {
         max_bytes: usize,
         mut mode: Mode<'_>,
     ) -> Result<(Resolution, Duration), PluginFailure> {
-        let Kind::Resolver(pre) = &self.kind else {
-            return Err(self.failure(&mode, FailureReason::Unusable, format!("{} is not a resolver", self.label)));
-        };
-        let started = Instant::now();
-        let mut store = self
-            .runtime
-            .new_store(&self.label, mode.bound(), self.info.memory_mb)
-            .map_err(|e| self.failure(&mode, FailureReason::Unusable, e.to_string()))?;
-        let input: Vec<v0_1::Sibling> = siblings.iter().map(to_wit).collect();
-        let result = pre.instantiate(&mut store).and_then(|r| r.call_resolve(&mut store, bucket, key, &input));
-        let elapsed = self.finish(started, &mut mode, &mut store);
-        let out = result.map_err(|e| self.failure(&mode, classify(&e, store.data()), brief(&self.label, &e)))?;
+        let bound = mode.bound();
+        let (out, measured) = self.run_resolver(&mut mode, bound, bucket, key, siblings)?;
         let resolution = match out {
             v0_1::Resolution::Resolved(v) if v.len() > max_bytes => {
                 return Err(self.failure(
@@ -260,12 +250,13 @@ impl Loaded {
             v0_1::Resolution::Delete => Resolution::Delete,
             v0_1::Resolution::KeepSiblings => Resolution::KeepSiblings,
         };
-        Ok((resolution, elapsed))
+        Ok((resolution, measured.total))
     }
 
-    /// Resolves like a request would, timing instantiation and the call
-    /// apart and reporting the instance's linear memory: what `concord
-    /// plugin bench` prints. Counted as a check.
+    /// Resolves like a request would (its deadline, a fresh instance),
+    /// timing instantiation and the call apart and reporting the instance's
+    /// linear memory: what `concord plugin bench` prints. Counted as a
+    /// check.
     pub fn measure_resolve(
         &self,
         _slot: OwnedSemaphorePermit,
@@ -273,21 +264,35 @@ impl Loaded {
         log: &mut CheckLog,
     ) -> Result<Measured, PluginFailure> {
         let mut mode = Mode::Check(log);
+        self.run_resolver(&mut mode, Bound::Request, "bench", b"bench", siblings).map(|(_, m)| m)
+    }
+
+    /// One resolver call on a fresh instance: the plugin's answer, unchecked,
+    /// and what the call took.
+    fn run_resolver(
+        &self,
+        mode: &mut Mode<'_>,
+        bound: Bound,
+        bucket: &str,
+        key: &[u8],
+        siblings: &[Sibling],
+    ) -> Result<(v0_1::Resolution, Measured), PluginFailure> {
         let Kind::Resolver(pre) = &self.kind else {
-            return Err(self.failure(&mode, FailureReason::Unusable, format!("{} is not a resolver", self.label)));
+            return Err(self.failure(mode, FailureReason::Unusable, format!("{} is not a resolver", self.label)));
         };
+        let started = Instant::now();
         let mut store = self
             .runtime
-            .new_store(&self.label, Bound::Request, self.info.memory_mb)
-            .map_err(|e| self.failure(&mode, FailureReason::Unusable, e.to_string()))?;
+            .new_store(&self.label, bound, self.info.memory_mb)
+            .map_err(|e| self.failure(mode, FailureReason::Unusable, e.to_string()))?;
         let input: Vec<v0_1::Sibling> = siblings.iter().map(to_wit).collect();
-        let started = Instant::now();
+        let instantiating = Instant::now();
         let instance = pre.instantiate(&mut store);
-        let instantiated = started.elapsed();
-        let result = instance.and_then(|r| r.call_resolve(&mut store, "bench", b"bench", &input));
-        let total = self.finish(started, &mut mode, &mut store);
-        result.map_err(|e| self.failure(&mode, classify(&e, store.data()), brief(&self.label, &e)))?;
-        Ok(Measured { instantiate: instantiated, total, memory_bytes: store.data().memory_peak })
+        let instantiate = instantiating.elapsed();
+        let result = instance.and_then(|r| r.call_resolve(&mut store, bucket, key, &input));
+        let total = self.finish(started, mode, &mut store);
+        let out = result.map_err(|e| self.failure(mode, classify(&e, store.data()), brief(&self.label, &e)))?;
+        Ok((out, Measured { instantiate, total, memory_bytes: store.data().memory_peak }))
     }
 
     /// Validates a write. `slot` is used only if no idle instance exists;

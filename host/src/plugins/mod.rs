@@ -704,14 +704,13 @@ impl Plugins {
         let Conflict { bucket, key, siblings, purpose } = *conflict;
         let Some(chosen) = self.choose(bucket, slot.clone(), configured, props.version) else {
             let label: Arc<str> = configured.to_string().into();
-            let last =
-                self.breakers.tripped(|_| props.version).into_iter().find(|t| t.bucket == bucket && t.plugin == label);
+            let last = self.breakers.open_reason(bucket, &label, props.version);
             return Err(Unresolved {
                 plugin: configured.to_string(),
                 reason: "switched-off".into(),
                 message: format!(
                     "switched off for this bucket after repeated failures{}; rebind the resolver to switch it back on",
-                    last.map(|t| format!(" (last: {})", t.reason)).unwrap_or_default()
+                    last.map(|r| format!(" (last: {r})")).unwrap_or_default()
                 ),
                 breaker_open: true,
             });
