@@ -24,7 +24,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use concord_proto::v1 as pb;
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub use concord_proto::v1::{BucketProps, ClusterStatusResponse, Consistency, PluginInfo, SetBucketRequest};
 
@@ -257,42 +258,104 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
+/// How to reach a node: TLS and credentials.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// A bearer token, sent with every call (nodes configured with
+    /// `security.tokens` require one).
+    pub token: Option<String>,
+    /// PEM of the CA that signed the nodes' certificates: connect over TLS
+    /// and trust only that CA.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// The name the node's certificate must carry, when it differs from the
+    /// endpoint's host.
+    pub tls_domain: Option<String>,
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that presents the client's token.
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
+
 /// A connection to one Concord node (any node serves any key).
 ///
 /// Cheap to clone: clones share the underlying HTTP/2 connection.
 #[derive(Clone)]
 pub struct Client {
-    kv: pb::kv_client::KvClient<Channel>,
-    admin: pb::admin_client::AdminClient<Channel>,
+    kv: pb::kv_client::KvClient<AuthChannel>,
+    admin: pb::admin_client::AdminClient<AuthChannel>,
 }
 
-fn endpoint_uri(endpoint: &str) -> String {
-    if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") }
+fn endpoint_uri(endpoint: &str, tls: bool) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else if tls {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    }
 }
 
 impl Client {
-    /// Connects to `endpoint` (`host:port` or a URI).
+    /// Connects to `endpoint` (`host:port` or a URI), in plain text and
+    /// without a token.
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, &ConnectOptions::default()).await
+    }
+
+    /// Connects to `endpoint` with `options`.
+    pub async fn connect_with(endpoint: &str, options: &ConnectOptions) -> Result<Self, ClientError> {
         let err = |message: String| ClientError::Connect { endpoint: endpoint.to_owned(), message };
-        let channel = Endpoint::from_shared(endpoint_uri(endpoint))
+        let token = match &options.token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {}", t.trim())
+                    .parse::<tonic::metadata::AsciiMetadataValue>()
+                    .map_err(|_| err("the token has characters a header cannot carry".into()))?,
+            ),
+        };
+        let mut builder = Endpoint::from_shared(endpoint_uri(endpoint, options.tls_ca_pem.is_some()))
             .map_err(|e| err(e.to_string()))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
-            .map_err(|e| err(format!("{e}{}", source_chain(&e))))?;
-        Ok(Self::from_channel(channel))
+            .keep_alive_while_idle(true);
+        if let Some(ca) = &options.tls_ca_pem {
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let Some(d) = &options.tls_domain {
+                tls = tls.domain_name(d.clone());
+            }
+            builder = builder.tls_config(tls).map_err(|e| err(format!("{e}{}", source_chain(&e))))?;
+        }
+        let channel = builder.connect().await.map_err(|e| err(format!("{e}{}", source_chain(&e))))?;
+        Ok(Self::from_channel_with(channel, token))
     }
 
     /// Uses an existing channel.
     pub fn from_channel(channel: Channel) -> Self {
+        Self::from_channel_with(channel, None)
+    }
+
+    fn from_channel_with(channel: Channel, token: Option<tonic::metadata::AsciiMetadataValue>) -> Self {
         // A key's siblings may add up to 16 MiB (a bucket's max_siblings ×
         // max_object_bytes); tonic's default limit on a reply is 4 MiB.
+        let bearer = Bearer(token);
         Self {
-            kv: pb::kv_client::KvClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
-            admin: pb::admin_client::AdminClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            kv: pb::kv_client::KvClient::with_interceptor(channel.clone(), bearer.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            admin: pb::admin_client::AdminClient::with_interceptor(channel, bearer)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
         }
     }
 
@@ -423,7 +486,7 @@ impl Client {
     }
 
     /// The raw admin client, for calls without a typed wrapper.
-    pub fn admin(&self) -> pb::admin_client::AdminClient<Channel> {
+    pub fn admin(&self) -> pb::admin_client::AdminClient<AuthChannel> {
         self.admin.clone()
     }
 }

@@ -17,6 +17,7 @@ use crate::buckets::{BucketProps, DEFAULT_MAX_OBJECT_BYTES, DEFAULT_MAX_SIBLINGS
 use crate::handoff::HandoffConfig;
 use crate::plugins::PluginConfig;
 use crate::ring::DEFAULT_PARTITIONS;
+use crate::security::SecurityConfig;
 use crate::storage::DurabilityMode;
 use crate::{Error, Result};
 
@@ -73,6 +74,8 @@ pub struct Config {
     pub handoff: HandoffConfig,
     /// Anti-entropy: hash-tree exchanges between replicas.
     pub antientropy: AntiEntropyConfig,
+    /// TLS, client tokens and the cluster secret.
+    pub security: SecurityConfig,
 }
 
 /// Defaults for implicit buckets.
@@ -118,6 +121,7 @@ impl Default for Config {
             read_repair: true,
             handoff: HandoffConfig::default(),
             antientropy: AntiEntropyConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -138,7 +142,7 @@ impl Config {
             let Some(key) = name.strip_prefix("CONCORD_") else { continue };
             // Variables the CLI, the tests and the bench scripts read for
             // themselves, not node settings.
-            if matches!(key, "ENDPOINT" | "CONFIG" | "BIN") {
+            if matches!(key, "ENDPOINT" | "CONFIG" | "BIN" | "TOKEN" | "TLS_CA") {
                 continue;
             }
             let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
@@ -181,6 +185,7 @@ impl Config {
         self.plugins.validate()?;
         self.handoff.validate()?;
         self.antientropy.validate()?;
+        self.security.validate()?;
         self.bucket_defaults().map(|_| ())
     }
 

@@ -33,8 +33,12 @@ pub mod net;
 pub mod node;
 pub mod plugins;
 pub mod ring;
+pub mod security;
 pub mod storage;
 pub mod telemetry;
+
+#[cfg(test)]
+mod hostile_tests;
 
 pub use config::Config;
 pub use error::{Error, Result};

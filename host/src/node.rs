@@ -21,6 +21,7 @@ use crate::handoff::{Handoff, HintStore, Transfers};
 use crate::net::{Faults, Net};
 use crate::plugins::Plugins;
 use crate::ring::Ring;
+use crate::security::{Guard, GuardLayer, KeySet, Keyring};
 use crate::storage::{DataDir, Durability, ObjectStore, SledStore, Store};
 use crate::{Error, Result};
 
@@ -118,9 +119,29 @@ impl Node {
             );
         }
 
+        let keys = Arc::new(Keyring::open(dir.path())?);
+        if keys.is_empty() {
+            if let Some(secret) = &config.security.cluster_secret {
+                keys.replace(
+                    KeySet::import(secret).map_err(|e| Error::invalid(format!("security.cluster_secret: {e}")))?,
+                )?;
+                tracing::info!("took the cluster secret from the configuration");
+            } else if seeds.is_empty() && ring.members().len() <= 1 {
+                keys.create_if_empty()?;
+                tracing::info!("created the cluster secret of a new cluster");
+            }
+        }
+        let tls = config.security.tls()?;
+        let client_tls = tls.as_ref().map(|t| {
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca))
+                .identity(tonic::transport::Identity::from_pem(&t.cert, &t.key))
+        });
+        let guard = Arc::new(Guard::new(Arc::clone(&keys), &config.security.tokens)?);
+
         let (stop, stopped) = watch::channel(false);
         let faults = Arc::new(Faults::default());
-        let net = Net::new(Arc::clone(&faults));
+        let net = Net::new(Arc::clone(&faults), Arc::clone(&keys), client_tls);
         let gossip_interval = Duration::from_millis(config.gossip_interval_ms);
         let membership = Membership::start(
             MembershipConfig {
@@ -152,6 +173,8 @@ impl Node {
             Arc::clone(&plugins),
             net,
             gossip_interval,
+            Arc::clone(&keys),
+            config.seeds.clone(),
         );
         let live_hints = config.handoff.enabled.then(|| Arc::clone(&hints));
         let coordinator = Coordinator::new(
@@ -223,7 +246,24 @@ impl Node {
             dir: Arc::clone(&dir),
             partitions: cluster.ring().partitions(),
         });
-        let router = Server::builder()
+        let mut server = Server::builder();
+        if let Some(t) = &tls {
+            server = server
+                .tls_config(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(&t.cert, &t.key))
+                        .client_ca_root(tonic::transport::Certificate::from_pem(&t.ca))
+                        // Clients connect without certificates; a node's
+                        // certificate, when presented, must be the CA's.
+                        .client_auth_optional(true),
+                )
+                .map_err(|e| Error::invalid(format!("the TLS certificate or key cannot be used: {e}")))?;
+        }
+        if keys.is_empty() {
+            workers.push(spawn_key_fetch(Arc::clone(&cluster), config.seeds.clone(), stopped.clone()));
+        }
+        let router = server
+            .layer(GuardLayer(Arc::clone(&guard)))
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(pb::kv_server::KvServer::new(KvService::new(coordinator)))
@@ -508,6 +548,49 @@ fn spawn_plugin_unloader(plugins: Arc<Plugins>, every: Duration, mut stopped: wa
             for r in plugins.registry().unload_idle() {
                 tracing::info!(plugin = %r, "unloaded a plugin unused for {every:?} or more");
             }
+        }
+    })
+}
+
+/// Fetches the cluster's keys from a seed, for a node started with seeds
+/// and no keys: retried until one hands them out, or until this node makes
+/// them itself (as the claimant of a new cluster's first ring).
+fn spawn_key_fetch(cluster: Arc<Cluster>, seeds: Vec<String>, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            for seed in &seeds {
+                if !cluster.keys().is_empty() {
+                    return;
+                }
+                let Ok(Some(addr)) = tokio::net::lookup_host(seed.as_str()).await.map(|mut a| a.next()) else {
+                    continue;
+                };
+                match cluster.fetch_keys(addr, None).await {
+                    Ok(keys) if cluster.keys().is_empty() => match cluster.keys().replace(keys) {
+                        Ok(()) => {
+                            tracing::info!(seed, "received the cluster secret from a seed");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "storing the cluster secret failed"),
+                    },
+                    Ok(_) => return,
+                    // Seeds of a cluster that is starting have no keys for
+                    // a moment; only a lasting failure is worth a warning.
+                    Err(e) if !warned && started.elapsed() > Duration::from_secs(15) => {
+                        warned = true;
+                        tracing::warn!(seed, error = %e, "cannot get the cluster secret yet; retrying");
+                    }
+                    Err(e) => tracing::debug!(seed, error = %e, "cannot get the cluster secret yet"),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     })
 }

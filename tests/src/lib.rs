@@ -159,10 +159,16 @@ impl Server {
             {
                 bail!("concord serve exited with {status}; log:\n{}", self.log_text());
             }
-            if let Ok(c) = Client::connect(&self.addr.to_string()).await
-                && c.cluster_status().await.is_ok()
+            // Health answers without a token, so nodes that require one
+            // are waited for too.
+            if let Ok(channel) =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?.connect().await
             {
-                return Ok(());
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let check = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                if health.check(check).await.is_ok_and(|r| r.into_inner().status == 1) {
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 bail!("concord serve did not become ready on {}; log:\n{}", self.addr, self.log_text());
@@ -424,4 +430,22 @@ impl Drop for Server {
         }
         self.kill9();
     }
+}
+
+/// A client of a node's Internal service presenting the credential of
+/// `keys`, as a member of the cluster would (tests that poke one replica).
+pub async fn peer_client(
+    addr: SocketAddr,
+    keys: std::sync::Arc<concord::security::Keyring>,
+) -> anyhow::Result<concord::net::PeerClient> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    Ok(concord_proto::v1::internal_client::InternalClient::with_interceptor(
+        channel,
+        concord::net::PeerCredential::new(keys),
+    ))
+}
+
+/// The cluster keys a node keeps in `data_dir`.
+pub fn keys_in(data_dir: &Path) -> anyhow::Result<std::sync::Arc<concord::security::Keyring>> {
+    Ok(std::sync::Arc::new(concord::security::Keyring::open(data_dir)?))
 }

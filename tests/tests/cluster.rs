@@ -286,12 +286,32 @@ async fn replica_calls_made_on_an_older_ring_are_refused_for_keys_no_longer_held
     cluster.client(1).await.put("b", key.as_bytes(), b"v", &Context::none()).await.unwrap();
     let holder = ring.preference_list(ring.partition_of("b", key.as_bytes()), 3)[0].clone();
     let holder_addr = node.cluster().addr_of(&holder).unwrap();
-    let mut from_holder = pb::internal_client::InternalClient::connect(format!("http://{holder_addr}")).await.unwrap();
+    let keys = std::sync::Arc::clone(node.cluster().keys());
+    let mut from_holder = concord_tests::peer_client(holder_addr, std::sync::Arc::clone(&keys)).await.unwrap();
     let read = pb::ReplicaReadRequest { keys: vec![object_key(&key)], ring_epoch: ring.epoch(), hint_for: vec![] };
     let object = from_holder.replica_read(read).await.unwrap().into_inner().results[0].object.clone();
     assert!(!object.is_empty());
 
-    let mut raw = pb::internal_client::InternalClient::connect(format!("http://{}", node.local_addr())).await.unwrap();
+    // A client cannot make replica calls: not without the cluster's
+    // credential, and not with another cluster's.
+    let mut stranger =
+        pb::internal_client::InternalClient::connect(format!("http://{}", node.local_addr())).await.unwrap();
+    let write = pb::ReplicaWriteRequest {
+        writes: vec![pb::ReplicaWrite { key: Some(object_key(&key)), object: object.clone(), ..Default::default() }],
+        ring_epoch: 0,
+        background: false,
+    };
+    let refused = stranger.replica_write(write.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let other_cluster =
+        std::sync::Arc::new(concord::security::Keyring::in_memory(concord::security::KeySet::generate()));
+    let mut impostor = concord_tests::peer_client(node.local_addr(), other_cluster).await.unwrap();
+    let refused = impostor.replica_write(write).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let refused = impostor.fetch_metadata(pb::FetchMetadataRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    let mut raw = concord_tests::peer_client(node.local_addr(), keys).await.unwrap();
     for (epoch, refused) in [(ring.epoch() - 1, true), (ring.epoch(), false), (0, false)] {
         let read = pb::ReplicaReadRequest { keys: vec![object_key(&key)], ring_epoch: epoch, hint_for: vec![] };
         let error = raw.replica_read(read).await.unwrap().into_inner().results[0].error.clone();
@@ -311,5 +331,39 @@ async fn replica_calls_made_on_an_older_ring_are_refused_for_keys_no_longer_held
     // Keys the node does hold are served whatever the sender's epoch.
     let read = pb::ReplicaReadRequest { keys: vec![object_key(&holder_key)], ring_epoch: 1, hint_for: vec![] };
     assert_eq!(raw.replica_read(read).await.unwrap().into_inner().results[0].error, "");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_reaches_every_node_and_old_contexts_stay_valid_for_the_grace() {
+    let cluster = LocalCluster::start(3).await.unwrap();
+    let c = cluster.client(0).await;
+    let before = c.put("b", b"k", b"v1", &Context::none()).await.unwrap();
+    let old_ids: Vec<u32> = cluster.node(1).cluster().keys().current().ids();
+    let rotated = c.admin().rotate_secret(pb::RotateSecretRequest { grace_secs: 3600 }).await.unwrap().into_inner();
+    assert_eq!(rotated.key_id, old_ids.iter().max().unwrap() + 1);
+    // Every node learns the key, and then signs with it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let signing: Vec<Option<u32>> =
+            (0..3).map(|i| cluster.node(i).cluster().keys().current().signing().map(|k| k.id())).collect();
+        if signing.iter().all(|s| *s == Some(rotated.key_id)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "signing keys: {signing:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A context from before the rotation is still taken, on any node.
+    let c2 = cluster.client(2).await;
+    let after = c2.put("b", b"k", b"v2", &before.context).await.unwrap();
+    assert_eq!(after.sibling_count, 1, "the old context covered v1");
+    // And the cluster keeps working with the new key.
+    let read = c.get("b", b"k").await.unwrap();
+    assert_eq!(read.values(), vec![&b"v2"[..]]);
+    c2.put("b", b"k", b"v3", &read.context).await.unwrap();
+    // The secret is an admin's to read; it names every key.
+    let secret = c.admin().cluster_secret(pb::ClusterSecretRequest {}).await.unwrap().into_inner().secret;
+    let set = concord::security::KeySet::import(&secret).unwrap();
+    assert!(set.ids().contains(&rotated.key_id));
     cluster.shutdown().await;
 }

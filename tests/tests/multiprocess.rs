@@ -312,8 +312,9 @@ async fn hints_survive_a_restart_of_the_node_that_holds_them() {
 }
 
 /// The ring a node holds, from its metadata.
-async fn ring_of(addr: SocketAddr) -> concord::ring::Ring {
-    let mut raw = concord_proto::v1::internal_client::InternalClient::connect(format!("http://{addr}")).await.unwrap();
+async fn ring_of(server: &Server) -> concord::ring::Ring {
+    let keys = concord_tests::keys_in(&server.data_dir).unwrap();
+    let mut raw = concord_tests::peer_client(server.addr, keys).await.unwrap();
     let md = raw.fetch_metadata(concord_proto::v1::FetchMetadataRequest {}).await.unwrap().into_inner();
     let persisted: serde_json::Value = serde_json::from_slice(&md.ring).unwrap();
     serde_json::from_value(persisted["ring"].clone()).unwrap()
@@ -385,9 +386,9 @@ async fn a_transfer_resumes_after_the_receiver_is_killed() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // p3 holds its own copy of every key it replicates.
-    let ring = ring_of(fourth.addr).await;
+    let ring = ring_of(&fourth).await;
     let mut raw =
-        concord_proto::v1::internal_client::InternalClient::connect(format!("http://{}", fourth.addr)).await.unwrap();
+        concord_tests::peer_client(fourth.addr, concord_tests::keys_in(&fourth.data_dir).unwrap()).await.unwrap();
     let mut held = 0;
     for i in 0..3000u32 {
         let key = format!("k{i}");

@@ -108,10 +108,16 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let long_key = vec![b'k'; 1025];
     let big_value = vec![0u8; 10 * 1024];
     let bad_bucket = "x".repeat(256);
-    // A well-formed token for this key that names 200,000 actors: refused
-    // before it is decoded (merging it took seconds under a lock).
+    // A token for this key that names 200,000 actors, signed with the
+    // node's own key (read from its data directory): refused before it is
+    // decoded (merging it took seconds under a lock). Signed with any other
+    // key, it is refused before that.
+    let keys = node_keys(&server);
     let forged = concord::causal::VersionVector::from_entries((1..=200_000u64).map(|a| (a, 1)));
-    let huge_ctx = Context::from_bytes(concord::causal::encode_context(&forged, "b", b"k"));
+    let huge_ctx = Context::from_bytes(concord::causal::encode_context(&keys, &forged, "b", b"k").unwrap());
+    let unsigned_ctx = Context::from_bytes(
+        concord::causal::encode_context(&concord::security::KeySet::generate(), &forged, "b", b"k").unwrap(),
+    );
     let cases: Vec<(&str, Result<_, ClientError>, &str)> = vec![
         ("empty key", c.put("b", b"", b"v", &Context::none()).await, "key is empty"),
         ("long key", c.put("b", &long_key, b"v", &Context::none()).await, "1025 bytes"),
@@ -119,16 +125,18 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("bucket chars", c.put("b/x", b"k", b"v", &Context::none()).await, "'/'"),
         ("bucket empty", c.put("", b"k", b"v", &Context::none()).await, "empty"),
         ("bucket long", c.put(&bad_bucket, b"k", b"v", &Context::none()).await, "255"),
-        ("garbage context", c.put("b", b"k", b"v", &Context::from_bytes(vec![1, 2, 3])).await, "malformed"),
+        ("garbage context", c.put("b", b"k", b"v", &Context::from_bytes(vec![2, 2, 3])).await, "malformed"),
+        ("unsigned context", c.put("b", b"k", b"v", &Context::from_bytes(vec![1, 2, 3])).await, "version 1"),
         ("unknown context version", c.put("b", b"k", b"v", &Context::from_bytes(vec![77])).await, "version 77"),
         ("context of another key", c.put("b", b"k", b"v", &other_key_ctx).await, "different bucket or key"),
         ("context of 200,000 actors", c.put("b", b"k", b"v", &huge_ctx).await, "names 200000 actors"),
+        ("forged context", c.put("b", b"k", b"v", &unsigned_ctx).await, "not issued by this cluster"),
         (
             "w above n",
             c.put_with("b", b"k", b"v", &Context::none(), WriteOptions { w: 4, ..Default::default() }).await,
             "w=4 exceeds",
         ),
-        ("delete with garbage context", c.delete("b", b"k", &Context::from_bytes(vec![1])).await, "malformed"),
+        ("delete with garbage context", c.delete("b", b"k", &Context::from_bytes(vec![2])).await, "malformed"),
         (
             "timeout over a minute",
             c.put_with(
@@ -206,6 +214,56 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let props = c.get_bucket("b").await.unwrap();
     assert!(!props.configured);
     assert_eq!((props.n, props.r), (3, 2));
+}
+
+/// The node's cluster keys, from its data directory.
+fn node_keys(server: &Server) -> concord::security::KeySet {
+    let bytes = std::fs::read(server.data_dir.join(concord::security::keys::KEYS_FILE)).unwrap();
+    concord::security::KeySet::decode(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn forged_or_altered_contexts_erase_nothing() {
+    let server = Server::start().await.unwrap();
+    let c = server.client().await;
+    c.put("b", b"k", b"one", &Context::none()).await.unwrap();
+    c.put("b", b"k", b"two", &Context::none()).await.unwrap();
+    let read = c.get("b", b"k").await.unwrap();
+    assert_eq!(read.siblings.len(), 2);
+    // A context the client made up, covering every actor the key has with
+    // a huge counter (the actors show in a token's bytes): it would erase
+    // both siblings on every replica, and u64::MAX would exhaust the
+    // actor's counters. Built with the right layout but not the key.
+    let seen = concord::causal::decode_context(
+        &node_keys(&server),
+        concord::security::now_ms(),
+        read.context.as_bytes(),
+        "b",
+        b"k",
+    )
+    .unwrap();
+    let mut actors = concord::causal::VersionVector::new();
+    for &(a, _) in seen.entries() {
+        actors.observe(a, u64::MAX);
+    }
+    let forged = concord::causal::encode_context(&concord::security::KeySet::generate(), &actors, "b", b"k").unwrap();
+    let e = c.put("b", b"k", b"erase", &Context::from_bytes(forged)).await.unwrap_err();
+    assert_eq!(code(&e), Code::InvalidArgument, "{e}");
+    // Every single-byte change of a real token is refused (unsigned, most
+    // of these were taken, each adding a sibling).
+    let token = read.context.as_bytes().to_vec();
+    for i in 0..token.len() {
+        let mut bad = token.clone();
+        bad[i] ^= 0x01;
+        let e = c.put("b", b"k", b"flipped", &Context::from_bytes(bad)).await.unwrap_err();
+        assert_eq!(code(&e), Code::InvalidArgument, "byte {i}: {e}");
+    }
+    let after = c.get("b", b"k").await.unwrap();
+    assert_eq!(values(&c, "b", b"k").await, set(&[b"one", b"two"]));
+    assert_eq!(after.context, read.context, "nothing was written");
+    // The real token still works, and replaces both.
+    c.put("b", b"k", b"merged", &read.context).await.unwrap();
+    assert_eq!(values(&c, "b", b"k").await, set(&[b"merged"]));
 }
 
 #[tokio::test]

@@ -15,6 +15,13 @@ use crate::handoff::{Handoff, Transfers};
 use crate::plugins::{DeployRequest, PluginInfo, PluginKind, Plugins, SizeLimit};
 use crate::{Error, Result};
 
+/// The bearer token a request carries, to pass on to a seed.
+fn request_credentials(
+    md: &tonic::metadata::MetadataMap,
+) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    md.get("authorization").cloned()
+}
+
 /// Serves `concord.v1.Admin`.
 pub struct AdminService {
     buckets: Arc<Buckets>,
@@ -223,12 +230,16 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
-        let req = request.into_inner();
+        let req = request.get_ref().clone();
         let seed = req.seed.trim();
         if seed.is_empty() {
             return Err(Status::invalid_argument("give the address of a node of the cluster to join"));
         }
-        let members = self.cluster.join(seed, req.discard_data, &*self.local).await.map_err(admin_status)?;
+        // The caller's own credentials fetch the cluster secret from the
+        // seed: joining takes an admin of both nodes.
+        let credentials = request_credentials(request.metadata());
+        let members =
+            self.cluster.join(seed, req.discard_data, &*self.local, credentials).await.map_err(admin_status)?;
         Ok(Response::new(pb::JoinResponse { members: members as u32 }))
     }
 
@@ -335,6 +346,35 @@ impl pb::admin_server::Admin for AdminService {
         self.check_bindings(&bucket, &change).await.map_err(admin_status)?;
         let props = self.buckets.set(&bucket, change).map_err(admin_status)?;
         Ok(Response::new(props_to_proto(&bucket, &props)))
+    }
+
+    async fn cluster_secret(
+        &self,
+        _: Request<pb::ClusterSecretRequest>,
+    ) -> Result<Response<pb::ClusterSecretResponse>, Status> {
+        let keys = self.cluster.keys().current();
+        if keys.is_empty() {
+            return Err(Status::failed_precondition("this node holds no cluster secret yet; ask a member"));
+        }
+        tracing::info!("the cluster secret was handed out");
+        Ok(Response::new(pb::ClusterSecretResponse { secret: keys.export() }))
+    }
+
+    async fn rotate_secret(
+        &self,
+        request: Request<pb::RotateSecretRequest>,
+    ) -> Result<Response<pb::RotateSecretResponse>, Status> {
+        let grace_secs = match request.into_inner().grace_secs {
+            0 => 86_400,
+            s if s > 365 * 86_400 => {
+                return Err(Status::invalid_argument("grace_secs is at most a year (31536000)"));
+            }
+            s => s,
+        };
+        let now = crate::security::now_ms();
+        let key_id = self.cluster.keys().rotate(now, grace_secs * 1000).map_err(admin_status)?;
+        tracing::info!(key_id, grace_secs, "rotated the cluster secret");
+        Ok(Response::new(pb::RotateSecretResponse { key_id, old_keys_expire_ms: now + grace_secs * 1000 }))
     }
 
     async fn list_plugins(

@@ -270,12 +270,12 @@ impl pb::internal_server::Internal for InternalService {
         let req = request.into_inner();
         let (bucket, key) = req.key.as_ref().map(|k| (k.bucket.clone(), k.key.to_vec())).unwrap_or_default();
         let out = async {
-            let write = write_from_forward(req)?;
+            let write = write_from_forward(&self.cluster.keys().current(), req)?;
             check_object(&write.bucket, &write.key)?;
             self.coordinator.put_forwarded(write).await
         }
         .await
-        .map_err(|e| super::to_status(e, &bucket, &key))?;
+        .map_err(|e| super::to_status(e, &self.cluster.keys().current(), &bucket, &key))?;
         Ok(Response::new(forward_reply(out)))
     }
 

@@ -8,9 +8,10 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{read_options, sibling_to_proto, write_options};
 use super::{check_object, check_size, to_status};
-use crate::causal::{Content, decode_context, encode_context};
+use crate::causal::{Content, VersionVector, decode_context, encode_context};
 use crate::coordinator::wire::fallbacks_to_proto;
 use crate::coordinator::{Coordinator, ReadRequest, WriteRequest};
+use crate::security::{KeySet, now_ms};
 use crate::telemetry::{OpMetrics, RequestMetrics};
 use crate::{Error, Result};
 
@@ -39,11 +40,21 @@ impl KvService {
         if let Content::Value(value) = &content {
             check_size(&self.coordinator.buckets().get(&bucket), key, value)?;
         }
-        let context = decode_context(context, &bucket, key).map_err(|e| Error::invalid(e.to_string()))?;
+        let keys = self.coordinator.cluster().keys().current();
+        let context =
+            decode_context(&keys, now_ms(), context, &bucket, key).map_err(|e| Error::invalid(e.to_string()))?;
         let (quorum, timeout) = write_options(options).map_err(Error::invalid)?;
         let sloppy = options.and_then(|o| o.sloppy);
         Ok(WriteRequest { bucket, key: key.to_vec(), content, context, quorum, timeout, zone: None, sloppy })
     }
+}
+
+/// The context token of `vv` for a reply.
+fn token(keys: &KeySet, vv: &VersionVector, bucket: &str, key: &[u8]) -> Result<bytes::Bytes, Status> {
+    if vv.is_empty() {
+        return Ok(bytes::Bytes::new());
+    }
+    encode_context(keys, vv, bucket, key).map(Into::into).map_err(|e| Status::unavailable(e.to_string()))
 }
 
 /// Records the latency and outcome of one request.
@@ -66,15 +77,12 @@ impl pb::kv_server::Kv for KvService {
                 .await
         }
         .await;
-        let reply = result.map_err(|e| to_status(e, &req.bucket, &req.key)).map(|out| {
+        let keys = self.coordinator.cluster().keys().current();
+        let reply = result.map_err(|e| to_status(e, &keys, &req.bucket, &req.key)).and_then(|out| {
             if out.object.is_found() {
                 self.metrics.siblings_per_read.record(out.object.siblings().len() as f64);
             }
-            let context = if out.object.context().is_empty() {
-                Default::default()
-            } else {
-                encode_context(out.object.context(), &req.bucket, &req.key).into()
-            };
+            let context = token(&keys, out.object.context(), &req.bucket, &req.key)?;
             let (found, siblings, resolved_by) = match out.resolved {
                 // One merged sibling stands for all of them; the context
                 // still covers every one.
@@ -98,7 +106,14 @@ impl pb::kv_server::Kv for KvService {
                 message: u.message,
                 breaker_open: u.breaker_open,
             });
-            Response::new(pb::GetResponse { found, siblings, context, resolved_by, replicas: out.replicas, unresolved })
+            Ok(Response::new(pb::GetResponse {
+                found,
+                siblings,
+                context,
+                resolved_by,
+                replicas: out.replicas,
+                unresolved,
+            }))
         });
         observe(&self.metrics.get, started, reply)
     }
@@ -127,9 +142,10 @@ impl pb::kv_server::Kv for KvService {
             self.coordinator.put(w).await.map(|out| (out, validated_by))
         }
         .await;
-        let reply = result.map_err(|e| to_status(e, &req.bucket, &req.key)).map(|(out, validated_by)| {
-            Response::new(pb::PutResponse {
-                context: encode_context(out.object.context(), &req.bucket, &req.key).into(),
+        let keys = self.coordinator.cluster().keys().current();
+        let reply = result.map_err(|e| to_status(e, &keys, &req.bucket, &req.key)).and_then(|(out, validated_by)| {
+            Ok(Response::new(pb::PutResponse {
+                context: token(&keys, out.object.context(), &req.bucket, &req.key)?,
                 // The context covers every stored sibling, so a writer is
                 // always shown them when there is more than its own.
                 siblings: if return_body || out.object.siblings().len() > 1 {
@@ -143,7 +159,7 @@ impl pb::kv_server::Kv for KvService {
                 fallbacks: fallbacks_to_proto(out.fallbacks),
                 resolved_by: out.resolved_by.map(|b| b.to_string()).unwrap_or_default(),
                 validated_by,
-            })
+            }))
         });
         observe(&self.metrics.put, started, reply)
     }
@@ -162,19 +178,20 @@ impl pb::kv_server::Kv for KvService {
             self.coordinator.put(w).await
         }
         .await;
-        let reply = result.map_err(|e| to_status(e, &req.bucket, &req.key)).map(|out| {
+        let keys = self.coordinator.cluster().keys().current();
+        let reply = result.map_err(|e| to_status(e, &keys, &req.bucket, &req.key)).and_then(|out| {
             let siblings = if out.object.siblings().len() > 1 {
                 out.object.siblings().iter().map(sibling_to_proto).collect()
             } else {
                 Vec::new()
             };
-            Response::new(pb::DeleteResponse {
-                context: encode_context(out.object.context(), &req.bucket, &req.key).into(),
+            Ok(Response::new(pb::DeleteResponse {
+                context: token(&keys, out.object.context(), &req.bucket, &req.key)?,
                 sloppy: out.sloppy(),
                 acked_by: out.acked_by,
                 fallbacks: fallbacks_to_proto(out.fallbacks),
                 siblings,
-            })
+            }))
         });
         observe(&self.metrics.delete, started, reply)
     }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 
 use super::*;
+use crate::security::{KeySet, Keyring};
 
 const REPLICAS: usize = 3;
 
@@ -161,8 +162,9 @@ proptest! {
     fn context_token_round_trips(ops in proptest::collection::vec(op(), 0..40), key in proptest::collection::vec(any::<u8>(), 1..64)) {
         let p = play(&ops);
         let vv = converge(&p.replicas).context().clone();
-        let token = encode_context(&vv, "bucket", &key);
-        prop_assert_eq!(decode_context(&token, "bucket", &key).unwrap(), vv);
+        let keys = KeySet::generate();
+        let token = encode_context(&keys, &vv, "bucket", &key).unwrap();
+        prop_assert_eq!(decode_context(&keys, 0, &token, "bucket", &key).unwrap(), vv);
     }
 
     #[test]
@@ -184,26 +186,73 @@ proptest! {
 
     #[test]
     fn context_decoder_never_panics(token in proptest::collection::vec(any::<u8>(), 0..64)) {
-        let _ = decode_context(&token, "b", b"k");
+        let _ = decode_context(&KeySet::generate(), 0, &token, "b", b"k");
+    }
+
+    /// Any change to a signed token, anywhere, is refused, and a refused
+    /// token decodes to nothing.
+    #[test]
+    fn an_altered_token_is_always_refused(
+        entries in proptest::collection::vec((1u64..1_000, 1u64..1_000), 1..8),
+        at in any::<proptest::sample::Index>(),
+        flip in 1u8..=255,
+    ) {
+        let keys = KeySet::generate();
+        let token = encode_context(&keys, &VersionVector::from_entries(entries), "b", b"k").unwrap();
+        let mut bad = token.clone();
+        let i = at.index(bad.len());
+        bad[i] ^= flip;
+        prop_assert!(decode_context(&keys, 0, &bad, "b", b"k").is_err(), "byte {} of {} changed", i, bad.len());
     }
 }
 
 #[test]
+fn a_forged_context_is_refused() {
+    // What a client could send before tokens were signed: a context naming
+    // an actor with a huge counter, built without the cluster's key.
+    let ours = KeySet::generate();
+    let forger = KeySet::generate();
+    let forged = VersionVector::from_entries([(42, u64::MAX)]);
+    let token = encode_context(&forger, &forged, "b", b"k").unwrap();
+    assert_eq!(decode_context(&ours, 0, &token, "b", b"k"), Err(ContextError::BadSignature));
+    // The same bytes with the tag cut off, or an unsigned v1 token.
+    assert!(decode_context(&ours, 0, &token[..token.len() - 16], "b", b"k").is_err());
+    assert_eq!(decode_context(&ours, 0, &[1, 0, 0], "b", b"k"), Err(ContextError::UnsupportedVersion(1)));
+}
+
+#[test]
+fn tokens_of_a_retired_key_pass_until_its_grace_ends() {
+    let ring = Keyring::in_memory(KeySet::generate());
+    let vv = VersionVector::from_entries([(1, 2)]);
+    let old = encode_context(&ring.current(), &vv, "b", b"k").unwrap();
+    ring.rotate(1_000, 5_000).unwrap();
+    ring.set_signing_limit(u32::MAX);
+    let new = encode_context(&ring.current(), &vv, "b", b"k").unwrap();
+    assert_ne!(old[1..5], new[1..5], "the new key signs");
+    assert_eq!(decode_context(&ring.current(), 5_999, &old, "b", b"k"), Ok(vv.clone()));
+    assert_eq!(decode_context(&ring.current(), 6_000, &old, "b", b"k"), Err(ContextError::UnknownKey(1)));
+    assert_eq!(decode_context(&ring.current(), 6_000, &new, "b", b"k"), Ok(vv));
+    assert_eq!(decode_context(&KeySet::default(), 0, &new, "b", b"k"), Err(ContextError::NoKey));
+}
+
+#[test]
 fn context_for_another_key_is_refused() {
+    let keys = KeySet::generate();
     let vv = VersionVector::from_entries([(1, 2), (7, 1)]);
-    let token = encode_context(&vv, "b", b"k1");
-    assert_eq!(decode_context(&token, "b", b"k2"), Err(ContextError::WrongKey));
-    assert_eq!(decode_context(&token, "c", b"k1"), Err(ContextError::WrongKey));
+    let token = encode_context(&keys, &vv, "b", b"k1").unwrap();
+    assert_eq!(decode_context(&keys, 0, &token, "b", b"k2"), Err(ContextError::WrongKey));
+    assert_eq!(decode_context(&keys, 0, &token, "c", b"k1"), Err(ContextError::WrongKey));
 }
 
 #[test]
 fn garbage_contexts_are_refused_with_a_reason() {
-    assert_eq!(decode_context(&[], "b", b"k"), Ok(VersionVector::new()));
-    assert_eq!(decode_context(&[9, 1, 2], "b", b"k"), Err(ContextError::UnsupportedVersion(9)));
-    assert!(matches!(decode_context(&[1, 1, 2], "b", b"k"), Err(ContextError::Malformed(_))));
-    let mut token = encode_context(&VersionVector::from_entries([(1, 2)]), "b", b"k");
+    let keys = KeySet::generate();
+    assert_eq!(decode_context(&keys, 0, &[], "b", b"k"), Ok(VersionVector::new()));
+    assert_eq!(decode_context(&keys, 0, &[9, 1, 2], "b", b"k"), Err(ContextError::UnsupportedVersion(9)));
+    assert!(matches!(decode_context(&keys, 0, &[2, 1, 2], "b", b"k"), Err(ContextError::Malformed(_))));
+    let mut token = encode_context(&keys, &VersionVector::from_entries([(1, 2)]), "b", b"k").unwrap();
     token.push(0);
-    assert_eq!(decode_context(&token, "b", b"k"), Err(ContextError::Malformed("trailing bytes")));
+    assert_eq!(decode_context(&keys, 0, &token, "b", b"k"), Err(ContextError::BadSignature));
 }
 
 #[test]
@@ -245,12 +294,15 @@ fn an_exhausted_counter_is_an_error_not_a_wrap() {
 
 #[test]
 fn a_context_naming_too_many_actors_is_refused_before_decoding() {
+    // Even signed (a node never issues such a token), the count is checked
+    // before the entries are decoded.
+    let keys = KeySet::generate();
     let huge = VersionVector::from_entries((1..=200_000u64).map(|a| (a, 1)));
-    let token = encode_context(&huge, "b", b"k");
-    assert_eq!(decode_context(&token, "b", b"k"), Err(ContextError::TooManyActors(200_000)));
+    let token = encode_context(&keys, &huge, "b", b"k").unwrap();
+    assert_eq!(decode_context(&keys, 0, &token, "b", b"k"), Err(ContextError::TooManyActors(200_000)));
     let most = VersionVector::from_entries((1..=MAX_CONTEXT_ACTORS as u64).map(|a| (a, 1)));
-    let token = encode_context(&most, "b", b"k");
-    assert_eq!(decode_context(&token, "b", b"k"), Ok(most));
+    let token = encode_context(&keys, &most, "b", b"k").unwrap();
+    assert_eq!(decode_context(&keys, 0, &token, "b", b"k"), Ok(most));
 }
 
 #[test]

@@ -22,6 +22,22 @@ pub enum ClusterCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Print the cluster secret, to give a node that joins without asking a
+    /// seed (as security.cluster_secret). Anyone who holds it can act as a
+    /// member: keep it as you would a private key.
+    Secret {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add a new cluster key; every older key stops being accepted after
+    /// the grace period (context tokens clients hold included).
+    RotateSecret {
+        /// How long older keys stay accepted, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        grace_secs: u64,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Remove a node from the ring (the node at --endpoint when NODE is not
     /// given). Waits, showing progress, until the node has handed all its
     /// data and hints to the others.
@@ -54,6 +70,41 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                 println!(
                     "joined the cluster of {seed}; {} members known; the claimant will add this node to the ring",
                     r.members
+                );
+            }
+        }
+        ClusterCommand::Secret { target } => {
+            let r = connect(&target)
+                .await?
+                .admin()
+                .cluster_secret(concord_proto::v1::ClusterSecretRequest {})
+                .await
+                .map_err(concord_client::ClientError::from)?
+                .into_inner();
+            if target.json {
+                println!("{}", json!({"secret": r.secret}));
+            } else {
+                println!("{}", r.secret);
+            }
+        }
+        ClusterCommand::RotateSecret { grace_secs, target } => {
+            if grace_secs == 0 {
+                anyhow::bail!("--grace-secs must be at least 1");
+            }
+            let r = connect(&target)
+                .await?
+                .admin()
+                .rotate_secret(concord_proto::v1::RotateSecretRequest { grace_secs })
+                .await
+                .map_err(concord_client::ClientError::from)?
+                .into_inner();
+            if target.json {
+                println!("{}", json!({"key_id": r.key_id, "old_keys_expire_ms": r.old_keys_expire_ms}));
+            } else {
+                println!(
+                    "cluster key {} added; it signs once every live node has it, and older keys are accepted for {} \
+                     more seconds",
+                    r.key_id, grace_secs
                 );
             }
         }

@@ -26,6 +26,10 @@ pub struct DevArgs {
     /// Durability mode of every node.
     #[arg(long, default_value = "periodic")]
     durability: String,
+    /// Serve TLS to clients and between nodes, with a throwaway CA made in
+    /// the data folder (clients pass --tls-ca DATA_DIR/tls/ca.pem).
+    #[arg(long)]
+    tls: bool,
 }
 
 struct Nodes(Vec<(u16, Child)>);
@@ -70,6 +74,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let ports: Vec<u16> = (args.base_port..=last).collect();
     let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let certs =
+        if args.tls { Some(concord::security::tls::write_dev_certificates(&args.data_dir.join("tls"))?) } else { None };
+    let client_options = concord_client::ConnectOptions {
+        tls_ca_pem: certs.as_ref().map(|c| std::fs::read(&c.ca)).transpose()?,
+        ..Default::default()
+    };
     let mut nodes = Nodes(Vec::new());
     for (i, port) in ports.iter().enumerate() {
         let dir = args.data_dir.join(format!("node{}", i + 1));
@@ -93,6 +103,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         if !seeds.is_empty() {
             cmd.arg("--seeds").arg(seeds.join(","));
         }
+        if let Some(c) = &certs {
+            cmd.arg("--tls-cert").arg(&c.cert).arg("--tls-key").arg(&c.key).arg("--tls-ca").arg(&c.ca);
+        }
         let child = cmd.spawn().context("cannot start a node")?;
         nodes.0.push((*port, child));
     }
@@ -110,7 +123,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            if let Ok(c) = concord_client::Client::connect(&endpoints[0]).await
+            if let Ok(c) = concord_client::Client::connect_with(&endpoints[0], &client_options).await
                 && let Ok(s) = c.cluster_status().await
                 && s.nodes.iter().filter(|n| n.status == "up" && n.partitions > 0).count() == args.nodes as usize
             {
@@ -125,9 +138,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         for e in &endpoints {
             println!("  {e}");
         }
+        let tls_flag = certs.as_ref().map(|c| format!(" --tls-ca {}", c.ca.display())).unwrap_or_default();
         println!(
-            "try: concord put hello world 'hi' --endpoint {0}; concord cluster status --endpoint {0}",
-            endpoints[0]
+            "try: concord put hello world 'hi' --endpoint {0}{1}; concord cluster status --endpoint {0}{1}",
+            endpoints[0], tls_flag
         );
         println!("Ctrl-C stops every node.");
         tokio::select! {

@@ -105,7 +105,10 @@ impl EchoServer {
                             return;
                         }
                     }
-                    let context = encode_context(&VersionVector::from_entries([(1, 7), (2, 3), (3, 5)]), "bench", b"k");
+                    // A signed context of the size a three-replica key carries.
+                    let keys = concord::security::KeySet::generate();
+                    let vv = VersionVector::from_entries([(1, 7), (2, 3), (3, 5)]);
+                    let context = encode_context(&keys, &vv, "bench", b"k").expect("a fresh key set signs");
                     let echo = Echo { value: Bytes::from(vec![7u8; value_size]), context: Bytes::from(context) };
                     let served = Server::builder()
                         .add_service(pb::kv_server::KvServer::new(echo))

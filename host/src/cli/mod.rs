@@ -42,6 +42,25 @@ pub struct Target {
     /// Print JSON for scripts instead of text for people.
     #[arg(long)]
     pub json: bool,
+    /// Bearer token for nodes that require one.
+    #[arg(long, env = "CONCORD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) of a node that serves TLS; connects over TLS.
+    #[arg(long, env = "CONCORD_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl Target {
+    /// How the CLI connects.
+    pub fn options(&self) -> anyhow::Result<concord_client::ConnectOptions> {
+        let tls_ca_pem = match &self.tls_ca {
+            Some(p) => {
+                Some(std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read --tls-ca {}: {e}", p.display()))?)
+            }
+            None => None,
+        };
+        Ok(concord_client::ConnectOptions { token: self.token.clone(), tls_ca_pem, tls_domain: None })
+    }
 }
 
 #[derive(Subcommand)]
@@ -67,6 +86,51 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Load-test a running cluster with YCSB-style workloads.
     Bench(bench::BenchArgs),
+    /// Client tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a random client token: prints the token (give it to the
+    /// client) and the entry to add under [[security.tokens]] on every
+    /// node (it holds only the token's SHA-256).
+    New {
+        /// A name for logs and errors.
+        #[arg(long)]
+        name: String,
+        /// Roles, comma separated: read (Get), write (Put, Delete), admin
+        /// (buckets, plugins, cluster).
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+    },
+}
+
+fn new_token(name: &str, roles: &[String]) -> anyhow::Result<()> {
+    if name.is_empty() || name.chars().any(|c| c == '"' || c.is_control()) {
+        anyhow::bail!("--name must be non-empty, without quotes or control characters");
+    }
+    let roles = roles
+        .iter()
+        .map(|r| match r.trim() {
+            "read" => Ok(concord::security::Role::Read),
+            "write" => Ok(concord::security::Role::Write),
+            "admin" => Ok(concord::security::Role::Admin),
+            other => Err(anyhow::anyhow!("unknown role {other:?}; roles are read, write and admin")),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (token, entry) = concord::security::new_token(name, roles);
+    let roles: Vec<String> = entry.roles.iter().map(|r| format!("{:?}", format!("{r:?}").to_lowercase())).collect();
+    println!("token (give this to the client; it is not stored anywhere):\n  {token}\n");
+    println!("add to every node's configuration:\n");
+    println!(
+        "[[security.tokens]]\nname = {:?}\nroles = [{}]\nsha256 = {:?}",
+        entry.name,
+        roles.join(", "),
+        entry.sha256
+    );
+    Ok(())
 }
 
 /// Runs the command line and returns the process exit code.
@@ -87,6 +151,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Dev(args) => dev::run(args),
         Command::Bench(args) => bench::runtime(&args).and_then(|rt| rt.block_on(bench::run(args))),
+        Command::Token(TokenCommand::New { name, roles }) => new_token(&name, &roles),
         command => client_runtime().and_then(|rt| {
             rt.block_on(async move {
                 match command {
@@ -96,7 +161,9 @@ pub fn main() -> ExitCode {
                     Command::Bucket(c) => bucket::run(c).await,
                     Command::Cluster(c) => cluster::run(c).await,
                     Command::Plugin(c) => plugin::run(c).await,
-                    Command::Serve(_) | Command::Dev(_) | Command::Bench(_) => unreachable!("handled above"),
+                    Command::Serve(_) | Command::Dev(_) | Command::Bench(_) | Command::Token(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             })
         }),
@@ -116,5 +183,5 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Connects to the endpoint of a client command.
 pub async fn connect(target: &Target) -> anyhow::Result<concord_client::Client> {
-    Ok(concord_client::Client::connect(&target.endpoint).await?)
+    Ok(concord_client::Client::connect_with(&target.endpoint, &target.options()?).await?)
 }

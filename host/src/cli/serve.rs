@@ -40,6 +40,16 @@ pub struct ServeArgs {
     /// Tokio worker threads (0: one per core).
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// This node's TLS certificate (PEM); with --tls-key and --tls-ca,
+    /// clients and peers connect over TLS.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that signed every node's certificate.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -71,6 +81,15 @@ impl ServeArgs {
         }
         if let Some(v) = self.worker_threads {
             c.worker_threads = v;
+        }
+        if let Some(v) = self.tls_cert {
+            c.security.tls_cert = Some(v);
+        }
+        if let Some(v) = self.tls_key {
+            c.security.tls_key = Some(v);
+        }
+        if let Some(v) = self.tls_ca {
+            c.security.tls_ca = Some(v);
         }
         c.validate()?;
         Ok(c)

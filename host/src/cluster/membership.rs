@@ -11,7 +11,7 @@
 //! | `addr` | gRPC address peers and clients use |
 //! | `zone` | failure domain |
 //! | `status` | `joining`, `up` or `leaving` |
-//! | `meta:ring`, `meta:buckets`, `meta:plugins` | digests of cluster metadata; a peer with another digest is synced over gRPC |
+//! | `meta:ring`, `meta:buckets`, `meta:plugins`, `meta:keys` | digests of cluster metadata (never secrets); a peer with another digest is synced over gRPC |
 //! | `remove:<node>` | an operator asked to remove that (down) node |
 //! | `hints` | how many hints it holds for other nodes |
 //! | `partitions` | its ring's partition count: nodes with another count are not of this cluster |
@@ -61,7 +61,7 @@ impl Status {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "up" => Status::Up,
             "leaving" => Status::Leaving,
@@ -79,6 +79,15 @@ pub struct MetaDigests {
     pub buckets: String,
     /// Plugin manifest digest.
     pub plugins: String,
+    /// Cluster key digest, `newest-id:hash` (see [`crate::security::KeySet::digest`]).
+    pub keys: String,
+}
+
+impl MetaDigests {
+    /// The newest cluster key id the node announces, if any.
+    pub fn newest_key(&self) -> Option<u32> {
+        self.keys.split_once(':').and_then(|(id, _)| id.parse().ok())
+    }
 }
 
 /// What gossip says about one node.
@@ -324,6 +333,7 @@ async fn snapshot(cc: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>, heartbeats: 
                     ring: state.get("meta:ring").unwrap_or_default().to_owned(),
                     buckets: state.get("meta:buckets").unwrap_or_default().to_owned(),
                     plugins: state.get("meta:plugins").unwrap_or_default().to_owned(),
+                    keys: state.get("meta:keys").unwrap_or_default().to_owned(),
                 },
                 removals,
                 hints: state.get("hints").and_then(|h| h.parse().ok()).unwrap_or(0),

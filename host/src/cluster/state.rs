@@ -35,6 +35,7 @@ use crate::buckets::Buckets;
 use crate::net::Net;
 use crate::plugins::Plugins;
 use crate::ring::{Member, NodeId, Ring};
+use crate::security::{KeySet, Keyring, Purpose, now_ms};
 use crate::storage::{Space, Store};
 use crate::{Error, Result};
 
@@ -55,7 +56,7 @@ pub fn load_ring(store: &dyn Store) -> Result<Option<Ring>> {
     decode_ring(&bytes).map(Some)
 }
 
-fn decode_ring(bytes: &[u8]) -> Result<Ring> {
+pub(crate) fn decode_ring(bytes: &[u8]) -> Result<Ring> {
     let p: PersistedRing =
         serde_json::from_slice(bytes).map_err(|e| Error::Corruption(format!("ring does not decode: {e}")))?;
     if p.format != RING_FORMAT {
@@ -65,7 +66,7 @@ fn decode_ring(bytes: &[u8]) -> Result<Ring> {
     Ok(p.ring)
 }
 
-fn encode_ring(ring: &Ring) -> Vec<u8> {
+pub(crate) fn encode_ring(ring: &Ring) -> Vec<u8> {
     serde_json::to_vec(&PersistedRing { format: RING_FORMAT, ring: ring.clone() }).expect("ring serializes")
 }
 
@@ -83,6 +84,14 @@ fn check_partitions(theirs: &Ring, ours: &Ring) -> Result<()> {
         ours.partitions(),
         theirs.partitions()
     )))
+}
+
+/// A bearer token passed on to a seed.
+pub type Credentials = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// What a metadata tag covers.
+fn metadata_parts(md: &pb::ClusterMetadata) -> [&[u8]; 5] {
+    [&md.ring, &md.buckets, &md.plugins, &md.keys, b"metadata"]
 }
 
 /// Seeds a node learned through `cluster join`, kept for its next start.
@@ -129,6 +138,10 @@ pub struct Cluster {
     discarding: AtomicBool,
     /// Peers already reported for gossiping with another partition count.
     mismatched: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
+    /// The cluster secret.
+    keys: Arc<Keyring>,
+    /// The seeds this node was started with.
+    seeds: Vec<String>,
 }
 
 impl Cluster {
@@ -145,6 +158,8 @@ impl Cluster {
         plugins: Arc<Plugins>,
         net: Arc<Net>,
         gossip_interval: Duration,
+        keys: Arc<Keyring>,
+        seeds: Vec<String>,
     ) -> Arc<Self> {
         let (ready, _) = watch::channel(ring.epoch() > 0);
         Arc::new(Self {
@@ -163,7 +178,14 @@ impl Cluster {
             net,
             gossip_interval,
             ring_write: std::sync::Mutex::new(()),
+            keys,
+            seeds,
         })
+    }
+
+    /// The cluster secret.
+    pub fn keys(&self) -> &Arc<Keyring> {
+        &self.keys
     }
 
     /// This node's id.
@@ -278,21 +300,53 @@ impl Cluster {
         self.membership.set("meta:ring", &ring.digest()).await;
         self.membership.set("meta:buckets", &self.buckets.digest()).await;
         self.membership.set("meta:plugins", &self.plugins.registry().digest()).await;
+        self.membership.set("meta:keys", &self.keys.current().digest()).await;
     }
 
     /// This node's metadata, for a peer.
     pub fn metadata(&self) -> pb::ClusterMetadata {
-        pb::ClusterMetadata {
+        let keys = self.keys.current();
+        let mut md = pb::ClusterMetadata {
             ring: encode_ring(&self.ring()).into(),
             buckets: self.buckets.export().into(),
             plugins: self.plugins.registry().export().into(),
+            keys: keys.encode().into(),
+            key_id: 0,
+            tag: Default::default(),
+        };
+        if let Some(k) = keys.signing() {
+            md.key_id = k.id();
+            md.tag = k.tag(Purpose::Peer, &metadata_parts(&md)).to_vec().into();
         }
+        md
+    }
+
+    /// Checks a peer's metadata tag and adopts its keys.
+    fn check_metadata(&self, md: &pb::ClusterMetadata, from: SocketAddr) -> Result<()> {
+        let ours = self.keys.current();
+        let signer = ours.accepting(md.key_id, now_ms()).ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "{from} signs its metadata with cluster key {}, which this node does not hold",
+                md.key_id
+            ))
+        })?;
+        if !signer.verify(Purpose::Peer, &metadata_parts(md), &md.tag) {
+            return Err(Error::FailedPrecondition(format!(
+                "{from} answered with metadata that fails its tag; it does not hold this cluster's secret"
+            )));
+        }
+        let theirs = KeySet::decode(&md.keys).map_err(|e| Error::invalid(format!("{from}: {e}")))?;
+        if self.keys.merge(&theirs, now_ms())? {
+            tracing::info!(peer = %from, keys = ?self.keys.current().ids(), "cluster keys updated from a peer");
+        }
+        Ok(())
     }
 
     /// Merges a peer's metadata. Missing plugins are fetched from `from`
     /// and compiled *before* bucket properties are merged, so a binding
     /// never reaches this node ahead of the plugin it names.
     async fn merge_metadata(&self, md: pb::ClusterMetadata, from: SocketAddr) -> Result<()> {
+        self.check_metadata(&md, from)?;
         self.adopt_ring(decode_ring(&md.ring)?, false)?;
         for info in self.plugins.registry().missing(&md.plugins)? {
             let r = info.plugin_ref();
@@ -336,6 +390,9 @@ impl Cluster {
     async fn round(&self) {
         self.publish().await;
         let members = self.members();
+        if self.keys.is_empty() {
+            self.bootstrap_keys(&members).await;
+        }
         let me = members.peers.get(&self.node_id).cloned();
         let mut agree = true;
         for peer in members.peers.values().filter(|p| p.live && p.node_id != self.node_id) {
@@ -367,6 +424,7 @@ impl Cluster {
         if agree {
             self.claim(&members);
         }
+        self.update_signing(&members);
         // Removal requests this node made are done once the ring has let the
         // node go; dropping them keeps a later return of it from being
         // undone.
@@ -377,6 +435,53 @@ impl Cluster {
             }
         }
         self.publish().await;
+    }
+
+    /// Makes the secret of a new cluster whose nodes all started with seeds
+    /// and none with keys: the node with the smallest id does, once every
+    /// one of its seeds is live in gossip and announces no keys either. The
+    /// others then fetch the keys from their seeds.
+    async fn bootstrap_keys(&self, members: &Members) {
+        if self.ring().epoch() > 0 || self.seeds.is_empty() {
+            // A member of a cluster, or a node that joins one: it waits to
+            // be given the keys.
+            return;
+        }
+        let mut seed_addrs = Vec::new();
+        for seed in &self.seeds {
+            match tokio::net::lookup_host(seed.as_str()).await.map(|mut a| a.next()) {
+                Ok(Some(a)) => seed_addrs.push(a),
+                _ => return,
+            }
+        }
+        let live: Vec<&Peer> = members.peers.values().filter(|p| p.live).collect();
+        let every_seed_seen = seed_addrs.iter().all(|a| live.iter().any(|p| p.addr == *a));
+        let nobody_has_keys = live.iter().all(|p| p.meta.newest_key().unwrap_or(0) == 0);
+        let smallest = live.iter().map(|p| p.node_id.as_str()).min() == Some(self.node_id.as_str());
+        if every_seed_seen && nobody_has_keys && smallest {
+            match self.keys.create_if_empty() {
+                Ok(true) => tracing::info!(nodes = live.len(), "created the cluster secret of a new cluster"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "creating the cluster secret failed"),
+            }
+        }
+    }
+
+    /// Signs with the newest key every live member announces, and drops
+    /// keys whose grace period has ended.
+    fn update_signing(&self, members: &Members) {
+        let newest = members
+            .peers
+            .values()
+            .filter(|p| p.live && p.node_id != self.node_id)
+            .filter_map(|p| p.meta.newest_key())
+            .chain([self.keys.current().newest()])
+            .min()
+            .unwrap_or(0);
+        self.keys.set_signing_limit(newest);
+        if let Err(e) = self.keys.expire(now_ms()) {
+            tracing::warn!(error = %e, "dropping expired cluster keys failed");
+        }
     }
 
     /// Whether `peer`'s ring has this node's partition count (or it does not
@@ -472,7 +577,13 @@ impl Cluster {
     /// Joins the cluster `seed` belongs to: adopts its ring, remembers the
     /// seed, and gossips with it until it appears. Returns the number of
     /// members this node then sees.
-    pub async fn join(&self, seed: &str, discard_data: bool, local: &dyn LocalData) -> Result<usize> {
+    pub async fn join(
+        &self,
+        seed: &str,
+        discard_data: bool,
+        local: &dyn LocalData,
+        credentials: Option<Credentials>,
+    ) -> Result<usize> {
         let seed_addr: SocketAddr = tokio::net::lookup_host(seed)
             .await
             .map_err(|e| Error::invalid(format!("cannot resolve seed {seed}: {e}")))?
@@ -488,6 +599,17 @@ impl Cluster {
                 ring.members().len()
             )));
         }
+        // The seed's keys come first: every call between members carries
+        // them. Ours come back if the join goes no further.
+        let previous = self.keys.current();
+        let keys = self.fetch_keys(seed_addr, credentials).await?;
+        self.keys.replace(keys)?;
+        let restore = |e: Error| {
+            if let Err(e) = self.keys.replace((*previous).clone()) {
+                tracing::warn!(error = %e, "restoring this node's cluster keys after a failed join failed");
+            }
+            e
+        };
         let md = self
             .net
             .call(seed_addr, Duration::from_secs(5), |mut c| async move {
@@ -500,17 +622,18 @@ impl Cluster {
                 got: 0,
                 total: 1,
                 detail: format!("; cannot reach seed {seed}: {e}"),
-            })?;
-        let theirs = decode_ring(&md.ring)?;
-        check_partitions(&theirs, &ring)?;
-        if local.holds_data()? {
+            })
+            .map_err(restore)?;
+        let theirs = decode_ring(&md.ring).map_err(restore)?;
+        check_partitions(&theirs, &ring).map_err(restore)?;
+        if local.holds_data().map_err(restore)? {
             if !discard_data {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(restore(Error::FailedPrecondition(format!(
                     "{} holds data of its own; in the cluster of {seed} its keys would be invisible, and its old \
                      versions could come back over newer ones. Join with --discard-data to delete its data and join \
                      empty",
                     self.node_id
-                )));
+                ))));
             }
             // Nothing is served from here until the new ring is adopted, so
             // no write lands between the discard and the join.
@@ -550,6 +673,34 @@ impl Cluster {
             }
             tokio::time::sleep(self.gossip_interval / 2).await;
         }
+    }
+
+    /// Asks `seed` for the cluster's keys, over its Admin service with
+    /// `credentials` (an admin's bearer token), or with this node's
+    /// certificate when TLS is on.
+    pub async fn fetch_keys(&self, seed: SocketAddr, credentials: Option<Credentials>) -> Result<KeySet> {
+        let mut request = tonic::Request::new(pb::ClusterSecretRequest {});
+        request.set_timeout(Duration::from_secs(5));
+        if let Some(c) = credentials {
+            request.metadata_mut().insert("authorization", c);
+        }
+        let fail = |detail: String| Error::Unavailable { op: "join", needed: 1, got: 0, total: 1, detail };
+        let answer = tokio::time::timeout(Duration::from_secs(5), self.net.admin(seed).cluster_secret(request))
+            .await
+            .map_err(|_| fail(format!("; seed {seed} did not answer for the cluster secret")))?;
+        let secret = match answer {
+            Ok(r) => r.into_inner().secret,
+            Err(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "seed {seed} did not hand out the cluster secret ({}); join with an admin token, give this \
+                     node TLS certificates from the cluster's CA, or start it with security.cluster_secret set to \
+                     what `concord cluster secret` prints on a member",
+                    s.message()
+                )));
+            }
+            Err(s) => return Err(fail(format!("; asking seed {seed} for the cluster secret failed: {}", s.message()))),
+        };
+        KeySet::import(&secret).map_err(|e| Error::Internal(format!("seed {seed} sent a bad cluster secret: {e}")))
     }
 
     /// Asks `node` (this node when `None`) to leave the ring. A live node is

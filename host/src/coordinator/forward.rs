@@ -40,7 +40,8 @@ impl Coordinator {
             // The replica gets less time than this call, so its own answer
             // (a quorum failure, say) arrives before this call gives up.
             let zone = req.zone.as_deref().unwrap_or(self.cluster.zone());
-            let fwd = wire::forward_request(&req, zone, remaining(deadline).saturating_sub(FORWARD_MARGIN));
+            let keys = self.cluster.keys().current();
+            let fwd = wire::forward_request(&keys, &req, zone, remaining(deadline).saturating_sub(FORWARD_MARGIN))?;
             let answer = self
                 .cluster
                 .net()

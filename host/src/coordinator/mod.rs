@@ -206,6 +206,11 @@ impl Coordinator {
         &self.buckets
     }
 
+    /// The cluster this node coordinates for.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
     /// Runs the bucket's validators on a value about to be written. Returns
     /// the value to store and the validators that ran.
     pub async fn validate(&self, bucket: &str, key: &[u8], value: Vec<u8>) -> Result<(Vec<u8>, Vec<String>)> {

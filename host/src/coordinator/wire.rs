@@ -8,6 +8,7 @@ use concord_proto::v1 as pb;
 
 use super::{Consistency, QuorumSpec, WriteOutcome, WriteRequest};
 use crate::causal::{Content, decode_context, encode_context};
+use crate::security::{KeySet, now_ms};
 use crate::storage::codec::{decode_object, encode_object};
 use crate::{Error, Result};
 
@@ -36,25 +37,36 @@ pub fn consistency_to_proto(c: Consistency) -> pb::Consistency {
 
 /// A write to hand to a replica, which gets `timeout` to coordinate it and
 /// counts `LOCAL_QUORUM` in `zone`, the zone of the node the client called.
-pub fn forward_request(req: &WriteRequest, zone: &str, timeout: Duration) -> pb::ForwardWriteRequest {
-    pb::ForwardWriteRequest {
+pub fn forward_request(
+    keys: &KeySet,
+    req: &WriteRequest,
+    zone: &str,
+    timeout: Duration,
+) -> Result<pb::ForwardWriteRequest> {
+    let context = if req.context.is_empty() {
+        Vec::new()
+    } else {
+        encode_context(keys, &req.context, &req.bucket, &req.key).map_err(|e| Error::NotReady(e.to_string()))?
+    };
+    Ok(pb::ForwardWriteRequest {
         key: Some(pb::ObjectKey { bucket: req.bucket.clone(), key: req.key.clone().into() }),
         value: req.content.value().map(|v| v.to_vec()).unwrap_or_default().into(),
         tombstone: req.content.is_tombstone(),
-        context: encode_context(&req.context, &req.bucket, &req.key).into(),
+        context: context.into(),
         consistency: consistency_to_proto(req.quorum.consistency) as i32,
         count: req.quorum.count,
         primaries: req.quorum.primaries,
         timeout_ms: timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
         zone: zone.to_owned(),
         sloppy: req.sloppy,
-    }
+    })
 }
 
 /// A forwarded write, decoded.
-pub fn write_from_forward(req: pb::ForwardWriteRequest) -> Result<WriteRequest> {
+pub fn write_from_forward(keys: &KeySet, req: pb::ForwardWriteRequest) -> Result<WriteRequest> {
     let key = req.key.ok_or_else(|| Error::invalid("forwarded write without a key"))?;
-    let context = decode_context(&req.context, &key.bucket, &key.key).map_err(|e| Error::invalid(e.to_string()))?;
+    let context = decode_context(keys, now_ms(), &req.context, &key.bucket, &key.key)
+        .map_err(|e| Error::invalid(e.to_string()))?;
     Ok(WriteRequest {
         bucket: key.bucket,
         key: key.key.to_vec(),

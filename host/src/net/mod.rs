@@ -16,8 +16,61 @@ use std::time::{Duration, Instant};
 use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
 use concord_proto::v1 as pb;
+use concord_proto::v1::admin_client::AdminClient;
 use concord_proto::v1::internal_client::InternalClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::security::{Keyring, Purpose};
+
+/// Metadata header carrying a node's credential on Internal calls:
+/// `<key id>.<hex tag>`.
+pub const PEER_HEADER: &str = "x-concord-peer";
+
+/// A client of a peer's Internal service that presents this node's
+/// credential on every call.
+pub type PeerClient = InternalClient<InterceptedService<Channel, PeerCredential>>;
+
+/// Adds this node's credential (see [`PEER_HEADER`]) to a call.
+#[derive(Clone)]
+pub struct PeerCredential {
+    keys: Arc<Keyring>,
+}
+
+impl PeerCredential {
+    /// Presents the signing key of `keys`.
+    pub fn new(keys: Arc<Keyring>) -> Self {
+        Self { keys }
+    }
+}
+
+impl tonic::service::Interceptor for PeerCredential {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = peer_credential(&self.keys) {
+            request.metadata_mut().insert(PEER_HEADER, value);
+        }
+        Ok(request)
+    }
+}
+
+/// The credential a node presents: its signing key's tag over a fixed
+/// label. It proves the caller holds the cluster secret; with TLS on, the
+/// channel also keeps it from being read on the way.
+pub(crate) fn peer_credential(keys: &Keyring) -> Option<tonic::metadata::AsciiMetadataValue> {
+    let set = keys.current();
+    let key = set.signing()?;
+    let tag = key.tag(Purpose::Peer, &[b"internal call"]);
+    format!("{}.{}", key.id(), hex::encode(tag)).parse().ok()
+}
+
+/// Whether `value` is a valid peer credential under the keys accepted at
+/// `now_ms`.
+pub fn check_peer_credential(keys: &Keyring, value: &[u8], now_ms: u64) -> bool {
+    let Some((id, tag)) = std::str::from_utf8(value).ok().and_then(|v| v.split_once('.')) else { return false };
+    let (Ok(id), Ok(tag)) = (id.parse::<u32>(), hex::decode(tag)) else { return false };
+    let set = keys.current();
+    set.accepting(id, now_ms).is_some_and(|k| k.verify(Purpose::Peer, &[b"internal call"], &tag))
+}
 
 /// What happens to traffic towards one address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,7 +284,10 @@ const MAX_QUEUED: usize = 16_384;
 /// Calls to peers.
 pub struct Net {
     faults: Arc<Faults>,
-    channels: Mutex<HashMap<SocketAddr, InternalClient<Channel>>>,
+    keys: Arc<Keyring>,
+    /// Set when peers are reached over TLS.
+    tls: Option<ClientTlsConfig>,
+    channels: Mutex<HashMap<SocketAddr, Channel>>,
     /// Per peer, the queues of its batching tasks (see [`Net::replica_write_one`]).
     write_queues: Queues<Writes>,
     read_queues: Queues<Reads>,
@@ -247,9 +303,11 @@ pub struct Net {
 impl Net {
     /// A net with the given fault rules (empty in production). Must be
     /// called on the runtime that serves requests.
-    pub fn new(faults: Arc<Faults>) -> Arc<Self> {
+    pub fn new(faults: Arc<Faults>, keys: Arc<Keyring>, tls: Option<ClientTlsConfig>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             faults,
+            keys,
+            tls,
             channels: Mutex::new(HashMap::new()),
             write_queues: Mutex::new(HashMap::new()),
             read_queues: Mutex::new(HashMap::new()),
@@ -342,30 +400,46 @@ impl Net {
         &self.faults
     }
 
-    fn client(&self, addr: SocketAddr) -> InternalClient<Channel> {
+    /// The pooled channel to `addr`.
+    fn channel(&self, addr: SocketAddr) -> Channel {
         let mut channels = self.channels.lock().expect("channel map lock");
         // The channel's worker task starts on the request runtime.
         let _runtime = self.runtime.enter();
         channels
             .entry(addr)
             .or_insert_with(|| {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
                     .expect("a socket address is a valid URI")
                     .tcp_nodelay(true)
                     .connect_timeout(Duration::from_secs(2))
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(20))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy();
-                InternalClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+                    .keep_alive_while_idle(true);
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.clone()).expect("a TLS client configuration applies");
+                }
+                endpoint.connect_lazy()
             })
             .clone()
+    }
+
+    fn client(&self, addr: SocketAddr) -> PeerClient {
+        InternalClient::with_interceptor(self.channel(addr), PeerCredential { keys: Arc::clone(&self.keys) })
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// A client of `addr`'s Admin service over the same connection (for
+    /// fetching the cluster secret when joining).
+    pub fn admin(&self, addr: SocketAddr) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(addr))
     }
 
     /// Runs one call to `addr` under `deadline`, after applying faults.
     pub async fn call<T, F, Fut>(&self, addr: SocketAddr, deadline: Duration, f: F) -> Result<T, NetError>
     where
-        F: FnOnce(InternalClient<Channel>) -> Fut,
+        F: FnOnce(PeerClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let client = self.client(addr);
@@ -592,7 +666,11 @@ mod tests {
     }
 
     async fn send_together<const SHORT: bool>(sizes: &[usize]) -> Vec<Result<usize, String>> {
-        let net = Net::new(Arc::new(Faults::default()));
+        let net = Net::new(
+            Arc::new(Faults::default()),
+            Arc::new(crate::security::Keyring::in_memory(crate::security::KeySet::generate())),
+            None,
+        );
         let queues: Queues<Fake<SHORT>> = Mutex::new(HashMap::new());
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -629,7 +707,11 @@ mod tests {
     async fn only_a_failed_connect_counts_as_never_delivered() {
         // A port nothing listens on: bind one, note it, let it go.
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let net = Net::new(Arc::new(Faults::default()));
+        let net = Net::new(
+            Arc::new(Faults::default()),
+            Arc::new(crate::security::Keyring::in_memory(crate::security::KeySet::generate())),
+            None,
+        );
         let refused =
             net.call(addr, Duration::from_secs(5), |mut c| async move {
                 c.fetch_metadata(pb::FetchMetadataRequest {}).await
@@ -646,7 +728,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_peer_that_does_not_keep_up_fails_calls_at_once_past_its_queue() {
         use futures::FutureExt;
-        let net = Net::new(Arc::new(Faults::default()));
+        let net = Net::new(
+            Arc::new(Faults::default()),
+            Arc::new(crate::security::Keyring::in_memory(crate::security::KeySet::generate())),
+            None,
+        );
         let queues: Queues<Fake<false>> = Mutex::new(HashMap::new());
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -5,6 +5,7 @@
 //!   LOCK       held (flock) by the running process; holds its pid
 //!   IDENTITY   JSON: format, node id, incarnation, creation time
 //!   CLEAN      present only between a clean shutdown and the next start
+//!   cluster-keys.json  the cluster secret (see `crate::security::keys`)
 //!   db/        the storage engine's files
 //! ```
 //!
