@@ -6,4 +6,6 @@ pub mod membership;
 mod state;
 
 pub use membership::{Members, Membership, MembershipConfig, Peer, Status};
-pub use state::{Cluster, LocalData, load_ring, load_seeds};
+pub use state::{Cluster, Credentials, LocalData, load_ring, load_seeds};
+#[cfg(test)]
+pub(crate) use state::{decode_ring, encode_ring};

@@ -252,7 +252,12 @@ pub fn encode_partitions(set: &BTreeSet<u32>) -> String {
     out.join(",")
 }
 
-/// Reads [`encode_partitions`]' string; what does not parse is left out.
+/// The most partitions a ring has, and so the most a gossiped set names.
+const MAX_PARTITIONS: u32 = 65_536;
+
+/// Reads [`encode_partitions`]' string; what does not parse, or names a
+/// partition no ring has, is left out. The set never holds more than
+/// 65,536 entries, however the string was crafted (it comes from gossip).
 pub fn decode_partitions(s: &str) -> BTreeSet<u32> {
     let mut out = BTreeSet::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
@@ -260,13 +265,15 @@ pub fn decode_partitions(s: &str) -> BTreeSet<u32> {
             Some((a, b)) => {
                 if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>())
                     && a <= b
-                    && b - a < 65_536
+                    && b < MAX_PARTITIONS
                 {
                     out.extend(a..=b);
                 }
             }
             None => {
-                if let Ok(p) = part.parse() {
+                if let Ok(p) = part.parse::<u32>()
+                    && p < MAX_PARTITIONS
+                {
                     out.insert(p);
                 }
             }
@@ -287,7 +294,11 @@ mod tests {
         assert_eq!(encode_partitions(&set), "0-2,5,7-8,63");
         assert_eq!(decode_partitions("0-2,5,7-8,63"), set);
         assert!(decode_partitions("").is_empty());
-        assert!(decode_partitions("x,9-3,1-99999999").is_empty());
+        assert!(decode_partitions("x,9-3,1-99999999,65536").is_empty());
+        // What took seconds and gigabytes to expand when ranges were only
+        // bounded one by one.
+        let crafted: Vec<String> = (0..4096u32).map(|i| format!("{}-{}", i * 65_535, i * 65_535 + 65_534)).collect();
+        assert_eq!(decode_partitions(&crafted.join(",")).len(), 65_535);
     }
 
     proptest! {
@@ -299,6 +310,14 @@ mod tests {
         #[test]
         fn garbage_never_panics(s in ".{0,64}") {
             let _ = decode_partitions(&s);
+        }
+
+        /// Ranges crafted to expand (each `a-b` covering up to the whole
+        /// ring) never make the set larger than a ring.
+        #[test]
+        fn crafted_ranges_stay_bounded(ranges in proptest::collection::vec((0u32..200_000, 0u32..200_000), 0..64)) {
+            let s: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+            prop_assert!(decode_partitions(&s.join(",")).len() <= MAX_PARTITIONS as usize);
         }
     }
 }

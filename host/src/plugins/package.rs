@@ -170,7 +170,7 @@ fn check_version(v: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -193,7 +193,7 @@ mod tests {
 
     /// A resolver component that also imports `interface`, declared in a
     /// package of its own as `package`.
-    fn resolver_importing(package: &str, interface: &str) -> Vec<u8> {
+    pub(crate) fn resolver_importing(package: &str, interface: &str) -> Vec<u8> {
         use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
         use wit_parser::{LiftLowerAbi, ManglingAndAbi, Resolve};
         let mut resolve = Resolve::default();
