@@ -554,7 +554,8 @@ fn spawn_plugin_unloader(plugins: Arc<Plugins>, every: Duration, mut stopped: wa
 
 /// Fetches the cluster's keys from a seed, for a node started with seeds
 /// and no keys: retried until one hands them out, or until this node makes
-/// them itself (as the claimant of a new cluster's first ring).
+/// them itself (the smallest id of a new cluster whose nodes all started
+/// with seeds; see `Cluster::bootstrap_keys`).
 fn spawn_key_fetch(cluster: Arc<Cluster>, seeds: Vec<String>, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let started = std::time::Instant::now();

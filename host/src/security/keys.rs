@@ -438,8 +438,16 @@ impl Keyring {
     }
 
     fn store(&self, set: KeySet) -> Result<()> {
-        if let Some(path) = &self.path {
-            write_private(path, &set.encode())?;
+        match &self.path {
+            // No keys (a failed first join restoring what it had): no file,
+            // so the next start is the same as this one's.
+            Some(path) if set.is_empty() => match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Internal(format!("cannot remove {}: {e}", path.display()))),
+            },
+            Some(path) => write_private(path, &set.encode())?,
+            None => {}
         }
         self.publish(set);
         Ok(())
@@ -540,6 +548,9 @@ mod tests {
         // Expired keys go away.
         assert!(ring.expire(61_000).unwrap());
         assert_eq!(ring.current().ids(), vec![2]);
+        // Going back to no keys leaves no file behind to trip the next start.
+        ring.replace(KeySet::default()).unwrap();
+        assert!(Keyring::open(dir.path()).unwrap().is_empty());
     }
 
     #[test]
