@@ -109,8 +109,8 @@ impl ClusterKey {
         self.id
     }
 
-    /// A tag over `parts` for `purpose`.
-    pub fn tag(&self, purpose: Purpose, parts: &[&[u8]]) -> [u8; TAG_BYTES] {
+    /// The keyed MAC fed with `purpose` and `parts`.
+    fn fed(&self, purpose: Purpose, parts: &[&[u8]]) -> HmacSha256 {
         let mut mac = self.mac.clone();
         mac.update(purpose.label());
         for p in parts {
@@ -118,7 +118,12 @@ impl ClusterKey {
             mac.update(&(p.len() as u64).to_le_bytes());
             mac.update(p);
         }
-        let full = mac.finalize().into_bytes();
+        mac
+    }
+
+    /// A tag over `parts` for `purpose`.
+    pub fn tag(&self, purpose: Purpose, parts: &[&[u8]]) -> [u8; TAG_BYTES] {
+        let full = self.fed(purpose, parts).finalize().into_bytes();
         let mut out = [0; TAG_BYTES];
         out.copy_from_slice(&full[..TAG_BYTES]);
         out
@@ -126,13 +131,7 @@ impl ClusterKey {
 
     /// Whether `tag` is this key's tag over `parts`, compared in constant time.
     pub fn verify(&self, purpose: Purpose, parts: &[&[u8]], tag: &[u8]) -> bool {
-        let mut mac = self.mac.clone();
-        mac.update(purpose.label());
-        for p in parts {
-            mac.update(&(p.len() as u64).to_le_bytes());
-            mac.update(p);
-        }
-        tag.len() == TAG_BYTES && mac.verify_truncated_left(tag).is_ok()
+        tag.len() == TAG_BYTES && self.fed(purpose, parts).verify_truncated_left(tag).is_ok()
     }
 }
 
@@ -288,14 +287,17 @@ impl KeySet {
                 }
             }
         }
+        Self::live(keys, now_ms)
+    }
+
+    /// A set of `keys` without those expired at `now_ms`, and at most
+    /// [`MAX_KEYS`] of the newest. (The keyring picks the signing key.)
+    fn live(mut keys: Vec<ClusterKey>, now_ms: u64) -> KeySet {
         keys.retain(|k| k.expires_ms.is_none_or(|e| now_ms < e));
         keys.sort_by_key(|k| k.id);
-        while keys.len() > MAX_KEYS {
-            keys.remove(0);
-        }
-        let mut set = Self::from_keys(keys);
-        set.signing = self.signing.filter(|id| set.key(*id).is_some()).or(set.signing);
-        set
+        let excess = keys.len().saturating_sub(MAX_KEYS);
+        keys.drain(..excess);
+        Self::from_keys(keys)
     }
 
     fn same_keys(&self, other: &KeySet) -> bool {
@@ -411,11 +413,7 @@ impl Keyring {
         let mut secret = [0u8; 32];
         rand::fill(&mut secret);
         keys.push(ClusterKey::new(id, secret, None));
-        keys.retain(|k| k.expires_ms.is_none_or(|e| now_ms < e));
-        while keys.len() > MAX_KEYS {
-            keys.remove(0);
-        }
-        self.store(KeySet::from_keys(keys))?;
+        self.store(KeySet::live(keys, now_ms))?;
         Ok(id)
     }
 
