@@ -349,7 +349,8 @@ impl Client {
 
     fn from_channel_with(channel: Channel, token: Option<tonic::metadata::AsciiMetadataValue>) -> Self {
         // A key's siblings may add up to 16 MiB (a bucket's max_siblings ×
-        // max_object_bytes); tonic's default limit on a reply is 4 MiB.
+        // max_object_bytes), and up to 56 MiB after replicas that diverged
+        // are merged; tonic's default limit on a reply is 4 MiB.
         let bearer = Bearer(token);
         Self {
             kv: pb::kv_client::KvClient::with_interceptor(channel.clone(), bearer.clone())

@@ -35,7 +35,8 @@ pub const DEFAULT_MAX_OBJECT_BYTES: u32 = 10 * 1024;
 pub const MAX_OBJECT_BYTES_LIMIT: u32 = 1024 * 1024;
 /// Upper bound on `max_siblings × max_object_bytes`: what one key may hold
 /// at most, so that any key fits in one message between nodes and to
-/// clients (64 MiB) with room to spare.
+/// clients (64 MiB) with room to spare. Replica merges may go past it, up
+/// to [`crate::storage::MAX_MERGED_KEY_BYTES`].
 pub const MAX_KEY_DATA_BYTES: u64 = 16 * 1024 * 1024;
 /// Default sibling budget per key.
 pub const DEFAULT_MAX_SIBLINGS: u32 = 32;

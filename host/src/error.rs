@@ -72,6 +72,13 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    /// Merging replicas' copies of a key would leave it holding more than
+    /// a node stores for one key ([`crate::storage::MAX_MERGED_KEY_BYTES`]).
+    /// The copy stays as it was; a write with a context or the bucket's
+    /// resolver shrinks the key.
+    #[error("{0}")]
+    TooLarge(String),
+
     /// Stored bytes failed to decode. The data directory may be damaged or
     /// written by an incompatible version.
     #[error("corrupt data: {0}")]

@@ -281,8 +281,8 @@ impl Node {
             )
             .add_service(
                 pb::internal_server::InternalServer::new(internal)
-                    .max_decoding_message_size(64 << 20)
-                    .max_encoding_message_size(64 << 20),
+                    .max_decoding_message_size(crate::net::MAX_PEER_MESSAGE_BYTES)
+                    .max_encoding_message_size(crate::net::MAX_PEER_MESSAGE_BYTES),
             )
             .add_service(health_service)
             .add_service(reflection_v1)

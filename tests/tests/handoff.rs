@@ -196,6 +196,83 @@ async fn writers_on_both_sides_of_a_partition_keep_every_sibling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_merged_past_their_budget_travel_with_other_keys_and_shrink_on_the_next_write() {
+    // Pages of 128 hints: one page holds more than a peer message carries,
+    // so delivery must split it by bytes.
+    let cluster = LocalCluster::start_with(3, |_, c| c.handoff.batch = 128).await.unwrap();
+    let (c0, c2) = (cluster.client(0).await, cluster.client(2).await);
+    let big = SetBucketRequest {
+        name: "big".into(),
+        max_object_bytes: Some(1 << 20),
+        max_siblings: Some(16),
+        ..Default::default()
+    };
+    c0.set_bucket(big).await.unwrap();
+    c0.set_bucket(SetBucketRequest { name: "crowded".into(), max_siblings: Some(4), ..Default::default() })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let c = cluster.client(i).await;
+        eventually(30, "the buckets reach every node", || async {
+            c.get_bucket("big").await.is_ok_and(|b| b.max_object_bytes == 1 << 20)
+                && c.get_bucket("crowded").await.is_ok_and(|b| b.max_siblings == 4)
+        })
+        .await;
+    }
+    cluster.isolate(2);
+    let one = WriteOptions { w: 1, timeout: Some(Duration::from_secs(5)), ..Default::default() };
+    // Both sides fill three keys to their sibling budget.
+    let crowded: Vec<String> = (0..3).map(|k| format!("c{k}")).collect();
+    for key in &crowded {
+        for i in 0..4 {
+            let (a, b) = (format!("a{i}"), format!("b{i}"));
+            c0.put_with("crowded", key.as_bytes(), a.as_bytes(), &Context::none(), w(2)).await.unwrap();
+            c2.put_with("crowded", key.as_bytes(), b.as_bytes(), &Context::none(), one).await.unwrap();
+        }
+    }
+    // And n0 keeps 70 MiB of other writes for n2. (W=1: on a busy machine
+    // this much traffic can make n0 think n1 is down for a moment.)
+    let value = |i: u32| vec![i as u8; (1 << 20) - 16];
+    for i in 0..70u32 {
+        c0.put_with("big", format!("k{i}").as_bytes(), &value(i), &Context::none(), one).await.unwrap();
+    }
+    cluster.heal();
+    sees(&cluster, 0, 2, "up").await;
+    sees(&cluster, 2, 0, "up").await;
+    hints_drain(&cluster, &[0, 1, 2], 120).await;
+    for i in 0..70u32 {
+        let key = format!("k{i}");
+        let copy = cluster.local_copy(2, "big", key.as_bytes()).unwrap_or_else(|| panic!("n2 lacks {key}"));
+        let values: Vec<&[u8]> = copy.live_siblings().filter_map(|s| s.content.value()).collect();
+        assert_eq!(values, vec![&value(i)[..]], "{key}");
+    }
+    let all = ReadOptions { consistency: Consistency::All, ..Default::default() };
+    let want: BTreeSet<String> = (0..4).flat_map(|i| [format!("a{i}"), format!("b{i}")]).collect();
+    for key in &crowded {
+        // Merged past the budget, every replica keeps every sibling.
+        let copies: Vec<Option<Object>> = (0..3).map(|i| cluster.local_copy(i, "crowded", key.as_bytes())).collect();
+        assert!(copies.iter().all(|c| c == &copies[0]), "{key}: replicas differ: {copies:?}");
+        let got = c0.get_with("crowded", key.as_bytes(), all).await.unwrap();
+        let values: BTreeSet<String> = got.values().iter().map(|v| String::from_utf8(v.to_vec()).unwrap()).collect();
+        assert_eq!(values, want, "{key}: every sibling from both sides");
+        // A blind write would add a ninth: refused, with what to merge.
+        let e = c0.put_with("crowded", key.as_bytes(), b"blind", &Context::none(), w(2)).await.unwrap_err();
+        assert!(matches!(&e, ClientError::SiblingLimit { limit: 4, .. }), "{e}");
+        // A write with the read's context brings the key back under it.
+        c0.put_with("crowded", key.as_bytes(), b"merged", &got.context, w(2)).await.unwrap();
+        eventually(30, &format!("every replica of {key} holds only the merged value"), || async {
+            (0..3).all(|i| {
+                cluster.local_copy(i, "crowded", key.as_bytes()).is_some_and(|copy| {
+                    copy.live_siblings().filter_map(|s| s.content.value()).collect::<Vec<_>>() == [&b"merged"[..]]
+                })
+            })
+        })
+        .await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_repairs_every_replica_including_late_and_empty_ones() {
     // No hints here: read repair alone must bring the replicas together.
     let cluster = LocalCluster::start_with(3, |_, c| c.handoff.enabled = false).await.unwrap();

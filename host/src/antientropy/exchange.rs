@@ -182,14 +182,18 @@ impl Peer<'_> {
             while !send.is_empty() || !want.is_empty() {
                 let mut objects = Vec::new();
                 let mut bytes = 0;
-                while !send.is_empty() {
-                    if objects.len() == OBJECTS_PER_CALL || bytes >= BYTES_PER_CALL {
-                        break;
-                    }
-                    let k = send.pop().expect("not empty");
+                // Up to a byte budget; a key past it goes in the next call,
+                // or alone if it is larger than the budget.
+                while objects.len() < OBJECTS_PER_CALL {
+                    let Some(k) = send.pop() else { break };
                     // Gone meanwhile (reaped, dropped): nothing to send.
                     let Some(object) = self.objects.read_raw(partition, &k)? else { continue };
-                    bytes += object.len() + k.as_bytes().len();
+                    let size = object.len() + k.as_bytes().len();
+                    if !objects.is_empty() && bytes + size > BYTES_PER_CALL {
+                        send.push(k);
+                        break;
+                    }
+                    bytes += size;
                     objects.push(pb::StoredObject { key: k.into_bytes().into(), object: object.into() });
                 }
                 let asked: Vec<bytes::Bytes> =
@@ -221,8 +225,13 @@ impl Peer<'_> {
                 for o in resp.objects {
                     let key = self.checked_key(partition, o.key.to_vec())?;
                     let object = decode_object(&o.object)?;
-                    self.objects.merge_raw(partition, &key, &object)?;
-                    out.received += 1;
+                    match self.objects.merge_raw(partition, &key, &object) {
+                        Ok(_) => out.received += 1,
+                        // One key too large to merge leaves the rest of the
+                        // tree to be repaired.
+                        Err(e @ Error::TooLarge(_)) => tracing::warn!(error = %e, "anti-entropy could not merge a key"),
+                        Err(e) => return Err(e),
+                    }
                 }
                 progress(i * SEGMENTS_PER_CALL, &out);
             }

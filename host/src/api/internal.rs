@@ -164,9 +164,11 @@ impl InternalService {
     }
 }
 
-/// Object bytes a `ReplicaRead` reply carries before it stops reading
-/// more keys, so that replies stay under the 64 MiB message limit (a key
-/// holds at most 16 MiB; see [`crate::buckets::MAX_KEY_DATA_BYTES`]).
+/// Object bytes a `ReplicaRead` reply carries: a key that would take it
+/// past this is not read (the next read tries again), unless it is the
+/// first, which goes alone whatever its size. Replies so stay under
+/// [`crate::net::MAX_PEER_MESSAGE_BYTES`], since a key holds at most
+/// [`crate::storage::MAX_MERGED_KEY_BYTES`].
 const REPLY_BUDGET: usize = 32 << 20;
 
 #[tonic::async_trait]
@@ -190,13 +192,6 @@ impl pb::internal_server::Internal for InternalService {
         // A batch mixes unrelated requests: each key succeeds or fails alone.
         for (i, k) in req.keys.into_iter().enumerate() {
             let hint_for = req.hint_for.get(i).filter(|h| !h.is_empty() && *h != self.cluster.node_id());
-            if reply_bytes >= REPLY_BUDGET {
-                results.push(pb::ReplicaReadResult {
-                    object: Default::default(),
-                    error: "not read: the reply to this batch is full; the next read of the key tries again".into(),
-                });
-                continue;
-            }
             let read = Self::key(Some(k)).and_then(|k| {
                 let partition = ring.partition_of(&k.bucket, &k.key);
                 if let Some(target) = hint_for {
@@ -208,6 +203,12 @@ impl pb::internal_server::Internal for InternalService {
                 self.objects.read_encoded(partition, &k.bucket, &k.key)
             });
             results.push(match read {
+                Ok(Some(object)) if reply_bytes > 0 && reply_bytes + object.len() > REPLY_BUDGET => {
+                    pb::ReplicaReadResult {
+                        object: Default::default(),
+                        error: "not read: the reply to this batch is full; the next read of the key tries again".into(),
+                    }
+                }
                 Ok(object) => {
                     let object: bytes::Bytes = object.map(Into::into).unwrap_or_default();
                     reply_bytes += object.len();
@@ -372,21 +373,34 @@ impl pb::internal_server::Internal for InternalService {
         let (objects, answered) = self
             .in_background(move |inner| -> Result<(Vec<pb::StoredObject>, u32)> {
                 for (key, object) in &incoming {
-                    inner.objects.merge_raw(p, key, object)?;
+                    match inner.objects.merge_raw(p, key, object) {
+                        // Repair skips a key it cannot merge and goes on
+                        // with the rest; a transfer fails, so that its
+                        // sender keeps its copy.
+                        Err(e @ Error::TooLarge(_)) if !transfer => {
+                            tracing::warn!(error = %e, "anti-entropy could not merge a key");
+                        }
+                        r => {
+                            r?;
+                        }
+                    }
                 }
                 // Up to a byte budget (and at least one key, whatever its
                 // size); the sender asks again for the rest.
                 let mut out = Vec::new();
                 let (mut bytes, mut answered) = (0usize, 0u32);
                 for key in want {
-                    if answered > 0 && bytes >= crate::antientropy::exchange::BYTES_PER_CALL {
+                    let Some(object) = inner.objects.read_raw(p, &key)? else {
+                        answered += 1;
+                        continue;
+                    };
+                    let size = key.as_bytes().len() + object.len();
+                    if !out.is_empty() && bytes + size > crate::antientropy::exchange::BYTES_PER_CALL {
                         break;
                     }
                     answered += 1;
-                    if let Some(object) = inner.objects.read_raw(p, &key)? {
-                        bytes += key.as_bytes().len() + object.len();
-                        out.push(pb::StoredObject { key: key.into_bytes().into(), object: object.into() });
-                    }
+                    bytes += size;
+                    out.push(pb::StoredObject { key: key.into_bytes().into(), object: object.into() });
                 }
                 Ok((out, answered))
             })

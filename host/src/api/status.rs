@@ -43,6 +43,7 @@ pub fn to_status(e: Error, keys: &KeySet, bucket: &str, key: &[u8]) -> Status {
         }
         Error::NotFound(m) => Status::not_found(m),
         Error::FailedPrecondition(m) => Status::failed_precondition(m),
+        Error::TooLarge(m) => Status::resource_exhausted(m),
         e @ Error::Corruption(_) => Status::data_loss(e.to_string()),
         e @ Error::Internal(_) => Status::internal(e.to_string()),
         Error::Remote(status) => status,

@@ -60,6 +60,8 @@ pub struct BenchArgs {
     /// Nodes to send requests to, comma separated; requests are spread over them.
     #[arg(long, env = "CONCORD_ENDPOINT", default_value = super::DEFAULT_ENDPOINT, value_delimiter = ',')]
     endpoint: Vec<String>,
+    #[command(flatten)]
+    access: super::Access,
     /// Operation mix.
     #[arg(long, value_enum, default_value = "a")]
     workload: Workload,
@@ -273,10 +275,11 @@ async fn worker(shared: Arc<Shared>, id: usize) {
 
 async fn connect_all(args: &BenchArgs) -> anyhow::Result<Vec<Client>> {
     let per_endpoint = args.connections.unwrap_or_else(|| args.concurrency.div_ceil(16).clamp(1, 4));
+    let options = args.access.options()?;
     let mut clients = Vec::new();
     for _ in 0..per_endpoint {
         for e in &args.endpoint {
-            clients.push(Client::connect(e).await?);
+            clients.push(Client::connect_with(e, &options).await?);
         }
     }
     Ok(clients)
@@ -361,6 +364,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut echo = args.clone();
         // As many endpoints (so as many connections) as the real run.
         echo.endpoint = vec![server.addr().to_string(); args.endpoint.len()];
+        // The echo server is plain gRPC and asks for no token: the floor
+        // stays the same whether the cluster runs with TLS or not.
+        echo.access = Default::default();
         echo.load = Some(false);
         eprintln!("measuring the floor (an echo server at {})", server.addr());
         let floor = measure(echo, duration).await?;

@@ -42,6 +42,13 @@ pub struct Target {
     /// Print JSON for scripts instead of text for people.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub access: Access,
+}
+
+/// How a client command proves itself to nodes that ask.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Access {
     /// Bearer token for nodes that require one.
     #[arg(long, env = "CONCORD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -50,8 +57,8 @@ pub struct Target {
     pub tls_ca: Option<std::path::PathBuf>,
 }
 
-impl Target {
-    /// How the CLI connects.
+impl Access {
+    /// The client's connection options.
     pub fn options(&self) -> anyhow::Result<concord_client::ConnectOptions> {
         let tls_ca_pem = match &self.tls_ca {
             Some(p) => {
@@ -183,5 +190,5 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Connects to the endpoint of a client command.
 pub async fn connect(target: &Target) -> anyhow::Result<concord_client::Client> {
-    Ok(concord_client::Client::connect_with(&target.endpoint, &target.options()?).await?)
+    Ok(concord_client::Client::connect_with(&target.endpoint, &target.access.options()?).await?)
 }

@@ -122,7 +122,10 @@ impl HintStore {
     }
 
     /// Keeps `object` for `target`, merging it into any hint already held
-    /// for that key. Call [`HintStore::sync`] before relying on it.
+    /// for that key. Fails with [`crate::Error::TooLarge`], keeping the old
+    /// hint, when the merged hint would be over
+    /// [`crate::storage::MAX_MERGED_KEY_BYTES`]. Call [`HintStore::sync`]
+    /// before relying on it.
     pub fn add(&self, key: &HintKey, object: &Object, ring_epoch: u64, now_ms: u64) -> Result<()> {
         let raw_key = key.encode().map_err(|e| Error::invalid(format!("cannot keep a hint: {e}")))?;
         let (old_len, record) = {
@@ -142,6 +145,9 @@ impl HintStore {
                 None => Hint::new(object.clone(), ring_epoch, now_ms),
             };
             let record = hint.encode();
+            // A hint is delivered in one message, so it is bounded like a
+            // replica's copy.
+            crate::storage::check_merged_size(&key.bucket, &key.key, record.len())?;
             self.engine.insert(Space::Hints, &raw_key, &record)?;
             (old.map(|o| o.len()), record)
         };

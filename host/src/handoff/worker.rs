@@ -27,6 +27,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// First retry delay after a failed delivery.
 const RETRY_BASE_MS: u64 = 500;
+/// Hint bytes sent in one call: a page of hints is split to stay under
+/// it, and a hint larger than this goes alone.
+const DELIVERY_BYTES: usize = 8 << 20;
 
 /// Where delivery to one target stands.
 #[derive(Default)]
@@ -202,32 +205,37 @@ impl Handoff {
                     count(&mut counted, &stored);
                 }
             }
-            if batch.is_empty() {
-                continue;
-            }
-            let started = Instant::now();
-            let bytes: usize = batch.iter().map(|h| h.raw.len()).sum();
-            match self.deliver(target, stand_in.as_deref(), &batch, ring.epoch()).await {
-                Ok(left) => {
-                    delivered += batch.len() - left.len();
-                    for h in &left {
-                        count(&mut counted, h);
-                    }
-                    self.succeeded(target, left.is_empty());
-                }
-                Err(e) => {
+            for batch in by_bytes(batch, DELIVERY_BYTES, |h| h.raw.len()) {
+                if !deliver {
                     for h in &batch {
                         count(&mut counted, h);
                     }
-                    self.failed(target, e);
-                    // Keep going to expire and count the rest.
-                    deliver = false;
+                    continue;
                 }
+                let started = Instant::now();
+                let bytes: usize = batch.iter().map(|h| h.raw.len()).sum();
+                match self.deliver(target, stand_in.as_deref(), &batch, ring.epoch()).await {
+                    Ok(left) => {
+                        delivered += batch.len() - left.len();
+                        for h in &left {
+                            count(&mut counted, h);
+                        }
+                        self.succeeded(target, left.is_empty());
+                    }
+                    Err(e) => {
+                        for h in &batch {
+                            count(&mut counted, h);
+                        }
+                        self.failed(target, e);
+                        // Keep going to expire and count the rest.
+                        deliver = false;
+                    }
+                }
+                // Throttle: the next batch waits until this one's bytes fit
+                // the configured rate.
+                let budget = Duration::from_secs_f64(bytes as f64 / self.config.rate_bytes_per_sec as f64);
+                tokio::time::sleep(budget.saturating_sub(started.elapsed())).await;
             }
-            // Throttle: the next batch waits until this one's bytes fit
-            // the configured rate.
-            let budget = Duration::from_secs_f64(bytes as f64 / self.config.rate_bytes_per_sec as f64);
-            tokio::time::sleep(budget.saturating_sub(started.elapsed())).await;
         }
         if delivered > 0 {
             metrics::counter!("concord_hints_delivered_total", "target" => target.to_owned())
@@ -344,6 +352,27 @@ impl Handoff {
     }
 }
 
+/// Splits `items`, in order, into runs of at most `budget` bytes by
+/// `size`; an item larger than `budget` makes a run of its own.
+pub(crate) fn by_bytes<T>(items: Vec<T>, budget: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let n = size(&item);
+        match runs.last_mut() {
+            Some(run) if bytes + n <= budget => {
+                bytes += n;
+                run.push(item);
+            }
+            _ => {
+                bytes = n;
+                runs.push(vec![item]);
+            }
+        }
+    }
+    runs
+}
+
 fn count(stats: &mut TargetStats, h: &StoredHint) {
     stats.count += 1;
     stats.bytes += h.raw.len() as u64;
@@ -356,4 +385,19 @@ fn publish_gauges(target: &str, stats: &TargetStats, now_ms: u64) {
     metrics::gauge!("concord_hints_bytes", "target" => t.clone()).set(stats.bytes as f64);
     let age = stats.oldest_ms.map_or(0, |o| now_ms.saturating_sub(o));
     metrics::gauge!("concord_hints_oldest_age_seconds", "target" => t).set(age as f64 / 1000.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_bytes;
+
+    #[test]
+    fn runs_stay_under_the_budget_and_large_items_go_alone() {
+        let sizes = vec![3, 3, 3, 20, 1, 10, 10, 0];
+        let runs = by_bytes(sizes.clone(), 10, |n| *n);
+        assert_eq!(runs, vec![vec![3, 3, 3], vec![20], vec![1], vec![10], vec![10, 0]]);
+        // Nothing is lost or reordered.
+        assert_eq!(runs.concat(), sizes);
+        assert!(by_bytes(Vec::<usize>::new(), 10, |n| *n).is_empty());
+    }
 }

@@ -27,6 +27,12 @@ use crate::security::{Keyring, Purpose};
 /// `<key id>.<hex tag>`.
 pub const PEER_HEADER: &str = "x-concord-peer";
 
+/// Largest message between nodes. Batches add items up to byte budgets well
+/// under it, and an item past a budget goes alone: a key holds at most
+/// [`crate::storage::MAX_MERGED_KEY_BYTES`], which leaves room for its
+/// name and the rest of the message.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
+
 /// A client of a peer's Internal service that presents this node's
 /// credential on every call.
 pub type PeerClient = InternalClient<InterceptedService<Channel, PeerCredential>>;
@@ -66,8 +72,13 @@ pub(crate) fn peer_credential(keys: &Keyring) -> Option<tonic::metadata::AsciiMe
 /// Whether `value` is a valid peer credential under the keys accepted at
 /// `now_ms`.
 pub fn check_peer_credential(keys: &Keyring, value: &[u8], now_ms: u64) -> bool {
-    let Some((id, tag)) = std::str::from_utf8(value).ok().and_then(|v| v.split_once('.')) else { return false };
+    let Ok(value) = std::str::from_utf8(value) else { return false };
+    let Some((id, tag)) = value.split_once('.') else { return false };
     let (Ok(id), Ok(tag)) = (id.parse::<u32>(), hex::decode(tag)) else { return false };
+    // Only the one spelling a node sends ("+7" or upper-case hex parse too).
+    if format!("{id}.{}", hex::encode(&tag)) != value {
+        return false;
+    }
     let set = keys.current();
     set.accepting(id, now_ms).is_some_and(|k| k.verify(Purpose::Peer, &[b"internal call"], &tag))
 }
@@ -426,8 +437,8 @@ impl Net {
 
     fn client(&self, addr: SocketAddr) -> PeerClient {
         InternalClient::with_interceptor(self.channel(addr), PeerCredential { keys: Arc::clone(&self.keys) })
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
     }
 
     /// A client of `addr`'s Admin service over the same connection (for
@@ -630,6 +641,16 @@ impl Socket for FaultySocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_spelling_a_node_sends_is_a_credential() {
+        let keys = Keyring::in_memory(crate::security::KeySet::generate());
+        let good = peer_credential(&keys).unwrap().to_str().unwrap().to_owned();
+        assert!(check_peer_credential(&keys, good.as_bytes(), 0));
+        for other in [good.to_uppercase(), format!("+{good}"), format!("0{good}"), format!("{good}0")] {
+            assert!(!check_peer_credential(&keys, other.as_bytes(), 0), "{other}");
+        }
+    }
 
     /// Items are sizes in bytes; the peer answers each with its size and
     /// records the batches it got. With `SHORT` it answers one item less.

@@ -24,7 +24,7 @@ mod sled_store;
 pub use datadir::{DataDir, Incarnation};
 pub use durability::{Durability, DurabilityMode};
 pub use memory::MemStore;
-pub use objects::{ObjectStore, ReplicasOf, StoreKey};
+pub use objects::{MAX_MERGED_KEY_BYTES, ObjectStore, ReplicasOf, StoreKey, check_merged_size};
 pub use sled_store::SledStore;
 
 /// Key-value pairs returned by [`Store::scan`].

@@ -200,6 +200,31 @@ fn tombstone_only(o: &Object) -> bool {
     !o.siblings().is_empty() && !o.is_found()
 }
 
+/// Most bytes one key may hold, encoded, after a replica merge
+/// (replication, read repair, hints, anti-entropy). Merges keep every
+/// sibling, so a key written on several sides of a partition can go past
+/// [`crate::buckets::MAX_KEY_DATA_BYTES`]; up to this bound it is still
+/// stored, sent between nodes and read by clients (whose messages carry at
+/// most 64 MiB). A merge past it is refused with [`Error::TooLarge`] and
+/// leaves the replica's copy as it was.
+pub const MAX_MERGED_KEY_BYTES: usize = 56 * 1024 * 1024;
+
+/// Fails with [`Error::TooLarge`] when a merge of replicas' copies of
+/// `bucket`/`key` would leave `encoded` bytes, more than a node holds for one key.
+pub fn check_merged_size(bucket: &str, key: &[u8], encoded: usize) -> Result<()> {
+    if encoded <= MAX_MERGED_KEY_BYTES {
+        return Ok(());
+    }
+    metrics::counter!("concord_merges_refused_total").increment(1);
+    Err(Error::TooLarge(format!(
+        "merging the replicas' copies of {}/{} would leave {encoded} bytes, over the {} MiB a node holds for one key; \
+         the copy stays as it was until a write with a context (or the bucket's resolver) shrinks the key",
+        bucket,
+        String::from_utf8_lossy(key),
+        MAX_MERGED_KEY_BYTES >> 20
+    )))
+}
+
 /// A replica's objects.
 ///
 /// Writers of one segment of one partition are serialised by a striped
@@ -627,6 +652,10 @@ impl ObjectStore {
 
     /// Merges another replica's copy into the local one and returns the
     /// result. Writes nothing when the local copy already holds everything.
+    /// A merge keeps every sibling, even past the bucket's `max_siblings`,
+    /// but fails with [`Error::TooLarge`], leaving the local copy as it
+    /// was, when the result would take more than
+    /// [`MAX_MERGED_KEY_BYTES`].
     pub fn merge(&self, partition: u32, bucket: &str, key: &[u8], incoming: &Object) -> Result<Object> {
         self.merge_raw(partition, &StoreKey::new(bucket, key), incoming)
     }
@@ -641,6 +670,7 @@ impl ObjectStore {
             None => incoming.clone(),
         };
         let bytes = encode_object(&merged);
+        check_merged_size(skey.bucket(), skey.key(), bytes.len())?;
         if old.as_ref().map(|h| &h.bytes) != Some(&bytes) {
             let held = Held { bytes, tombstone: tombstone_only(&merged) };
             self.write(partition, segment, skey, old.as_ref(), Some(&held))?;
@@ -1064,6 +1094,35 @@ mod tests {
         }
         assert!(engine.scan(Space::LegacyPartition(4), None, 1).unwrap().is_empty());
         assert_eq!(s.segments(4, 3), rebuilt(&s, 4, 3));
+    }
+
+    #[test]
+    fn merges_keep_siblings_past_the_budget_until_a_write_with_a_context() {
+        let (a, b) = (store(), open_on(Arc::new(MemStore::new()), 7, true));
+        for i in 0..3u8 {
+            a.update(0, "b", b"k", &VersionVector::new(), Content::Value(vec![i]), 0, 3).unwrap();
+            b.update(0, "b", b"k", &VersionVector::new(), Content::Value(vec![10 + i]), 0, 3).unwrap();
+        }
+        let theirs = b.read(0, "b", b"k").unwrap().unwrap();
+        let merged = a.merge(0, "b", b"k", &theirs).unwrap();
+        assert_eq!(merged.siblings().len(), 6, "a merge keeps every sibling past max_siblings = 3");
+        let e = a.update(0, "b", b"k", &VersionVector::new(), Content::Value(vec![9]), 0, 3).unwrap_err();
+        assert!(matches!(e, Error::SiblingLimit { siblings: 7, .. }), "{e}");
+        let next = a.update(0, "b", b"k", merged.context(), Content::Value(vec![9]), 0, 3).unwrap();
+        assert_eq!(next.siblings().len(), 1, "a write with the context brings the key back under the budget");
+    }
+
+    #[test]
+    fn a_merge_past_the_key_bound_is_refused_and_changes_nothing() {
+        let (a, b) = (store(), open_on(Arc::new(MemStore::new()), 7, true));
+        let half = MAX_MERGED_KEY_BYTES / 2 + 1024;
+        a.update(0, "b", b"k", &VersionVector::new(), Content::Value(vec![1; half]), 0, 3).unwrap();
+        b.update(0, "b", b"k", &VersionVector::new(), Content::Value(vec![2; half]), 0, 3).unwrap();
+        let before = a.read_encoded(0, "b", b"k").unwrap();
+        let theirs = b.read(0, "b", b"k").unwrap().unwrap();
+        let e = a.merge(0, "b", b"k", &theirs).unwrap_err();
+        assert!(matches!(&e, Error::TooLarge(m) if m.contains("b/k") && m.contains("56 MiB")), "{e}");
+        assert_eq!(a.read_encoded(0, "b", b"k").unwrap(), before, "the local copy is as it was");
     }
 
     #[test]
