@@ -19,6 +19,7 @@
 //! want to react to; [`ClientError::SiblingLimit`] carries the siblings and
 //! context needed to merge and retry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -28,6 +29,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub use concord_proto::v1::{BucketProps, ClusterStatusResponse, Consistency, PluginInfo, SetBucketRequest};
+pub use route::{never_delivered, partition_of};
+
+mod route;
 
 /// Largest reply the client accepts.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -270,6 +274,10 @@ pub struct ConnectOptions {
     /// The name the node's certificate must carry, when it differs from the
     /// endpoint's host.
     pub tls_domain: Option<String>,
+    /// Send each get, put and delete straight to a live replica of its key,
+    /// learning the ring from the node connected to (see [`Client`]). Needs
+    /// the nodes' own addresses to be reachable from the client.
+    pub token_aware: bool,
 }
 
 /// Adds the bearer token to every call.
@@ -288,13 +296,50 @@ impl tonic::service::Interceptor for Bearer {
 /// A channel that presents the client's token.
 pub type AuthChannel = InterceptedService<Channel, Bearer>;
 
-/// A connection to one Concord node (any node serves any key).
+/// A Kv client that presents the token.
+type Kv = pb::kv_client::KvClient<AuthChannel>;
+
+fn kv_client(channel: Channel, bearer: Bearer) -> Kv {
+    // A key's siblings may add up to 16 MiB (a bucket's max_siblings ×
+    // max_object_bytes), and up to 56 MiB after replicas that diverged are
+    // merged; tonic's default limit on a reply is 4 MiB.
+    pb::kv_client::KvClient::with_interceptor(channel, bearer).max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A connection to a Concord cluster through one node (any node serves any
+/// key).
 ///
-/// Cheap to clone: clones share the underlying HTTP/2 connection.
+/// With [`ConnectOptions::token_aware`], gets, puts and deletes go straight
+/// to a live replica of their key instead (connecting to it as needed),
+/// which saves the hop a node that is not a replica takes to forward a
+/// write. A request to a replica that cannot be reached goes to the node
+/// connected to instead. Admin calls always go to that node.
+///
+/// Cheap to clone: clones share the underlying HTTP/2 connections.
 #[derive(Clone)]
 pub struct Client {
-    kv: pb::kv_client::KvClient<AuthChannel>,
+    kv: Kv,
     admin: pb::admin_client::AdminClient<AuthChannel>,
+    router: Option<Arc<route::Router>>,
+}
+
+/// The endpoint settings of a node at `endpoint`.
+fn node_endpoint(endpoint: &str, options: &ConnectOptions) -> Result<Endpoint, ClientError> {
+    let err = |message: String| ClientError::Connect { endpoint: endpoint.to_owned(), message };
+    let mut builder = Endpoint::from_shared(endpoint_uri(endpoint, options.tls_ca_pem.is_some()))
+        .map_err(|e| err(e.to_string()))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if let Some(ca) = &options.tls_ca_pem {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some(d) = &options.tls_domain {
+            tls = tls.domain_name(d.clone());
+        }
+        builder = builder.tls_config(tls).map_err(|e| err(format!("{e}{}", source_chain(&e))))?;
+    }
+    Ok(builder)
 }
 
 fn endpoint_uri(endpoint: &str, tls: bool) -> String {
@@ -325,21 +370,17 @@ impl Client {
                     .map_err(|_| err("the token has characters a header cannot carry".into()))?,
             ),
         };
-        let mut builder = Endpoint::from_shared(endpoint_uri(endpoint, options.tls_ca_pem.is_some()))
-            .map_err(|e| err(e.to_string()))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        if let Some(ca) = &options.tls_ca_pem {
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-            if let Some(d) = &options.tls_domain {
-                tls = tls.domain_name(d.clone());
-            }
-            builder = builder.tls_config(tls).map_err(|e| err(format!("{e}{}", source_chain(&e))))?;
+        let channel =
+            node_endpoint(endpoint, options)?.connect().await.map_err(|e| err(format!("{e}{}", source_chain(&e))))?;
+        let mut client = Self::from_channel_with(channel, token.clone());
+        if options.token_aware {
+            let router = route::Router::new(client.kv.clone(), options.clone(), Bearer(token));
+            // Without a table yet, requests go to this node; the next
+            // request tries again.
+            let _ = router.refresh().await;
+            client.router = Some(router);
         }
-        let channel = builder.connect().await.map_err(|e| err(format!("{e}{}", source_chain(&e))))?;
-        Ok(Self::from_channel_with(channel, token))
+        Ok(client)
     }
 
     /// Uses an existing channel.
@@ -348,15 +389,31 @@ impl Client {
     }
 
     fn from_channel_with(channel: Channel, token: Option<tonic::metadata::AsciiMetadataValue>) -> Self {
-        // A key's siblings may add up to 16 MiB (a bucket's max_siblings ×
-        // max_object_bytes), and up to 56 MiB after replicas that diverged
-        // are merged; tonic's default limit on a reply is 4 MiB.
         let bearer = Bearer(token);
         Self {
-            kv: pb::kv_client::KvClient::with_interceptor(channel.clone(), bearer.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            kv: kv_client(channel.clone(), bearer.clone()),
             admin: pb::admin_client::AdminClient::with_interceptor(channel, bearer)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            router: None,
+        }
+    }
+
+    /// Sends a Kv call on `bucket`/`key`: to a replica of the key when
+    /// routing, else (or when that replica cannot be reached) to the node
+    /// connected to.
+    async fn kv_call<T, F, Fut>(&self, bucket: &str, key: &[u8], call: F) -> Result<T, tonic::Status>
+    where
+        F: Fn(Kv) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let Some(router) = &self.router else { return call(self.kv.clone()).await.map(|r| r.into_inner()) };
+        let (kv, address) = router.pick(bucket, key);
+        match call(kv).await {
+            Err(s) if never_delivered(&s) && address.is_some() => {
+                router.unreachable(address.as_deref().unwrap_or_default());
+                call(router.seed()).await.map(|r| r.into_inner())
+            }
+            r => r.map(|r| r.into_inner()),
         }
     }
 
@@ -378,7 +435,12 @@ impl Client {
                 sloppy: opts.sloppy,
             }),
         };
-        let r = self.kv.clone().get(req).await?.into_inner();
+        let r = self
+            .kv_call(bucket, key, |mut kv| {
+                let req = req.clone();
+                async move { kv.get(req).await }
+            })
+            .await?;
         Ok(GetResult {
             found: r.found,
             siblings: r.siblings.into_iter().map(Sibling::from).collect(),
@@ -421,7 +483,12 @@ impl Client {
             context: context.0.clone(),
             options: Some(write_options(opts)),
         };
-        let r = self.kv.clone().put(req).await?.into_inner();
+        let r = self
+            .kv_call(bucket, key, |mut kv| {
+                let req = req.clone();
+                async move { kv.put(req).await }
+            })
+            .await?;
         Ok(WriteResult {
             context: Context(r.context),
             siblings: r.siblings.into_iter().map(Sibling::from).collect(),
@@ -453,7 +520,12 @@ impl Client {
             context: context.0.clone(),
             options: Some(write_options(opts)),
         };
-        let r = self.kv.clone().delete(req).await?.into_inner();
+        let r = self
+            .kv_call(bucket, key, |mut kv| {
+                let req = req.clone();
+                async move { kv.delete(req).await }
+            })
+            .await?;
         Ok(WriteResult {
             context: Context(r.context),
             sibling_count: r.siblings.len().max(1) as u32,

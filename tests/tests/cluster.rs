@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use concord_client::{ClientError, Consistency, Context, ReadOptions, SetBucketRequest, WriteOptions};
+use concord_client::{
+    Client, ClientError, ConnectOptions, Consistency, Context, ReadOptions, SetBucketRequest, WriteOptions,
+};
 use concord_proto::v1 as pb;
 use concord_tests::{LocalCluster, eventually, plugins};
 
@@ -114,6 +116,35 @@ async fn writes_to_a_non_replica_are_forwarded() {
         assert!(got.found);
     }
     assert_eq!(owners.len(), 3, "keys spread over all three owners");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_aware_client_sends_each_key_to_its_first_live_replica() {
+    let mut cluster = LocalCluster::start(4).await.unwrap();
+    let options = ConnectOptions { token_aware: true, ..Default::default() };
+    let c = Client::connect_with(&cluster.addrs[0].to_string(), &options).await.unwrap();
+    let ring = cluster.node(0).cluster().ring();
+    let first = |bucket: &str, key: &str| ring.preference_list(ring.partition_of(bucket, key.as_bytes()), 3)[0].clone();
+    let mut seen = BTreeSet::new();
+    for i in 0..40 {
+        let key = format!("k{i}");
+        // The writer of a sibling is the node that coordinated the write:
+        // the key's first replica, whether or not n0 is one.
+        let put = c.put_with("tok", key.as_bytes(), b"v", &Context::none(), w(2)).await.unwrap();
+        let got = c.get("tok", key.as_bytes()).await.unwrap();
+        assert_eq!(got.siblings[0].writer, first("tok", &key), "{key}: {put:?}");
+        seen.insert(got.siblings[0].writer.clone());
+    }
+    assert_eq!(seen.len(), 4, "keys spread over every node: {seen:?}");
+    // A replica that cannot be reached: its keys go through n0 instead, at
+    // once and without an error.
+    cluster.stop(1).await.unwrap();
+    let keys: Vec<String> = (0..).map(|i| format!("d{i}")).filter(|k| first("tok", k) == "n1").take(5).collect();
+    for key in &keys {
+        let put = c.put_with("tok", key.as_bytes(), b"v", &Context::none(), w(2)).await.unwrap();
+        assert!(!put.acked_by.contains(&"n1".to_owned()), "{key}: {put:?}");
+    }
     cluster.shutdown().await;
 }
 

@@ -164,6 +164,26 @@ async fn tokens_and_roles_decide_every_call() {
     assert_eq!(code_of(r.delete("b", b"k", &Context::none()).await), Some(Denied));
     assert_eq!(code_of(a.get("b", b"k").await), Some(Denied));
     assert_eq!(code_of(a.put("b", b"k", b"v", &Context::none()).await), Some(Denied));
+    // Route: any token, none refused.
+    let route = |token: Option<&str>| {
+        let addr = server.addr;
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        async move {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+            let mut kv = pb::kv_client::KvClient::new(channel);
+            let mut req = tonic::Request::new(pb::RouteRequest {});
+            if let Some(b) = bearer {
+                req.metadata_mut().insert("authorization", b.parse().unwrap());
+            }
+            kv.route(req).await.err().map(|s| s.code())
+        }
+    };
+    assert_eq!(route(None).await, Some(Unauth));
+    assert_eq!(route(Some("cct_0000")).await, Some(Unauth));
+    for token in [&reader, &writer, &admin] {
+        assert_eq!(route(Some(token)).await, None);
+    }
 
     // Every Admin call: only the admin token.
     let set = pb::SetBucketRequest { name: "b".into(), ..Default::default() };

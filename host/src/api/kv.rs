@@ -195,4 +195,43 @@ impl pb::kv_server::Kv for KvService {
         });
         observe(&self.metrics.delete, started, reply)
     }
+
+    async fn route(&self, _: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
+        Ok(Response::new(route(self.coordinator.cluster(), self.coordinator.buckets())))
+    }
+}
+
+/// The ring as clients see it: every member with its address, and each
+/// partition's preference list as deep as the largest bucket's n.
+fn route(cluster: &crate::cluster::Cluster, buckets: &crate::buckets::Buckets) -> pb::RouteResponse {
+    let ring = cluster.ring();
+    let members = cluster.members();
+    let ids: Vec<&String> = ring.members().keys().collect();
+    let nodes = ids
+        .iter()
+        .map(|id| pb::RouteNode {
+            node_id: (*id).clone(),
+            address: cluster.addr_of(id).map(|a| a.to_string()).unwrap_or_default(),
+            up: members.is_live(id),
+        })
+        .collect();
+    let default_n = buckets.defaults().n;
+    let bucket_n: std::collections::HashMap<String, u32> =
+        buckets.list().into_iter().filter(|(_, p)| p.n != default_n).map(|(name, p)| (name, p.n)).collect();
+    let largest = bucket_n.values().copied().chain([default_n]).max().unwrap_or(default_n);
+    let depth = (largest as usize).min(ids.len());
+    let mut replicas = Vec::with_capacity(ring.partitions() as usize * depth);
+    for p in 0..ring.partitions() {
+        let list = ring.preference_list(p, depth);
+        replicas.extend(list.iter().map(|id| ids.binary_search(&id).expect("a preference list names members") as u32));
+    }
+    pb::RouteResponse {
+        ring_epoch: ring.epoch(),
+        partitions: ring.partitions(),
+        nodes,
+        depth: depth as u32,
+        replicas,
+        default_n,
+        bucket_n,
+    }
 }

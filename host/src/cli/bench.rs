@@ -62,6 +62,11 @@ pub struct BenchArgs {
     endpoint: Vec<String>,
     #[command(flatten)]
     access: super::Access,
+    /// Send each request straight to a replica of its key (token-aware
+    /// routing); `--token-aware false` sends it to the endpoints as given,
+    /// whose nodes forward what they are not replicas of.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    token_aware: bool,
     /// Operation mix.
     #[arg(long, value_enum, default_value = "a")]
     workload: Workload,
@@ -275,7 +280,7 @@ async fn worker(shared: Arc<Shared>, id: usize) {
 
 async fn connect_all(args: &BenchArgs) -> anyhow::Result<Vec<Client>> {
     let per_endpoint = args.connections.unwrap_or_else(|| args.concurrency.div_ceil(16).clamp(1, 4));
-    let options = args.access.options()?;
+    let options = concord_client::ConnectOptions { token_aware: args.token_aware, ..args.access.options()? };
     let mut clients = Vec::new();
     for _ in 0..per_endpoint {
         for e in &args.endpoint {
@@ -475,6 +480,7 @@ fn report(shared: &Shared, elapsed: Duration) -> serde_json::Value {
         "endpoints": a.endpoint,
         "keys": a.keys, "value_size": a.value_size, "concurrency": a.concurrency,
         "connections": shared.clients.len(),
+        "token_aware": a.token_aware,
         "distribution": format!("{:?}", a.distribution).to_lowercase(),
         "seconds": elapsed.as_secs_f64(),
         "ops": ops, "ops_per_sec": throughput,
@@ -508,12 +514,13 @@ fn print_report(report: &serde_json::Value) {
 
 fn print_run(report: &serde_json::Value) {
     println!(
-        "workload {} | {} keys | {} B values | concurrency {} | {} connection(s) | {}",
+        "workload {} | {} keys | {} B values | concurrency {} | {} connection(s){} | {}",
         report["workload"].as_str().unwrap_or_default(),
         report["keys"],
         report["value_size"],
         report["concurrency"],
         report["connections"],
+        if report["token_aware"].as_bool() == Some(true) { ", token-aware" } else { "" },
         report["distribution"].as_str().unwrap_or_default()
     );
     println!(

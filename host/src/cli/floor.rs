@@ -51,6 +51,11 @@ impl pb::kv_server::Kv for Echo {
         }))
     }
 
+    /// An echo server has no ring: a token-aware client sends it everything.
+    async fn route(&self, _: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
+        Err(Status::unimplemented("the floor's echo server does not route"))
+    }
+
     async fn delete(&self, _: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         Ok(Response::new(pb::DeleteResponse {
             context: self.context.clone(),

@@ -44,6 +44,12 @@ pub struct Target {
     pub json: bool,
     #[command(flatten)]
     pub access: Access,
+    /// Send the request straight to a replica of its key (token-aware),
+    /// instead of letting the node forward it. It first fetches the ring,
+    /// so for one request it saves nothing; `concord bench` does it by
+    /// default.
+    #[arg(long)]
+    pub token_aware: bool,
 }
 
 /// How a client command proves itself to nodes that ask.
@@ -66,7 +72,12 @@ impl Access {
             }
             None => None,
         };
-        Ok(concord_client::ConnectOptions { token: self.token.clone(), tls_ca_pem, tls_domain: None })
+        Ok(concord_client::ConnectOptions {
+            token: self.token.clone(),
+            tls_ca_pem,
+            tls_domain: None,
+            token_aware: false,
+        })
     }
 }
 
@@ -190,5 +201,6 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Connects to the endpoint of a client command.
 pub async fn connect(target: &Target) -> anyhow::Result<concord_client::Client> {
-    Ok(concord_client::Client::connect_with(&target.endpoint, &target.access.options()?).await?)
+    let options = concord_client::ConnectOptions { token_aware: target.token_aware, ..target.access.options()? };
+    Ok(concord_client::Client::connect_with(&target.endpoint, &options).await?)
 }

@@ -145,36 +145,10 @@ pub enum NetError {
     },
 }
 
-/// Whether a failed call provably never reached the peer's service: no
-/// connection could be made. tonic reports transport failures with the
-/// transport error as the status's source (statuses a peer sent have
-/// none); of those, only a failed connect proves the request was not sent.
-/// A connection lost mid-call (a reset, a keepalive timeout) may have
-/// delivered it.
-pub fn never_delivered(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let mut cause = std::error::Error::source(status);
-    while let Some(c) = cause {
-        if c.to_string().starts_with("tcp connect error") {
-            return true;
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-                    | std::io::ErrorKind::AddrNotAvailable
-            )
-        {
-            return true;
-        }
-        cause = std::error::Error::source(c);
-    }
-    false
-}
+/// Whether a failed call provably never reached the peer: no connection
+/// could be made (shared with the client library, which retries such
+/// calls on another node).
+pub use concord_client::never_delivered;
 
 /// A status in one line: its message, and for transport failures the
 /// underlying cause ("tcp connect error: Connection refused").

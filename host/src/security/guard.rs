@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `Kv/Get` | a token with the `read` role |
 //! | `Kv/Put`, `Kv/Delete` | a token with the `write` role |
+//! | `Kv/Route` | a token with any role |
 //! | `Admin/*` | a token with the `admin` role (`ClusterSecret` also a node certificate) |
 //! | `Internal/*` | members only: a node certificate, or the cluster secret's credential |
 //! | health, reflection | anyone |
@@ -85,7 +86,8 @@ struct Token {
 #[derive(Debug, PartialEq, Eq)]
 enum Need {
     Anyone,
-    Role(Role),
+    /// A token with any of these roles.
+    Role(&'static [Role]),
     /// The Admin call that hands out the cluster secret: an admin, or a
     /// node certificate.
     AdminOrPeer,
@@ -121,13 +123,14 @@ impl Guard {
 
     fn need(path: &str) -> Need {
         match path {
-            "/concord.v1.Kv/Get" => Need::Role(Role::Read),
-            "/concord.v1.Kv/Put" | "/concord.v1.Kv/Delete" => Need::Role(Role::Write),
+            "/concord.v1.Kv/Get" => Need::Role(&[Role::Read]),
+            "/concord.v1.Kv/Put" | "/concord.v1.Kv/Delete" => Need::Role(&[Role::Write]),
+            "/concord.v1.Kv/Route" => Need::Role(&[Role::Read, Role::Write, Role::Admin]),
             "/concord.v1.Admin/ClusterSecret" => Need::AdminOrPeer,
-            p if p.starts_with("/concord.v1.Admin/") => Need::Role(Role::Admin),
+            p if p.starts_with("/concord.v1.Admin/") => Need::Role(&[Role::Admin]),
             p if p.starts_with("/concord.v1.Internal/") => Need::Peer,
             // Unknown Kv methods still need a token when tokens are on.
-            p if p.starts_with("/concord.v1.Kv/") => Need::Role(Role::Admin),
+            p if p.starts_with("/concord.v1.Kv/") => Need::Role(&[Role::Admin]),
             _ => Need::Anyone,
         }
     }
@@ -158,7 +161,7 @@ impl Guard {
                 )))
             }
             Need::AdminOrPeer if peer_cert() => Ok(()),
-            Need::AdminOrPeer => self.check_token(req, Role::Admin, method),
+            Need::AdminOrPeer => self.check_token(req, &[Role::Admin], method),
             Need::Role(role) => self.check_token(req, role, method),
         }
     }
@@ -166,16 +169,19 @@ impl Guard {
     fn check_token(
         &self,
         req: &http::Request<Body>,
-        role: Role,
+        roles: &[Role],
         method: &str,
     ) -> std::result::Result<(), tonic::Status> {
         if self.tokens.is_empty() {
             return Ok(());
         }
+        let needed = match roles {
+            [one] => format!("the {} role", one.as_str()),
+            many => format!("one of the roles {}", many.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")),
+        };
         let Some(value) = req.headers().get("authorization") else {
             return Err(tonic::Status::unauthenticated(format!(
-                "{method} needs a bearer token with the {} role; pass --token (or CONCORD_TOKEN)",
-                role.as_str()
+                "{method} needs a bearer token with {needed}; pass --token (or CONCORD_TOKEN)"
             )));
         };
         let token = value
@@ -188,15 +194,14 @@ impl Guard {
         let Some(found) = self.tokens.iter().find(|t| t.sha256 == digest) else {
             return Err(tonic::Status::unauthenticated("the bearer token is not one this node accepts"));
         };
-        if found.roles.contains(&role) {
+        if roles.iter().any(|r| found.roles.contains(r)) {
             return Ok(());
         }
-        let roles: Vec<&str> = found.roles.iter().map(|r| r.as_str()).collect();
+        let has: Vec<&str> = found.roles.iter().map(|r| r.as_str()).collect();
         Err(tonic::Status::permission_denied(format!(
-            "token {:?} has the roles [{}]; {method} needs the {} role",
+            "token {:?} has the roles [{}]; {method} needs {needed}",
             found.name,
-            roles.join(", "),
-            role.as_str()
+            has.join(", ")
         )))
     }
 }
@@ -283,6 +288,7 @@ mod tests {
             ("/concord.v1.Kv/Get", true, true, false),
             ("/concord.v1.Kv/Put", false, true, false),
             ("/concord.v1.Kv/Delete", false, true, false),
+            ("/concord.v1.Kv/Route", true, true, true),
             ("/concord.v1.Admin/SetBucket", false, false, true),
             ("/concord.v1.Admin/ClusterStatus", false, false, true),
             ("/concord.v1.Admin/ClusterSecret", false, false, true),

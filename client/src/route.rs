@@ -1,0 +1,277 @@
+//! Token-aware routing: each request goes straight to a live replica of its
+//! key, as Cassandra's token-aware drivers do.
+//!
+//! Any node serves any key, but a node that is not one of the key's
+//! replicas forwards a write to one that is (an extra hop), and reads every
+//! replica remotely. The router learns the ring from `Kv/Route` on the node
+//! the client connected to, keeps it fresh (again after
+//! [`REFRESH_EVERY`], and at once after a node could not be reached), and
+//! connects to other nodes as requests need them. Until the first table
+//! arrives, and for keys whose replicas all look down, requests go to the
+//! node the client connected to.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::{Bearer, ClientError, ConnectOptions, Kv, kv_client, node_endpoint};
+use concord_proto::v1 as pb;
+
+/// How long a route table is used before it is fetched again.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// The ring as a client needs it.
+#[derive(Debug)]
+struct Table {
+    partitions: u32,
+    /// Addresses by node index, with whether the node is thought up.
+    nodes: Vec<(String, bool)>,
+    depth: usize,
+    replicas: Vec<u32>,
+    default_n: u32,
+    bucket_n: HashMap<String, u32>,
+}
+
+impl Table {
+    /// Checks a reply: every index in range, a power-of-two partition
+    /// count, as many entries as partitions × depth.
+    fn from_proto(r: pb::RouteResponse) -> Result<Self, String> {
+        if !r.partitions.is_power_of_two() {
+            return Err(format!("{} partitions is not a power of two", r.partitions));
+        }
+        let depth = r.depth as usize;
+        if depth == 0 || r.replicas.len() != r.partitions as usize * depth {
+            return Err(format!(
+                "{} replica entries for {} partitions of depth {depth}",
+                r.replicas.len(),
+                r.partitions
+            ));
+        }
+        if r.replicas.iter().any(|i| *i as usize >= r.nodes.len()) {
+            return Err("a replica entry names no node".into());
+        }
+        Ok(Self {
+            partitions: r.partitions,
+            nodes: r.nodes.into_iter().map(|n| (n.address, n.up)).collect(),
+            depth,
+            replicas: r.replicas,
+            default_n: r.default_n,
+            bucket_n: r.bucket_n,
+        })
+    }
+
+    /// The address of the first replica of `bucket`/`key` thought up.
+    fn replica(&self, bucket: &str, key: &[u8]) -> Option<&str> {
+        let p = partition_of(bucket, key, self.partitions) as usize;
+        let n = (self.bucket_n.get(bucket).copied().unwrap_or(self.default_n) as usize).clamp(1, self.depth);
+        self.replicas[p * self.depth..p * self.depth + n]
+            .iter()
+            .map(|i| &self.nodes[*i as usize])
+            .find(|(address, up)| *up && !address.is_empty())
+            .map(|(address, _)| address.as_str())
+    }
+
+    fn mark_down(&mut self, address: &str) {
+        for (a, up) in &mut self.nodes {
+            if a == address {
+                *up = false;
+            }
+        }
+    }
+}
+
+/// The partition of a key: the server's own function (see `RouteResponse`).
+pub fn partition_of(bucket: &str, key: &[u8], partitions: u32) -> u32 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(bucket.as_bytes());
+    h.update(&[0]);
+    h.update(key);
+    (h.digest() & (u64::from(partitions) - 1)) as u32
+}
+
+/// Routes requests of one [`crate::Client`] and its clones.
+pub(crate) struct Router {
+    /// The node the client connected to.
+    seed: Kv,
+    /// How to reach other nodes: as the seed was reached.
+    options: ConnectOptions,
+    bearer: Bearer,
+    table: RwLock<Option<Table>>,
+    /// Connections to other nodes, by address.
+    nodes: Mutex<HashMap<String, Kv>>,
+    fetched_at: Mutex<Option<Instant>>,
+    fetching: AtomicBool,
+}
+
+impl Router {
+    pub(crate) fn new(seed: Kv, options: ConnectOptions, bearer: Bearer) -> Arc<Self> {
+        Arc::new(Self {
+            seed,
+            options,
+            bearer,
+            table: RwLock::new(None),
+            nodes: Mutex::new(HashMap::new()),
+            fetched_at: Mutex::new(None),
+            fetching: AtomicBool::new(false),
+        })
+    }
+
+    /// Fetches the route table from the seed. A node too old to serve
+    /// `Kv/Route` leaves routing off.
+    pub(crate) async fn refresh(&self) -> Result<(), ClientError> {
+        let reply = self.seed.clone().route(pb::RouteRequest {}).await;
+        *self.fetched_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let reply = match reply {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(()),
+            Err(s) => return Err(s.into()),
+        };
+        let table = Table::from_proto(reply).map_err(|e| ClientError::Other {
+            code: tonic::Code::Internal,
+            message: format!("a bad route table: {e}"),
+        })?;
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Some(table);
+        Ok(())
+    }
+
+    /// Refreshes in the background when the table is old (or `now`), one
+    /// refresh at a time.
+    fn refresh_soon(self: &Arc<Self>, now: bool) {
+        let due = now
+            || self.fetched_at.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
+        if !due || self.fetching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            // A failed refresh keeps the old table; the next request past
+            // the interval tries again.
+            let _ = me.refresh().await;
+            me.fetching.store(false, Ordering::Release);
+        });
+    }
+
+    /// The connection for a request on `bucket`/`key`, and the address it
+    /// goes to (`None`: the seed).
+    pub(crate) fn pick(self: &Arc<Self>, bucket: &str, key: &[u8]) -> (Kv, Option<String>) {
+        self.refresh_soon(false);
+        let address = {
+            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+            table.as_ref().and_then(|t| t.replica(bucket, key)).map(str::to_owned)
+        };
+        let Some(address) = address else { return (self.seed.clone(), None) };
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kv) = nodes.get(&address) {
+            return (kv.clone(), Some(address));
+        }
+        match node_endpoint(&address, &self.options) {
+            Ok(e) => {
+                let kv = kv_client(e.connect_lazy(), self.bearer.clone());
+                nodes.insert(address.clone(), kv.clone());
+                (kv, Some(address))
+            }
+            Err(_) => (self.seed.clone(), None),
+        }
+    }
+
+    /// Notes that `address` could not be reached: requests avoid it until
+    /// the next table (fetched now) says it is up.
+    pub(crate) fn unreachable(self: &Arc<Self>, address: &str) {
+        if let Some(t) = self.table.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            t.mark_down(address);
+        }
+        self.refresh_soon(true);
+    }
+
+    /// The seed's connection.
+    pub(crate) fn seed(&self) -> Kv {
+        self.seed.clone()
+    }
+}
+
+/// Whether a failed call provably never reached the node: no connection
+/// could be made. tonic reports transport failures with the transport error
+/// as the status's source (statuses a node sent have none); of those, only
+/// a failed connect proves the request was not sent. A connection lost
+/// mid-call may have delivered it, so such a write is not safe to send
+/// again.
+pub fn never_delivered(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        if c.to_string().starts_with("tcp connect error") {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            )
+        {
+            return true;
+        }
+        cause = std::error::Error::source(c);
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply() -> pb::RouteResponse {
+        // Four partitions over three nodes, depth 2; n1 is down.
+        pb::RouteResponse {
+            ring_epoch: 3,
+            partitions: 4,
+            nodes: vec![
+                pb::RouteNode { node_id: "n0".into(), address: "a0".into(), up: true },
+                pb::RouteNode { node_id: "n1".into(), address: "a1".into(), up: false },
+                pb::RouteNode { node_id: "n2".into(), address: "a2".into(), up: true },
+            ],
+            depth: 2,
+            replicas: vec![0, 1, 1, 2, 2, 0, 1, 0],
+            default_n: 2,
+            bucket_n: [("one".to_owned(), 1)].into(),
+        }
+    }
+
+    #[test]
+    fn requests_go_to_the_first_replica_that_is_up() {
+        let t = Table::from_proto(reply()).unwrap();
+        let key_in = |p: u32| (0u32..).map(|i| i.to_be_bytes()).find(|k| partition_of("b", k, 4) == p).unwrap();
+        assert_eq!(t.replica("b", &key_in(0)), Some("a0"));
+        assert_eq!(t.replica("b", &key_in(1)), Some("a2"), "n1 is down: its second replica");
+        assert_eq!(t.replica("b", &key_in(3)), Some("a0"));
+        let key_in_one = |p: u32| (0u32..).map(|i| i.to_be_bytes()).find(|k| partition_of("one", k, 4) == p).unwrap();
+        assert_eq!(t.replica("one", &key_in_one(1)), None, "n = 1: its only replica is down");
+        assert_eq!(t.replica("one", &key_in_one(2)), Some("a2"));
+        let mut t = t;
+        t.mark_down("a0");
+        assert_eq!(t.replica("b", &key_in(0)), None);
+        assert_eq!(t.replica("b", &key_in(3)), None, "n1 is down too");
+    }
+
+    #[test]
+    fn bad_tables_are_refused() {
+        let mut r = reply();
+        r.partitions = 3;
+        assert!(Table::from_proto(r).is_err());
+        let mut r = reply();
+        r.replicas.pop();
+        assert!(Table::from_proto(r).is_err());
+        let mut r = reply();
+        r.replicas[0] = 7;
+        assert!(Table::from_proto(r).is_err());
+        let mut r = reply();
+        r.depth = 0;
+        r.replicas.clear();
+        assert!(Table::from_proto(r).is_err());
+    }
+}
