@@ -33,7 +33,7 @@ start_cluster() {
   [ "$2" = on ] && tls=(--tls-cert "$C/node.pem" --tls-key "$C/node-key.pem" --tls-ca "$C/ca.pem")
   rm -rf "$WORK"/n*
   for ((i = 0; i < n; i++)); do
-    seeds=$(printf "%s\n" "${EPS[@]:0:$n}" | grep -v "${EPS[$i]}" | paste -sd, -)
+    seeds=$(printf "%s\n" "${EPS[@]:0:$n}" | { grep -v "${EPS[$i]}" || true; } | paste -sd, -)
     "$BIN" serve --listen "${EPS[$i]}" --data-dir "$WORK/n$i" --node-id "n$i" ${seeds:+--seeds "$seeds"} \
       --worker-threads 1 "${tls[@]}" >"$WORK/n$i.log" 2>&1 &
     PID[$i]=$!

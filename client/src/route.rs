@@ -1,5 +1,6 @@
 //! Token-aware routing: each request goes straight to a live replica of its
-//! key, as Cassandra's token-aware drivers do.
+//! key, as Cassandra's token-aware drivers do; requests take a key's live
+//! replicas in turn, so a hot key does not load one node alone.
 //!
 //! Any node serves any key, but a node that is not one of the key's
 //! replicas forwards a write to one that is (an extra hop), and reads every
@@ -11,7 +12,7 @@
 //! node the client connected to.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -61,15 +62,21 @@ impl Table {
         })
     }
 
-    /// The address of the first replica of `bucket`/`key` thought up.
-    fn replica(&self, bucket: &str, key: &[u8]) -> Option<&str> {
+    /// The address of a replica of `bucket`/`key` thought up: the
+    /// `turn`-th of them, round the list, so that a hot key's requests
+    /// spread over its replicas.
+    fn replica(&self, bucket: &str, key: &[u8], turn: usize) -> Option<&str> {
         let p = partition_of(bucket, key, self.partitions) as usize;
         let n = (self.bucket_n.get(bucket).copied().unwrap_or(self.default_n) as usize).clamp(1, self.depth);
-        self.replicas[p * self.depth..p * self.depth + n]
+        let mut up = self.replicas[p * self.depth..p * self.depth + n]
             .iter()
             .map(|i| &self.nodes[*i as usize])
-            .find(|(address, up)| *up && !address.is_empty())
-            .map(|(address, _)| address.as_str())
+            .filter(|(address, up)| *up && !address.is_empty());
+        let count = up.clone().count();
+        if count == 0 {
+            return None;
+        }
+        up.nth(turn % count).map(|(address, _)| address.as_str())
     }
 
     fn mark_down(&mut self, address: &str) {
@@ -102,6 +109,8 @@ pub(crate) struct Router {
     nodes: Mutex<HashMap<String, Kv>>,
     fetched_at: Mutex<Option<Instant>>,
     fetching: AtomicBool,
+    /// Picks among a key's replicas in turn.
+    turn: AtomicUsize,
 }
 
 impl Router {
@@ -114,6 +123,7 @@ impl Router {
             nodes: Mutex::new(HashMap::new()),
             fetched_at: Mutex::new(None),
             fetching: AtomicBool::new(false),
+            turn: AtomicUsize::new(0),
         })
     }
 
@@ -158,7 +168,8 @@ impl Router {
         self.refresh_soon(false);
         let address = {
             let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-            table.as_ref().and_then(|t| t.replica(bucket, key)).map(str::to_owned)
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+            table.as_ref().and_then(|t| t.replica(bucket, key, turn)).map(str::to_owned)
         };
         let Some(address) = address else { return (self.seed.clone(), None) };
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
@@ -243,19 +254,22 @@ mod tests {
     }
 
     #[test]
-    fn requests_go_to_the_first_replica_that_is_up() {
+    fn requests_take_the_replicas_that_are_up_in_turn() {
         let t = Table::from_proto(reply()).unwrap();
-        let key_in = |p: u32| (0u32..).map(|i| i.to_be_bytes()).find(|k| partition_of("b", k, 4) == p).unwrap();
-        assert_eq!(t.replica("b", &key_in(0)), Some("a0"));
-        assert_eq!(t.replica("b", &key_in(1)), Some("a2"), "n1 is down: its second replica");
-        assert_eq!(t.replica("b", &key_in(3)), Some("a0"));
-        let key_in_one = |p: u32| (0u32..).map(|i| i.to_be_bytes()).find(|k| partition_of("one", k, 4) == p).unwrap();
-        assert_eq!(t.replica("one", &key_in_one(1)), None, "n = 1: its only replica is down");
-        assert_eq!(t.replica("one", &key_in_one(2)), Some("a2"));
+        fn turns(t: &Table, b: &str, p: u32) -> Vec<Option<String>> {
+            let key = (0u32..).map(|i| i.to_be_bytes()).find(|k| partition_of(b, k, 4) == p).unwrap();
+            (0..4).map(|turn| t.replica(b, &key, turn).map(str::to_owned)).collect()
+        }
+        let some = |a: &str| Some(a.to_owned());
+        assert_eq!(turns(&t, "b", 2), [some("a2"), some("a0"), some("a2"), some("a0")]);
+        assert_eq!(turns(&t, "b", 1), vec![some("a2"); 4], "n1 is down: only its other replica");
+        // Buckets of n = 1 have one replica: the first of the list.
+        assert_eq!(turns(&t, "one", 1), [None, None, None, None], "its only replica is down");
+        assert_eq!(turns(&t, "one", 2), vec![some("a2"); 4]);
         let mut t = t;
         t.mark_down("a0");
-        assert_eq!(t.replica("b", &key_in(0)), None);
-        assert_eq!(t.replica("b", &key_in(3)), None, "n1 is down too");
+        assert_eq!(turns(&t, "b", 0), [None, None, None, None]);
+        assert_eq!(turns(&t, "b", 3), [None, None, None, None], "n1 is down too");
     }
 
     #[test]

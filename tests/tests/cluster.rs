@@ -120,27 +120,34 @@ async fn writes_to_a_non_replica_are_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_aware_client_sends_each_key_to_its_first_live_replica() {
+async fn a_token_aware_client_sends_each_key_to_its_live_replicas_in_turn() {
     let mut cluster = LocalCluster::start(4).await.unwrap();
     let options = ConnectOptions { token_aware: true, ..Default::default() };
     let c = Client::connect_with(&cluster.addrs[0].to_string(), &options).await.unwrap();
     let ring = cluster.node(0).cluster().ring();
-    let first = |bucket: &str, key: &str| ring.preference_list(ring.partition_of(bucket, key.as_bytes()), 3)[0].clone();
+    let replicas = |key: &str| ring.preference_list(ring.partition_of("tok", key.as_bytes()), 3);
     let mut seen = BTreeSet::new();
-    for i in 0..40 {
+    for i in 0..20 {
         let key = format!("k{i}");
-        // The writer of a sibling is the node that coordinated the write:
-        // the key's first replica, whether or not n0 is one.
-        let put = c.put_with("tok", key.as_bytes(), b"v", &Context::none(), w(2)).await.unwrap();
+        // The writer of a sibling is the node that coordinated the write.
+        // Through n0 alone, every write of a key has one writer: n0 if it
+        // is a replica, else the replica it forwards to. Routed, the writes
+        // take the key's replicas in turn.
+        for _ in 0..6 {
+            c.put_with("tok", key.as_bytes(), b"v", &Context::none(), w(2)).await.unwrap();
+        }
         let got = c.get("tok", key.as_bytes()).await.unwrap();
-        assert_eq!(got.siblings[0].writer, first("tok", &key), "{key}: {put:?}");
-        seen.insert(got.siblings[0].writer.clone());
+        let writers: BTreeSet<String> = got.siblings.iter().map(|s| s.writer.clone()).collect();
+        assert!(writers.len() > 1, "{key}: one writer for six writes: {writers:?}");
+        assert!(writers.iter().all(|w| replicas(&key).contains(w)), "{key}: {writers:?} are not all replicas");
+        seen.extend(writers);
     }
     assert_eq!(seen.len(), 4, "keys spread over every node: {seen:?}");
     // A replica that cannot be reached: its keys go through n0 instead, at
     // once and without an error.
     cluster.stop(1).await.unwrap();
-    let keys: Vec<String> = (0..).map(|i| format!("d{i}")).filter(|k| first("tok", k) == "n1").take(5).collect();
+    let keys: Vec<String> =
+        (0..).map(|i| format!("d{i}")).filter(|k| replicas(k).contains(&"n1".to_owned())).take(5).collect();
     for key in &keys {
         let put = c.put_with("tok", key.as_bytes(), b"v", &Context::none(), w(2)).await.unwrap();
         assert!(!put.acked_by.contains(&"n1".to_owned()), "{key}: {put:?}");
