@@ -100,6 +100,11 @@ pub struct BenchArgs {
     /// Write every key once before the run (default: on unless the workload is `write`).
     #[arg(long)]
     load: Option<bool>,
+    /// Times the load phase writes every key. Passes after the first
+    /// overwrite each key with the context of its last write, so the data
+    /// set keeps its size (for measuring space amplification).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    load_passes: u32,
     /// Siblings each key gets in the load phase: that many concurrent
     /// writes (no context). Use with workload c to measure reads of
     /// conflicted keys (and their resolvers). The writes add to what the
@@ -291,6 +296,14 @@ async fn connect_all(args: &BenchArgs) -> anyhow::Result<Vec<Client>> {
 }
 
 async fn load_keys(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    for pass in 0..shared.args.load_passes {
+        load_pass(shared, if pass == 0 { "load" } else { "overwrite" }).await?;
+    }
+    Ok(())
+}
+
+/// Writes every key once.
+async fn load_pass(shared: &Arc<Shared>, phase: &'static str) -> anyhow::Result<()> {
     let keys = shared.args.keys;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -318,12 +331,12 @@ async fn load_keys(shared: &Arc<Shared>) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let progress = spawn_progress("load", Arc::clone(&next), Some(keys));
+    let progress = spawn_progress(phase, Arc::clone(&next), Some(keys));
     for t in tasks {
         t.await?.context("loading keys")?;
     }
     progress.abort();
-    eprintln!("loaded {keys} keys in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!("{phase}: wrote {keys} keys in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
