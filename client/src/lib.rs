@@ -74,6 +74,14 @@ impl Context {
     pub fn from_bytes(b: impl Into<prost::bytes::Bytes>) -> Self {
         Self(b.into())
     }
+
+    /// The context of a reply, in an allocation of its own: the decoded
+    /// field points into the buffer the whole reply arrived in, which a
+    /// caller keeping contexts (one per key, say) would otherwise keep
+    /// alive, kilobytes for every few dozen bytes of token.
+    fn from_reply(b: prost::bytes::Bytes) -> Self {
+        Self(prost::bytes::Bytes::copy_from_slice(&b))
+    }
 }
 
 /// One value of a key.
@@ -253,7 +261,7 @@ impl From<tonic::Status> for ClientError {
                 Ok(d) if !s.details().is_empty() => Self::SiblingLimit {
                     limit: d.limit,
                     siblings: d.siblings.into_iter().map(Sibling::from).collect(),
-                    context: Context(d.context),
+                    context: Context::from_reply(d.context),
                 },
                 _ => Self::FailedPrecondition(message),
             },
@@ -276,7 +284,8 @@ pub struct ConnectOptions {
     pub tls_domain: Option<String>,
     /// Send each get, put and delete straight to a live replica of its key,
     /// learning the ring from the node connected to (see [`Client`]). Needs
-    /// the nodes' own addresses to be reachable from the client.
+    /// the nodes' own (advertised) addresses to be reachable from the
+    /// client and, with TLS, named in their certificates.
     pub token_aware: bool,
 }
 
@@ -444,7 +453,7 @@ impl Client {
         Ok(GetResult {
             found: r.found,
             siblings: r.siblings.into_iter().map(Sibling::from).collect(),
-            context: Context(r.context),
+            context: Context::from_reply(r.context),
             resolved_by: non_empty(r.resolved_by),
             replicas: r.replicas,
             unresolved: r.unresolved.map(|u| Unresolved {
@@ -490,7 +499,7 @@ impl Client {
             })
             .await?;
         Ok(WriteResult {
-            context: Context(r.context),
+            context: Context::from_reply(r.context),
             siblings: r.siblings.into_iter().map(Sibling::from).collect(),
             sibling_count: r.sibling_count,
             acked_by: r.acked_by,
@@ -527,7 +536,7 @@ impl Client {
             })
             .await?;
         Ok(WriteResult {
-            context: Context(r.context),
+            context: Context::from_reply(r.context),
             sibling_count: r.siblings.len().max(1) as u32,
             siblings: r.siblings.into_iter().map(Sibling::from).collect(),
             acked_by: r.acked_by,

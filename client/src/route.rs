@@ -6,14 +6,15 @@
 //! replicas forwards a write to one that is (an extra hop), and reads every
 //! replica remotely. The router learns the ring from `Kv/Route` on the node
 //! the client connected to, keeps it fresh (again after
-//! [`REFRESH_EVERY`], and at once after a node could not be reached), and
-//! connects to other nodes as requests need them. Until the first table
+//! [`REFRESH_EVERY`], and at once after a node could not be reached, which
+//! it then avoids for a while), and connects to other nodes as requests
+//! need them. Until the first table
 //! arrives, and for keys whose replicas all look down, requests go to the
 //! node the client connected to.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::{Bearer, ClientError, ConnectOptions, Kv, kv_client, node_endpoint};
@@ -65,31 +66,28 @@ impl Table {
     /// The address of a replica of `bucket`/`key` thought up: the
     /// `turn`-th of them, round the list, so that a hot key's requests
     /// spread over its replicas.
-    fn replica(&self, bucket: &str, key: &[u8], turn: usize) -> Option<&str> {
+    /// Nodes for which `avoid` says yes are skipped.
+    fn replica(&self, bucket: &str, key: &[u8], turn: usize, avoid: impl Fn(&str) -> bool) -> Option<&str> {
         let p = partition_of(bucket, key, self.partitions) as usize;
         let n = (self.bucket_n.get(bucket).copied().unwrap_or(self.default_n) as usize).clamp(1, self.depth);
         let mut up = self.replicas[p * self.depth..p * self.depth + n]
             .iter()
             .map(|i| &self.nodes[*i as usize])
-            .filter(|(address, up)| *up && !address.is_empty());
+            .filter(|(address, up)| *up && !address.is_empty() && !avoid(address));
         let count = up.clone().count();
         if count == 0 {
             return None;
         }
         up.nth(turn % count).map(|(address, _)| address.as_str())
     }
-
-    fn mark_down(&mut self, address: &str) {
-        for (a, up) in &mut self.nodes {
-            if a == address {
-                *up = false;
-            }
-        }
-    }
 }
 
-/// The partition of a key: the server's own function (see `RouteResponse`).
+/// The partition of a key among `partitions` (a power of two): the
+/// server's own function (see `RouteResponse`).
 pub fn partition_of(bucket: &str, key: &[u8], partitions: u32) -> u32 {
+    if partitions == 0 {
+        return 0;
+    }
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(bucket.as_bytes());
     h.update(&[0]);
@@ -106,12 +104,22 @@ pub(crate) struct Router {
     bearer: Bearer,
     table: RwLock<Option<Table>>,
     /// Connections to other nodes, by address.
-    nodes: Mutex<HashMap<String, Kv>>,
-    fetched_at: Mutex<Option<Instant>>,
+    nodes: RwLock<HashMap<String, Kv>>,
+    /// When the router was made; `fetched_ms` counts from it.
+    born: Instant,
+    /// When the table was last fetched, in ms since `born` (`u64::MAX`:
+    /// never).
+    fetched_ms: AtomicU64,
     fetching: AtomicBool,
     /// Picks among a key's replicas in turn.
     turn: AtomicUsize,
+    /// Nodes that could not be reached, avoided until the time given
+    /// (whatever the table says: gossip takes a while to see a node down).
+    avoided: RwLock<HashMap<String, Instant>>,
 }
+
+/// How long a node that could not be reached is avoided.
+const AVOID_FOR: Duration = Duration::from_secs(10);
 
 impl Router {
     pub(crate) fn new(seed: Kv, options: ConnectOptions, bearer: Bearer) -> Arc<Self> {
@@ -120,10 +128,12 @@ impl Router {
             options,
             bearer,
             table: RwLock::new(None),
-            nodes: Mutex::new(HashMap::new()),
-            fetched_at: Mutex::new(None),
+            nodes: RwLock::new(HashMap::new()),
+            born: Instant::now(),
+            fetched_ms: AtomicU64::new(u64::MAX),
             fetching: AtomicBool::new(false),
             turn: AtomicUsize::new(0),
+            avoided: RwLock::new(HashMap::new()),
         })
     }
 
@@ -131,7 +141,7 @@ impl Router {
     /// `Kv/Route` leaves routing off.
     pub(crate) async fn refresh(&self) -> Result<(), ClientError> {
         let reply = self.seed.clone().route(pb::RouteRequest {}).await;
-        *self.fetched_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.fetched_ms.store(self.born.elapsed().as_millis() as u64, Ordering::Release);
         let reply = match reply {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(()),
@@ -148,8 +158,10 @@ impl Router {
     /// Refreshes in the background when the table is old (or `now`), one
     /// refresh at a time.
     fn refresh_soon(self: &Arc<Self>, now: bool) {
+        let fetched = self.fetched_ms.load(Ordering::Acquire);
         let due = now
-            || self.fetched_at.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
+            || fetched == u64::MAX
+            || (self.born.elapsed().as_millis() as u64).saturating_sub(fetched) >= REFRESH_EVERY.as_millis() as u64;
         if !due || self.fetching.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -169,10 +181,16 @@ impl Router {
         let address = {
             let table = self.table.read().unwrap_or_else(|p| p.into_inner());
             let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-            table.as_ref().and_then(|t| t.replica(bucket, key, turn)).map(str::to_owned)
+            let avoided = self.avoided.read().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let avoid = |a: &str| avoided.get(a).is_some_and(|until| *until > now);
+            table.as_ref().and_then(|t| t.replica(bucket, key, turn, avoid)).map(str::to_owned)
         };
         let Some(address) = address else { return (self.seed.clone(), None) };
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kv) = self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&address) {
+            return (kv.clone(), Some(address));
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         if let Some(kv) = nodes.get(&address) {
             return (kv.clone(), Some(address));
         }
@@ -186,12 +204,14 @@ impl Router {
         }
     }
 
-    /// Notes that `address` could not be reached: requests avoid it until
-    /// the next table (fetched now) says it is up.
+    /// Notes that `address` could not be reached: requests avoid it for
+    /// [`AVOID_FOR`], and the table is fetched again at once.
     pub(crate) fn unreachable(self: &Arc<Self>, address: &str) {
-        if let Some(t) = self.table.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            t.mark_down(address);
-        }
+        let mut avoided = self.avoided.write().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        avoided.retain(|_, until| *until > now);
+        avoided.insert(address.to_owned(), now + AVOID_FOR);
+        drop(avoided);
         self.refresh_soon(true);
     }
 
@@ -256,20 +276,21 @@ mod tests {
     #[test]
     fn requests_take_the_replicas_that_are_up_in_turn() {
         let t = Table::from_proto(reply()).unwrap();
-        fn turns(t: &Table, b: &str, p: u32) -> Vec<Option<String>> {
+        fn turns_avoiding(t: &Table, b: &str, p: u32, avoid: &str) -> Vec<Option<String>> {
             let key = (0u32..).map(|i| i.to_be_bytes()).find(|k| partition_of(b, k, 4) == p).unwrap();
-            (0..4).map(|turn| t.replica(b, &key, turn).map(str::to_owned)).collect()
+            (0..4).map(|turn| t.replica(b, &key, turn, |a| a == avoid).map(str::to_owned)).collect()
         }
+        let turns = |t: &Table, b: &str, p: u32| turns_avoiding(t, b, p, "");
         let some = |a: &str| Some(a.to_owned());
         assert_eq!(turns(&t, "b", 2), [some("a2"), some("a0"), some("a2"), some("a0")]);
         assert_eq!(turns(&t, "b", 1), vec![some("a2"); 4], "n1 is down: only its other replica");
         // Buckets of n = 1 have one replica: the first of the list.
         assert_eq!(turns(&t, "one", 1), [None, None, None, None], "its only replica is down");
         assert_eq!(turns(&t, "one", 2), vec![some("a2"); 4]);
-        let mut t = t;
-        t.mark_down("a0");
-        assert_eq!(turns(&t, "b", 0), [None, None, None, None]);
-        assert_eq!(turns(&t, "b", 3), [None, None, None, None], "n1 is down too");
+        // An address the client could not reach is avoided.
+        assert_eq!(turns_avoiding(&t, "b", 0, "a0"), [None, None, None, None]);
+        assert_eq!(turns_avoiding(&t, "b", 2, "a0"), vec![some("a2"); 4]);
+        assert_eq!(turns_avoiding(&t, "b", 3, "a0"), [None, None, None, None], "n1 is down too");
     }
 
     #[test]

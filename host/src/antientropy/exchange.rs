@@ -58,6 +58,9 @@ pub struct Outcome {
     pub received: u64,
     /// Bytes of objects and key lists that crossed the network.
     pub bytes: u64,
+    /// Keys one side could not merge: the result would hold more than a
+    /// node keeps for one key. They stay as they were on that side.
+    pub refused: u64,
 }
 
 impl Outcome {
@@ -67,6 +70,7 @@ impl Outcome {
         self.sent += o.sent;
         self.received += o.received;
         self.bytes += o.bytes;
+        self.refused += o.refused;
     }
 }
 
@@ -219,6 +223,7 @@ impl Peer<'_> {
                     return Err(Error::Internal("the peer answered none of the keys asked for".into()));
                 }
                 want.extend(asked_back[answered..].iter().map(|k| k.to_vec()));
+                out.refused += resp.refused.len() as u64;
                 let received: usize = resp.objects.iter().map(|o| o.key.len() + o.object.len()).sum();
                 self.throttle.take(received).await;
                 out.bytes += (bytes + received) as u64;
@@ -229,13 +234,26 @@ impl Peer<'_> {
                         Ok(_) => out.received += 1,
                         // One key too large to merge leaves the rest of the
                         // tree to be repaired.
-                        Err(e @ Error::TooLarge(_)) => tracing::warn!(error = %e, "anti-entropy could not merge a key"),
+                        Err(e @ Error::TooLarge(_)) => {
+                            tracing::warn!(error = %e, "anti-entropy could not merge a key");
+                            out.refused += 1;
+                        }
                         Err(e) => return Err(e),
                     }
                 }
                 progress(i * SEGMENTS_PER_CALL, &out);
             }
             progress((i * SEGMENTS_PER_CALL + chunk.len()).min(differing.len()), &out);
+        }
+        // A push (a partition handed to a new owner) is done only when the
+        // target holds everything: the sender keeps the partition, and
+        // tries again later, while any key was refused.
+        if direction == Direction::Push && out.refused > 0 {
+            return Err(Error::TooLarge(format!(
+                "{} keys were too large for the target to merge (over {} MiB); the rest were sent",
+                out.refused,
+                crate::storage::MAX_MERGED_KEY_BYTES >> 20
+            )));
         }
         Ok(out)
     }

@@ -150,7 +150,10 @@ impl Inner {
                 self.check_holder(&ring, req.ring_epoch, &k, partition)?;
                 self.objects.merge(partition, &k.bucket, &k.key, &object).map(|_| ())
             });
-            results.push(pb::ReplicaWriteResult { error: applied.err().map(|e| e.to_string()).unwrap_or_default() });
+            results.push(match applied {
+                Ok(()) => pb::ReplicaWriteResult::default(),
+                Err(e) => pb::ReplicaWriteResult { too_large: matches!(e, Error::TooLarge(_)), error: e.to_string() },
+            });
         }
         results
     }
@@ -165,8 +168,9 @@ impl InternalService {
 }
 
 /// Object bytes a `ReplicaRead` reply carries: a key that would take it
-/// past this is not read (the next read tries again), unless it is the
-/// first, which goes alone whatever its size. Replies so stay under
+/// past this is left out, marked `reply_full` (the sender asks for it
+/// alone), unless it is the first, which goes whatever its size. Replies
+/// so stay under
 /// [`crate::net::MAX_PEER_MESSAGE_BYTES`], since a key holds at most
 /// [`crate::storage::MAX_MERGED_KEY_BYTES`].
 const REPLY_BUDGET: usize = 32 << 20;
@@ -206,15 +210,16 @@ impl pb::internal_server::Internal for InternalService {
                 Ok(Some(object)) if reply_bytes > 0 && reply_bytes + object.len() > REPLY_BUDGET => {
                     pb::ReplicaReadResult {
                         object: Default::default(),
-                        error: "not read: the reply to this batch is full; the next read of the key tries again".into(),
+                        error: "left out: the reply to this batch is full; ask for the key alone".into(),
+                        reply_full: true,
                     }
                 }
                 Ok(object) => {
                     let object: bytes::Bytes = object.map(Into::into).unwrap_or_default();
                     reply_bytes += object.len();
-                    pb::ReplicaReadResult { object, error: String::new() }
+                    pb::ReplicaReadResult { object, ..Default::default() }
                 }
-                Err(e) => pb::ReplicaReadResult { object: Default::default(), error: e.to_string() },
+                Err(e) => pb::ReplicaReadResult { error: e.to_string(), ..Default::default() },
             });
         }
         Ok(Response::new(pb::ReplicaReadResponse { results }))
@@ -370,15 +375,17 @@ impl pb::internal_server::Internal for InternalService {
         }
         let want: Vec<_> =
             req.want.into_iter().map(|k| checked(k.to_vec())).collect::<Result<_>>().map_err(admin_status)?;
-        let (objects, answered) = self
-            .in_background(move |inner| -> Result<(Vec<pb::StoredObject>, u32)> {
+        let (objects, answered, refused) = self
+            .in_background(move |inner| -> Result<(Vec<pb::StoredObject>, u32, Vec<bytes::Bytes>)> {
+                // A key too large to merge is left as it is here and named
+                // in the reply; the rest go on (a transfer's sender keeps
+                // its copy of a refused key).
+                let mut refused = Vec::new();
                 for (key, object) in &incoming {
                     match inner.objects.merge_raw(p, key, object) {
-                        // Repair skips a key it cannot merge and goes on
-                        // with the rest; a transfer fails, so that its
-                        // sender keeps its copy.
-                        Err(e @ Error::TooLarge(_)) if !transfer => {
-                            tracing::warn!(error = %e, "anti-entropy could not merge a key");
+                        Err(e @ Error::TooLarge(_)) => {
+                            tracing::warn!(error = %e, "could not merge a key a peer sent");
+                            refused.push(bytes::Bytes::copy_from_slice(key.as_bytes()));
                         }
                         r => {
                             r?;
@@ -402,7 +409,7 @@ impl pb::internal_server::Internal for InternalService {
                     bytes += size;
                     out.push(pb::StoredObject { key: key.into_bytes().into(), object: object.into() });
                 }
-                Ok((out, answered))
+                Ok((out, answered, refused))
             })
             .await?
             .map_err(admin_status)?;
@@ -416,7 +423,7 @@ impl pb::internal_server::Internal for InternalService {
             // promises (a lost repair is simply made again next round).
             self.objects.sync().await.map_err(admin_status)?;
         }
-        Ok(Response::new(pb::ExchangeObjectsResponse { objects, answered }))
+        Ok(Response::new(pb::ExchangeObjectsResponse { objects, answered, refused }))
     }
 
     async fn reap_tombstones(&self, request: Request<pb::ReapRequest>) -> Result<Response<pb::ReapResponse>, Status> {

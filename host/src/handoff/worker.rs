@@ -196,7 +196,13 @@ impl Handoff {
                 let n = self.buckets.get(&stored.key.bucket).n as usize;
                 let replicas = ring.preference_list(stored.key.partition, n);
                 if !replicas.iter().any(|r| r == target) {
-                    self.reroute(&stored, &replicas, ring.epoch()).await?;
+                    // One hint that cannot be handed on (too large for a
+                    // replica, say) stays for the next pass and holds up
+                    // none of the others.
+                    if let Err(e) = self.reroute(&stored, &replicas, ring.epoch()).await {
+                        tracing::warn!(%target, error = %e, "could not hand a hint to the key's replicas");
+                        count(&mut counted, &stored);
+                    }
                     continue;
                 }
                 if deliver {
@@ -288,7 +294,17 @@ impl Handoff {
         }
         let mut left = Vec::new();
         let mut first_error = None;
+        let mut too_large = 0;
         for (h, r) in batch.iter().zip(resp.results) {
+            if r.too_large {
+                // The target's copy and this hint together would be too
+                // large to keep: it stays here (until the key shrinks or
+                // the hint expires) without holding up the target's others.
+                tracing::warn!(%target, error = %r.error, "a hint is too large for its target to merge");
+                too_large += 1;
+                left.push(h.clone());
+                continue;
+            }
             if !r.error.is_empty() {
                 first_error.get_or_insert(r.error);
                 left.push(h.clone());
@@ -302,6 +318,11 @@ impl Handoff {
                 Err(e) => return Err(format!("removing a delivered hint failed: {e}")),
             }
         }
+        if too_large > 0 {
+            metrics::counter!("concord_hints_refused_total", "target" => target.to_owned()).increment(too_large);
+        }
+        // Every hint refused, some for another reason than size: the target
+        // is not taking writes (not ready, say), so back off.
         if let Some(e) = first_error
             && left.len() == batch.len()
         {

@@ -237,9 +237,27 @@ impl Batched for Reads {
         if hint_for.iter().all(String::is_empty) {
             hint_for.clear();
         }
-        let resp = net.replica_read(addr, timeout, pb::ReplicaReadRequest { keys, ring_epoch, hint_for }).await;
-        let resp = resp.map_err(|e| e.to_string())?;
-        Ok(resp.results.into_iter().map(|r| if r.error.is_empty() { Ok(r.object) } else { Err(r.error) }).collect())
+        let req = pb::ReplicaReadRequest { keys, ring_epoch, hint_for };
+        let resp = net.replica_read(addr, timeout, req.clone()).await.map_err(|e| e.to_string())?;
+        let mut results = resp.results;
+        // A key the reply had no room for (a large one behind others) is
+        // asked for alone, which the peer answers whatever its size.
+        for (i, r) in results.iter_mut().enumerate() {
+            if !r.reply_full || i >= req.keys.len() {
+                continue;
+            }
+            let alone = pb::ReplicaReadRequest {
+                keys: vec![req.keys[i].clone()],
+                ring_epoch,
+                hint_for: req.hint_for.get(i).cloned().into_iter().collect(),
+            };
+            match net.replica_read(addr, timeout, alone).await {
+                Ok(mut one) if one.results.len() == 1 => *r = one.results.remove(0),
+                Ok(one) => r.error = format!("the peer answered {} results for one key", one.results.len()),
+                Err(e) => r.error = e.to_string(),
+            }
+        }
+        Ok(results.into_iter().map(|r| if r.error.is_empty() { Ok(r.object) } else { Err(r.error) }).collect())
     }
 }
 

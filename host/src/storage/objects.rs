@@ -670,8 +670,8 @@ impl ObjectStore {
             None => incoming.clone(),
         };
         let bytes = encode_object(&merged);
-        check_merged_size(skey.bucket(), skey.key(), bytes.len())?;
         if old.as_ref().map(|h| &h.bytes) != Some(&bytes) {
+            check_merged_size(skey.bucket(), skey.key(), bytes.len())?;
             let held = Held { bytes, tombstone: tombstone_only(&merged) };
             self.write(partition, segment, skey, old.as_ref(), Some(&held))?;
         }
