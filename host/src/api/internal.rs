@@ -169,10 +169,9 @@ impl InternalService {
 
 /// Object bytes a `ReplicaRead` reply carries: a key that would take it
 /// past this is left out, marked `reply_full` (the sender asks for it
-/// alone), unless it is the first, which goes whatever its size. Replies
-/// so stay under
-/// [`crate::net::MAX_PEER_MESSAGE_BYTES`], since a key holds at most
-/// [`crate::storage::MAX_MERGED_KEY_BYTES`].
+/// alone), unless it is the first, which goes whatever its size. Replies so
+/// stay under [`crate::net::MAX_PEER_MESSAGE_BYTES`], since a key holds at
+/// most [`crate::storage::MAX_MERGED_KEY_BYTES`].
 const REPLY_BUDGET: usize = 32 << 20;
 
 #[tonic::async_trait]
