@@ -273,6 +273,86 @@ async fn keys_merged_past_their_budget_travel_with_other_keys_and_shrink_on_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_too_large_to_merge_is_named_and_holds_up_no_other_key() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let node = cluster.node(0);
+    let mut peer = concord_tests::peer_client(cluster.addrs[0], std::sync::Arc::clone(node.cluster().keys()))
+        .await
+        .unwrap()
+        .max_decoding_message_size(concord::net::MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(concord::net::MAX_PEER_MESSAGE_BYTES);
+    // Two writers' versions of "k", each 33 MiB: merged they would pass the
+    // 56 MiB a node keeps for one key.
+    let big = |actor: u64, fill: u8| {
+        let mut o = Object::new();
+        o.update(actor, &VersionVector::new(), Content::Value(vec![fill; 33 << 20]), 1, "w").unwrap();
+        concord::storage::codec::encode_object(&o)
+    };
+    let small = concord::storage::codec::encode_object(&{
+        let mut o = Object::new();
+        o.update(9, &VersionVector::new(), Content::Value(b"v".to_vec()), 1, "w").unwrap();
+        o
+    });
+    let key = |k: &str| Some(pb::ObjectKey { bucket: "b".into(), key: k.as_bytes().to_vec().into() });
+    let write = |k: &str, object: &[u8]| pb::ReplicaWrite {
+        key: key(k),
+        object: object.to_vec().into(),
+        hint_for: String::new(),
+    };
+    let writes = |w: Vec<pb::ReplicaWrite>| pb::ReplicaWriteRequest { writes: w, ring_epoch: 0, background: false };
+
+    let first = peer.replica_write(writes(vec![write("k", &big(1, 1)), write("s", &small)])).await.unwrap();
+    assert!(first.get_ref().results.iter().all(|r| r.error.is_empty()), "{:?}", first.get_ref().results);
+    let second = peer.replica_write(writes(vec![write("k", &big(2, 2)), write("t", &small)])).await.unwrap();
+    let r = &second.get_ref().results;
+    assert!(r[0].too_large && r[0].error.contains("56 MiB"), "{:?}", r[0]);
+    assert!(r[1].error.is_empty() && !r[1].too_large, "the other key in the batch is merged: {:?}", r[1]);
+    assert_eq!(cluster.local_copy(0, "b", b"k").unwrap().siblings().len(), 1, "the copy is as it was");
+    assert!(cluster.local_copy(0, "b", b"t").is_some());
+
+    // A reply with no room left for the large key says so; asked for
+    // alone, it comes whole.
+    let read = |keys: &[&str]| pb::ReplicaReadRequest {
+        keys: keys.iter().map(|k| key(k).unwrap()).collect(),
+        ring_epoch: 0,
+        hint_for: vec![],
+    };
+    let both = peer.replica_read(read(&["s", "k"])).await.unwrap().into_inner().results;
+    assert!(both[0].error.is_empty() && !both[0].object.is_empty(), "{:?}", both[0].error);
+    assert!(both[1].reply_full && both[1].object.is_empty(), "{:?}", both[1].error);
+    let alone = peer.replica_read(read(&["k"])).await.unwrap().into_inner().results;
+    assert!(alone[0].error.is_empty() && alone[0].object.len() > 33 << 20);
+
+    // Anti-entropy and transfers: the refused key is named, the others in
+    // the call are merged, and the call itself succeeds.
+    let partitions = node.cluster().ring().partitions();
+    let p = concord::ring::partition_of("b", b"k", partitions);
+    let other = (0..)
+        .map(|i| format!("o{i}"))
+        .find(|o| concord::ring::partition_of("b", o.as_bytes(), partitions) == p)
+        .unwrap();
+    let stored = |k: &str, object: Vec<u8>| pb::StoredObject {
+        key: concord::storage::StoreKey::new("b", k.as_bytes()).into_bytes().into(),
+        object: object.into(),
+    };
+    for transfer in [false, true] {
+        let req = pb::ExchangeObjectsRequest {
+            tree: Some(concord::antientropy::exchange::tree_id(p, 3)),
+            objects: vec![stored("k", big(3, 3)), stored(&other, small.clone())],
+            want: vec![],
+            transfer,
+            ring_epoch: 0,
+        };
+        let resp = peer.exchange_objects(req).await.unwrap().into_inner();
+        let named: Vec<Vec<u8>> = resp.refused.iter().map(|k| k.to_vec()).collect();
+        assert_eq!(named, vec![concord::storage::StoreKey::new("b", b"k").into_bytes()], "transfer: {transfer}");
+        assert!(cluster.local_copy(0, "b", other.as_bytes()).is_some(), "transfer: {transfer}");
+    }
+    assert_eq!(cluster.local_copy(0, "b", b"k").unwrap().siblings().len(), 1);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_repairs_every_replica_including_late_and_empty_ones() {
     // No hints here: read repair alone must bring the replicas together.
     let cluster = LocalCluster::start_with(3, |_, c| c.handoff.enabled = false).await.unwrap();
