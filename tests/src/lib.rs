@@ -139,6 +139,10 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
+            // A resolver or validator call gets seconds, not the default 50 ms:
+            // tests share two cores with a build, and only tests about the
+            // deadline (which set their own) should ever see it pass.
+            .env("CONCORD_PLUGINS__DEADLINE_MS", "10000")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("CONCORD_LOG", "info")
             .stdin(Stdio::null())
@@ -277,6 +281,8 @@ impl LocalCluster {
                 request_timeout_ms: 2_000,
                 ..Default::default()
             };
+            // As for `Server`: a plugin call's deadline no test meets by luck.
+            c.plugins.deadline_ms = 10_000;
             tweak(i, &mut c);
             configs.push(c);
         }

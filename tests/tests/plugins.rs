@@ -827,7 +827,7 @@ async fn plugin_system(config: PluginConfig, path: &str, name: &str) -> Arc<Plug
 
 #[tokio::test]
 async fn unloading_a_validator_gives_back_its_idle_instances() {
-    let config = PluginConfig { max_instances: 8, ..Default::default() };
+    let config = PluginConfig { max_instances: 8, deadline_ms: 10_000, ..Default::default() };
     let node = plugin_system(config, plugins::MAX_SIZE, "max-size").await;
     let props = BucketProps { validators: vec!["max-size@1".parse().unwrap()], ..Default::default() };
     node.validate("b", &props, b"k", b"v".to_vec()).await.unwrap();
@@ -865,7 +865,7 @@ async fn a_plugin_moved_off_request_threads_stays_off_when_loaded_again() {
 
 #[tokio::test]
 async fn a_plugin_version_with_other_bytes_on_a_peer_is_reported_not_fetched() {
-    let node = plugin_system(PluginConfig::default(), plugins::LWW, "lww").await;
+    let node = plugin_system(PluginConfig { deadline_ms: 10_000, ..Default::default() }, plugins::LWW, "lww").await;
     // The peer's manifest: the same name@version, other bytes, plus a
     // plugin this node lacks.
     let mut manifest: Value = serde_json::from_slice(&node.registry().export()).unwrap();
