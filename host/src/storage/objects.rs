@@ -506,12 +506,17 @@ impl ObjectStore {
     }
 
     fn load_held(&self, partition: u32, segment: u16, key: &StoreKey) -> Result<Option<Held>> {
+        Ok(self.load(partition, segment, key)?.map(|(held, _)| held))
+    }
+
+    /// The stored copy of `key`, decoded once: as stored, and as an object.
+    fn load(&self, partition: u32, segment: u16, key: &StoreKey) -> Result<Option<(Held, Object)>> {
         let Some(bytes) = self.engine.get(Space::Partition(partition), &layout::object(segment, key.as_bytes()))?
         else {
             return Ok(None);
         };
-        let tombstone = tombstone_only(&decode_object(&bytes)?);
-        Ok(Some(Held { bytes, tombstone }))
+        let object = decode_object(&bytes)?;
+        Ok(Some((Held { bytes, tombstone: tombstone_only(&object) }, object)))
     }
 
     /// Replaces `old` with `new` (either may be absent) in one batch with
@@ -587,13 +592,29 @@ impl ObjectStore {
         now_ms: u64,
         max_siblings: usize,
     ) -> Result<Object> {
+        Ok(self.update_encoded(partition, bucket, key, context, content, now_ms, max_siblings)?.0)
+    }
+
+    /// [`ObjectStore::update`], also returning the new object as stored,
+    /// for a coordinator to send to the other replicas without encoding it
+    /// again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_encoded(
+        &self,
+        partition: u32,
+        bucket: &str,
+        key: &[u8],
+        context: &VersionVector,
+        content: Content,
+        now_ms: u64,
+        max_siblings: usize,
+    ) -> Result<(Object, Vec<u8>)> {
         let skey = StoreKey::new(bucket, key);
         let segment = segment_of(skey.as_bytes());
         let _guard = self.lock(partition, segment);
-        let old = self.load_held(partition, segment, &skey)?;
-        let current = match &old {
-            Some(h) => decode_object(&h.bytes)?,
-            None => Object::new(),
+        let (old, current) = match self.load(partition, segment, &skey)? {
+            Some((held, object)) => (Some(held), object),
+            None => (None, Object::new()),
         };
         // Only this replica makes dots of its actor, so a context cannot
         // have seen more of them than the replica holds. One that claims to
@@ -605,18 +626,19 @@ impl ObjectStore {
                 "the context claims writes this replica never made; read the key again and write with that read's context",
             ));
         }
-        let mut next = current.clone();
-        self.apply_write(&mut next, context, content, now_ms)?;
-        if next.siblings().len() > max_siblings {
-            return Err(Error::SiblingLimit {
-                limit: max_siblings,
-                siblings: next.siblings().len(),
-                object: Box::new(current),
-            });
+        // The write keeps the siblings its context does not cover and adds
+        // one: counted first, so the stored copy need not be cloned for the
+        // error.
+        let siblings = current.siblings().iter().filter(|s| !context.covers(s.dot)).count() + 1;
+        if siblings > max_siblings {
+            return Err(Error::SiblingLimit { limit: max_siblings, siblings, object: Box::new(current) });
         }
+        let mut next = current;
+        self.apply_write(&mut next, context, content, now_ms)?;
+        debug_assert_eq!(next.siblings().len(), siblings);
         let held = Held { bytes: encode_object(&next), tombstone: tombstone_only(&next) };
         self.write(partition, segment, &skey, old.as_ref(), Some(&held))?;
-        Ok(next)
+        Ok((next, held.bytes))
     }
 
     /// Stores `content` over exactly the siblings of `read`, but only if the
@@ -635,10 +657,9 @@ impl ObjectStore {
         let skey = StoreKey::new(bucket, key);
         let segment = segment_of(skey.as_bytes());
         let _guard = self.lock(partition, segment);
-        let old = self.load_held(partition, segment, &skey)?;
-        let current = match &old {
-            Some(h) => decode_object(&h.bytes)?,
-            None => Object::new(),
+        let (old, current) = match self.load(partition, segment, &skey)? {
+            Some((held, object)) => (Some(held), object),
+            None => (None, Object::new()),
         };
         if &current != read {
             return Ok(None);
@@ -664,10 +685,9 @@ impl ObjectStore {
     pub fn merge_raw(&self, partition: u32, skey: &StoreKey, incoming: &Object) -> Result<Object> {
         let segment = segment_of(skey.as_bytes());
         let _guard = self.lock(partition, segment);
-        let old = self.load_held(partition, segment, skey)?;
-        let merged = match &old {
-            Some(h) => decode_object(&h.bytes)?.merged(incoming),
-            None => incoming.clone(),
+        let (old, merged) = match self.load(partition, segment, skey)? {
+            Some((held, object)) => (Some(held), object.merged(incoming)),
+            None => (None, incoming.clone()),
         };
         let bytes = encode_object(&merged);
         if old.as_ref().map(|h| &h.bytes) != Some(&bytes) {
@@ -685,12 +705,12 @@ impl ObjectStore {
     pub fn remove_if(&self, partition: u32, skey: &StoreKey, hash: u64) -> Result<bool> {
         let segment = segment_of(skey.as_bytes());
         let _guard = self.lock(partition, segment);
-        let Some(old) = self.load_held(partition, segment, skey)? else { return Ok(false) };
+        let Some((old, object)) = self.load(partition, segment, skey)? else { return Ok(false) };
         if key_hash(skey.as_bytes(), &old.bytes) != hash {
             return Ok(false);
         }
         // This actor's counters for the key are about to be forgotten.
-        let used = decode_object(&old.bytes)?.context().get(self.actor());
+        let used = object.context().get(self.actor());
         self.raise_counter_floor(used)?;
         self.write(partition, segment, skey, Some(&old), None)?;
         Ok(true)
