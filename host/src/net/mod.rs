@@ -41,18 +41,34 @@ pub type PeerClient = InternalClient<InterceptedService<Channel, PeerCredential>
 #[derive(Clone)]
 pub struct PeerCredential {
     keys: Arc<Keyring>,
+    /// The credential of the last signing key, by its id: it is the same
+    /// on every call until the key changes, so it is computed once.
+    last: Arc<arc_swap::ArcSwapOption<(u32, tonic::metadata::AsciiMetadataValue)>>,
 }
 
 impl PeerCredential {
     /// Presents the signing key of `keys`.
     pub fn new(keys: Arc<Keyring>) -> Self {
-        Self { keys }
+        Self { keys, last: Arc::default() }
+    }
+
+    fn value(&self) -> Option<tonic::metadata::AsciiMetadataValue> {
+        let set = self.keys.current();
+        let id = set.signing()?.id();
+        if let Some(last) = self.last.load().as_deref()
+            && last.0 == id
+        {
+            return Some(last.1.clone());
+        }
+        let value = peer_credential(&self.keys)?;
+        self.last.store(Some(Arc::new((id, value.clone()))));
+        Some(value)
     }
 }
 
 impl tonic::service::Interceptor for PeerCredential {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = peer_credential(&self.keys) {
+        if let Some(value) = self.value() {
             request.metadata_mut().insert(PEER_HEADER, value);
         }
         Ok(request)
@@ -272,7 +288,8 @@ struct Pending<B: Batched> {
 
 type Queue<B> = tokio::sync::mpsc::Sender<Pending<B>>;
 /// Batching queues by peer and by whether their items carry a ring check.
-type Queues<B> = Mutex<HashMap<(SocketAddr, bool), Queue<B>>>;
+/// Written only when a peer's queue starts.
+type Queues<B> = RwLock<HashMap<(SocketAddr, bool), Queue<B>>>;
 
 /// Most items in one batch.
 const MAX_BATCH: usize = 128;
@@ -287,10 +304,12 @@ const MAX_QUEUED: usize = 16_384;
 /// Calls to peers.
 pub struct Net {
     faults: Arc<Faults>,
-    keys: Arc<Keyring>,
+    /// Presented on every call to a peer.
+    credential: PeerCredential,
     /// Set when peers are reached over TLS.
     tls: Option<ClientTlsConfig>,
-    channels: Mutex<HashMap<SocketAddr, Channel>>,
+    /// Written only when a peer is first called.
+    channels: RwLock<HashMap<SocketAddr, Channel>>,
     /// Per peer, the queues of its batching tasks (see [`Net::replica_write_one`]).
     write_queues: Queues<Writes>,
     read_queues: Queues<Reads>,
@@ -309,11 +328,11 @@ impl Net {
     pub fn new(faults: Arc<Faults>, keys: Arc<Keyring>, tls: Option<ClientTlsConfig>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             faults,
-            keys,
+            credential: PeerCredential::new(keys),
             tls,
-            channels: Mutex::new(HashMap::new()),
-            write_queues: Mutex::new(HashMap::new()),
-            read_queues: Mutex::new(HashMap::new()),
+            channels: RwLock::new(HashMap::new()),
+            write_queues: RwLock::new(HashMap::new()),
+            read_queues: RwLock::new(HashMap::new()),
             me: me.clone(),
             runtime: tokio::runtime::Handle::current(),
         })
@@ -361,13 +380,24 @@ impl Net {
         deadline: Instant,
     ) -> Result<B::Out, String> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        let mut pending = Pending::<B> { item, ring_epoch, deadline, done };
+        let pending = Pending::<B> { item, ring_epoch, deadline, done };
         // A batch carries one ring epoch for all its items, so items without
         // a ring check (epoch 0) get a queue of their own: batched with
         // checked ones, they would be checked and refused.
         let key = (addr, ring_epoch > 0);
-        {
-            let mut queues = queues.lock().expect("batch queue map lock");
+        let full =
+            || format!("{MAX_QUEUED} requests already wait for this peer; it is not keeping up or not answering");
+        // The peer's queue usually exists: a shared lock finds it.
+        let mut unsent = Some(pending);
+        if let Some(tx) = queues.read().expect("batch queue map lock").get(&key) {
+            match tx.try_send(unsent.take().expect("not sent yet")) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => return Err(full()),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(failed)) => unsent = Some(failed),
+            }
+        }
+        if let Some(mut pending) = unsent {
+            let mut queues = queues.write().expect("batch queue map lock");
             loop {
                 let tx = queues.entry(key).or_insert_with(|| {
                     let (tx, rx) = tokio::sync::mpsc::channel(MAX_QUEUED);
@@ -376,11 +406,7 @@ impl Net {
                 });
                 match tx.try_send(pending) {
                     Ok(()) => break,
-                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                        return Err(format!(
-                            "{MAX_QUEUED} requests already wait for this peer; it is not keeping up or not answering"
-                        ));
-                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => return Err(full()),
                     // The task ended (it does not while the net lives): start over.
                     Err(tokio::sync::mpsc::error::TrySendError::Closed(failed)) => {
                         pending = failed;
@@ -405,7 +431,10 @@ impl Net {
 
     /// The pooled channel to `addr`.
     fn channel(&self, addr: SocketAddr) -> Channel {
-        let mut channels = self.channels.lock().expect("channel map lock");
+        if let Some(c) = self.channels.read().expect("channel map lock").get(&addr) {
+            return c.clone();
+        }
+        let mut channels = self.channels.write().expect("channel map lock");
         // The channel's worker task starts on the request runtime.
         let _runtime = self.runtime.enter();
         channels
@@ -428,7 +457,7 @@ impl Net {
     }
 
     fn client(&self, addr: SocketAddr) -> PeerClient {
-        InternalClient::with_interceptor(self.channel(addr), PeerCredential { keys: Arc::clone(&self.keys) })
+        InternalClient::with_interceptor(self.channel(addr), self.credential.clone())
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
     }
@@ -684,7 +713,7 @@ mod tests {
             Arc::new(crate::security::Keyring::in_memory(crate::security::KeySet::generate())),
             None,
         );
-        let queues: Queues<Fake<SHORT>> = Mutex::new(HashMap::new());
+        let queues: Queues<Fake<SHORT>> = RwLock::new(HashMap::new());
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         // On a current-thread runtime every item is queued before the
@@ -746,7 +775,7 @@ mod tests {
             Arc::new(crate::security::Keyring::in_memory(crate::security::KeySet::generate())),
             None,
         );
-        let queues: Queues<Fake<false>> = Mutex::new(HashMap::new());
+        let queues: Queues<Fake<false>> = RwLock::new(HashMap::new());
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         // The batcher never runs (nothing here yields), as if the peer hung.
