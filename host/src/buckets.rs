@@ -422,7 +422,8 @@ impl Buckets {
         Ok((self.merge(now)?, later.into_iter().map(|(name, _)| name).collect()))
     }
 
-    /// Applies `change` to `name` and persists it. Nothing changes on error.
+    /// Applies `change` to `name` and stores it ([`Buckets::flush`] makes
+    /// it durable). Nothing changes on error.
     pub fn set(&self, name: &str, change: BucketChange) -> Result<Arc<BucketProps>> {
         validate_bucket_name(name)?;
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
@@ -471,8 +472,16 @@ impl Buckets {
         };
         let bytes = serde_json::to_vec(&p).expect("bucket table serializes");
         self.store.insert(Space::Meta, META_KEY, &bytes)?;
-        self.store.flush()?;
         Ok(())
+    }
+
+    /// Makes every change so far durable: call after [`Buckets::set`],
+    /// [`Buckets::merge`] or [`Buckets::import`] changed something, before
+    /// telling anyone. The flush writes out the whole engine, so it runs on
+    /// a blocking thread, not under the table's lock.
+    pub async fn flush(&self) -> Result<()> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.flush()).await.map_err(Error::internal)?.map_err(Error::from)
     }
 }
 

@@ -127,9 +127,9 @@ pub struct Cluster {
     /// Set once this node was asked to leave.
     leaving: AtomicBool,
     gossip_interval: Duration,
-    /// Serialises ring changes (adopting, claiming). Never held across an
-    /// await.
-    ring_write: std::sync::Mutex<()>,
+    /// Serialises ring changes (adopting, claiming), held while the new
+    /// ring is flushed (off the tokio workers).
+    ring_write: tokio::sync::Mutex<()>,
     /// Whether this node holds a ring the cluster made (epoch above 0): only
     /// then does it serve reads and writes.
     ready: watch::Sender<bool>,
@@ -177,7 +177,7 @@ impl Cluster {
             plugins,
             net,
             gossip_interval,
-            ring_write: std::sync::Mutex::new(()),
+            ring_write: tokio::sync::Mutex::new(()),
             keys,
             seeds,
         })
@@ -266,8 +266,8 @@ impl Cluster {
 
     /// Replaces the ring if `ring` supersedes it (or unconditionally with
     /// `force`). Returns whether it changed.
-    pub fn adopt_ring(&self, ring: Ring, force: bool) -> Result<bool> {
-        let _guard = self.ring_write.lock().unwrap_or_else(|p| p.into_inner());
+    pub async fn adopt_ring(&self, ring: Ring, force: bool) -> Result<bool> {
+        let _guard = self.ring_write.lock().await;
         let current = self.ring.load();
         if !force && !ring.supersedes(&current) {
             return Ok(false);
@@ -279,8 +279,8 @@ impl Cluster {
         if ring == **current {
             return Ok(false);
         }
-        self.store.insert(Space::Meta, RING_KEY, &encode_ring(&ring))?;
-        self.store.flush()?;
+        // Durable before it is used.
+        self.persist(RING_KEY, encode_ring(&ring)).await?;
         tracing::info!(
             epoch = ring.epoch(),
             claimant = ring.claimant(),
@@ -291,6 +291,18 @@ impl Cluster {
         self.ring.store(Arc::new(ring));
         self.publish_ready();
         Ok(true)
+    }
+
+    /// Stores `value` at `key` in the metadata space and flushes the
+    /// engine, on a blocking thread: a flush writes out the whole engine.
+    async fn persist(&self, key: &'static [u8], value: Vec<u8>) -> Result<()> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            store.insert(Space::Meta, key, &value)?;
+            Ok(store.flush()?)
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     /// Publishes this node's status and metadata digests in gossip.
@@ -347,7 +359,7 @@ impl Cluster {
     /// never reaches this node ahead of the plugin it names.
     async fn merge_metadata(&self, md: pb::ClusterMetadata, from: SocketAddr) -> Result<()> {
         self.check_metadata(&md, from)?;
-        self.adopt_ring(decode_ring(&md.ring)?, false)?;
+        self.adopt_ring(decode_ring(&md.ring)?, false).await?;
         for info in self.plugins.registry().missing(&md.plugins)? {
             let r = info.plugin_ref();
             if let Err(e) = self.fetch_plugin(info, from).await {
@@ -362,6 +374,7 @@ impl Cluster {
             tracing::debug!(buckets = ?deferred, peer = %from, "bucket properties wait for the plugins they name");
         }
         if changed > 0 {
+            self.buckets.flush().await?;
             tracing::info!(changed, peer = %from, "bucket properties updated from a peer");
         }
         Ok(())
@@ -422,7 +435,7 @@ impl Cluster {
             }
         }
         if agree {
-            self.claim(&members);
+            self.claim(&members).await;
         }
         self.update_signing(&members);
         // Removal requests this node made are done once the ring has let the
@@ -525,7 +538,7 @@ impl Cluster {
 
     /// If this node is the claimant, brings the ring in step with
     /// membership.
-    fn claim(&self, members: &Members) {
+    async fn claim(&self, members: &Members) {
         let ring = self.ring();
         if self.claimant(&ring, members).as_deref() != Some(self.node_id.as_str()) {
             return;
@@ -553,7 +566,7 @@ impl Cluster {
             return;
         }
         let next = ring.claim(&desired, &self.node_id);
-        match self.adopt_ring(next, false) {
+        match self.adopt_ring(next, false).await {
             Ok(true) => tracing::info!(members = desired.len(), "claimed a new ring"),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "storing a claimed ring failed"),
@@ -639,13 +652,16 @@ impl Cluster {
             // no write lands between the discard and the join.
             self.discarding.store(true, Ordering::Release);
             self.publish_ready();
-            let discarded = local.discard().and_then(|()| self.adopt_ring(theirs, true));
+            let discarded = match local.discard() {
+                Ok(()) => self.adopt_ring(theirs, true).await,
+                Err(e) => Err(e),
+            };
             self.discarding.store(false, Ordering::Release);
             self.publish_ready();
             discarded?;
             tracing::warn!(seed, "discarded this node's data to join another cluster");
         } else {
-            self.adopt_ring(theirs, true)?;
+            self.adopt_ring(theirs, true).await?;
         }
         // A node that left may join again; only now, so that a join that
         // fails does not hand it back to the cluster it left.
@@ -656,8 +672,7 @@ impl Cluster {
         let mut seeds = load_seeds(&*self.store)?;
         if !seeds.contains(&seed.to_owned()) {
             seeds.push(seed.to_owned());
-            self.store.insert(Space::Meta, SEEDS_KEY, &serde_json::to_vec(&seeds).expect("seeds serialize"))?;
-            self.store.flush()?;
+            self.persist(SEEDS_KEY, serde_json::to_vec(&seeds).expect("seeds serialize")).await?;
         }
         self.publish().await;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -710,8 +725,7 @@ impl Cluster {
         let target = node.filter(|n| !n.is_empty()).unwrap_or(&self.node_id);
         if target == self.node_id {
             // Remembered across restarts: a node that left stays out.
-            self.store.insert(Space::Meta, LEAVING_KEY, b"1")?;
-            self.store.flush()?;
+            self.persist(LEAVING_KEY, b"1".to_vec()).await?;
             self.leaving.store(true, Ordering::Relaxed);
             self.publish().await;
             tracing::info!("leaving the ring");
