@@ -57,6 +57,10 @@ pub struct Config {
     pub cache_mb: u64,
     /// Tokio worker threads; 0 means one per CPU core.
     pub worker_threads: usize,
+    /// Threads that run the storage calls of requests, so that a call
+    /// waiting for the disk never holds up a tokio worker; 0 means one per
+    /// core and at least four.
+    pub storage_threads: usize,
     /// Deadline of a request that names none, in milliseconds.
     pub request_timeout_ms: u64,
     /// Ring partitions (a power of two); fixed when the cluster is created.
@@ -113,6 +117,7 @@ impl Default for Config {
             group_commit_max_delay_us: 1_000,
             cache_mb: 256,
             worker_threads: 0,
+            storage_threads: 0,
             request_timeout_ms: 5_000,
             partitions: DEFAULT_PARTITIONS,
             log: "info".into(),
@@ -170,6 +175,12 @@ impl Config {
         }
         if !(10..=60_000).contains(&self.gossip_interval_ms) {
             return Err(Error::invalid("gossip_interval_ms must be between 10 and 60000"));
+        }
+        if self.storage_threads > 256 {
+            return Err(Error::invalid(format!(
+                "storage_threads must be at most 256 (0 for the default), got {}",
+                self.storage_threads
+            )));
         }
         if self.cluster_name.is_empty() || self.cluster_name.len() > 64 {
             return Err(Error::invalid("cluster_name must be 1 to 64 characters"));

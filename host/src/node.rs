@@ -22,7 +22,7 @@ use crate::net::{Faults, Net};
 use crate::plugins::Plugins;
 use crate::ring::Ring;
 use crate::security::{Guard, GuardLayer, KeySet, Keyring};
-use crate::storage::{DataDir, Durability, ObjectStore, SledStore, Store};
+use crate::storage::{DataDir, Durability, ObjectStore, Pool, SledStore, Store};
 use crate::{Error, Result};
 
 /// How long a shutdown waits for open connections to finish.
@@ -177,6 +177,8 @@ impl Node {
             config.seeds.clone(),
         );
         let live_hints = config.handoff.enabled.then(|| Arc::clone(&hints));
+        let threads = if config.storage_threads > 0 { config.storage_threads } else { Pool::default_threads() };
+        let pool = Pool::start(threads)?;
         let coordinator = Coordinator::new(
             node_id.clone(),
             Arc::clone(&objects),
@@ -184,6 +186,7 @@ impl Node {
             Arc::clone(&cluster),
             Arc::clone(&plugins),
             live_hints.clone(),
+            Arc::clone(&pool),
             CoordinatorConfig {
                 default_timeout: Duration::from_millis(config.request_timeout_ms),
                 read_repair: config.read_repair,
@@ -239,6 +242,7 @@ impl Node {
             Arc::clone(&cluster),
             Arc::clone(&plugins),
             background.runtime.clone(),
+            pool,
         );
         let local: Arc<dyn LocalData> = Arc::new(NodeData {
             objects: Arc::clone(&objects),

@@ -14,8 +14,8 @@ use crate::coordinator::{Coordinator, forward_reply, write_from_forward};
 use crate::handoff::{HintKey, HintStore};
 use crate::plugins::Plugins;
 use crate::ring::Ring;
-use crate::storage::ObjectStore;
 use crate::storage::codec::decode_object;
+use crate::storage::{ObjectStore, Pool};
 use crate::{Error, Result};
 
 /// Serves `concord.v1.Internal`.
@@ -37,10 +37,14 @@ pub struct Inner {
     /// anti-entropy, transfers) do their storage work there, at low
     /// priority, after the node's own requests.
     background: tokio::runtime::Handle,
+    /// Where the storage work of requests runs (replica reads and writes
+    /// for a coordinator), off the tokio workers.
+    pool: Arc<Pool>,
 }
 
 impl InternalService {
     /// Wires the service.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         coordinator: Arc<Coordinator>,
         objects: Arc<ObjectStore>,
@@ -49,8 +53,19 @@ impl InternalService {
         cluster: Arc<Cluster>,
         plugins: Arc<Plugins>,
         background: tokio::runtime::Handle,
+        pool: Arc<Pool>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { coordinator, objects, hints, takes_hints, cluster, plugins, background }) }
+        let inner = Inner { coordinator, objects, hints, takes_hints, cluster, plugins, background, pool };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Runs `work` on a storage thread and returns its result.
+    async fn on_storage<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let inner = Arc::clone(&self.inner);
+        self.inner.pool.run(move || Ok(work(&inner))).await.map_err(admin_status)
     }
 
     /// Runs `work` on the background runtime and returns its result.
@@ -157,45 +172,17 @@ impl Inner {
         }
         results
     }
-}
 
-impl InternalService {
-    fn key(k: Option<pb::ObjectKey>) -> Result<pb::ObjectKey> {
-        let k = k.ok_or_else(|| Error::invalid("replica request without a key"))?;
-        check_object(&k.bucket, &k.key)?;
-        Ok(k)
-    }
-}
-
-/// Object bytes a `ReplicaRead` reply carries: a key that would take it
-/// past this is left out, marked `reply_full` (the sender asks for it
-/// alone), unless it is the first, which goes whatever its size. Replies so
-/// stay under [`crate::net::MAX_PEER_MESSAGE_BYTES`], since a key holds at
-/// most [`crate::storage::MAX_MERGED_KEY_BYTES`].
-const REPLY_BUDGET: usize = 32 << 20;
-
-#[tonic::async_trait]
-impl pb::internal_server::Internal for InternalService {
-    async fn replica_read(
-        &self,
-        request: Request<pb::ReplicaReadRequest>,
-    ) -> Result<Response<pb::ReplicaReadResponse>, Status> {
-        self.check_ready()?;
+    /// Reads a batch of local copies (or hints), one result per key; a
+    /// reply stays under [`REPLY_BUDGET`]. `hint_for` has been checked.
+    fn read_batch(&self, req: pb::ReplicaReadRequest) -> Vec<pb::ReplicaReadResult> {
         let ring = self.cluster.ring();
         let mut results = Vec::new();
         let mut reply_bytes = 0;
-        let req = request.into_inner();
-        if !req.hint_for.is_empty() && req.hint_for.len() != req.keys.len() {
-            return Err(Status::invalid_argument(format!(
-                "hint_for lists {} entries for {} keys",
-                req.hint_for.len(),
-                req.keys.len()
-            )));
-        }
         // A batch mixes unrelated requests: each key succeeds or fails alone.
         for (i, k) in req.keys.into_iter().enumerate() {
             let hint_for = req.hint_for.get(i).filter(|h| !h.is_empty() && *h != self.cluster.node_id());
-            let read = Self::key(Some(k)).and_then(|k| {
+            let read = InternalService::key(Some(k)).and_then(|k| {
                 let partition = ring.partition_of(&k.bucket, &k.key);
                 if let Some(target) = hint_for {
                     let key = HintKey { target: target.clone(), partition, bucket: k.bucket, key: k.key.to_vec() };
@@ -221,6 +208,41 @@ impl pb::internal_server::Internal for InternalService {
                 Err(e) => pb::ReplicaReadResult { error: e.to_string(), ..Default::default() },
             });
         }
+        results
+    }
+}
+
+impl InternalService {
+    fn key(k: Option<pb::ObjectKey>) -> Result<pb::ObjectKey> {
+        let k = k.ok_or_else(|| Error::invalid("replica request without a key"))?;
+        check_object(&k.bucket, &k.key)?;
+        Ok(k)
+    }
+}
+
+/// Object bytes a `ReplicaRead` reply carries: a key that would take it
+/// past this is left out, marked `reply_full` (the sender asks for it
+/// alone), unless it is the first, which goes whatever its size. Replies so
+/// stay under [`crate::net::MAX_PEER_MESSAGE_BYTES`], since a key holds at
+/// most [`crate::storage::MAX_MERGED_KEY_BYTES`].
+const REPLY_BUDGET: usize = 32 << 20;
+
+#[tonic::async_trait]
+impl pb::internal_server::Internal for InternalService {
+    async fn replica_read(
+        &self,
+        request: Request<pb::ReplicaReadRequest>,
+    ) -> Result<Response<pb::ReplicaReadResponse>, Status> {
+        self.check_ready()?;
+        let req = request.into_inner();
+        if !req.hint_for.is_empty() && req.hint_for.len() != req.keys.len() {
+            return Err(Status::invalid_argument(format!(
+                "hint_for lists {} entries for {} keys",
+                req.hint_for.len(),
+                req.keys.len()
+            )));
+        }
+        let results = self.on_storage(move |inner| inner.read_batch(req)).await?;
         Ok(Response::new(pb::ReplicaReadResponse { results }))
     }
 
@@ -233,7 +255,7 @@ impl pb::internal_server::Internal for InternalService {
         let mut results = if req.background {
             self.in_background(move |inner| inner.apply_writes(req)).await?
         } else {
-            self.apply_writes(req)
+            self.on_storage(move |inner| inner.apply_writes(req)).await?
         };
         // Acknowledge only what is as durable as this node promises.
         if let Err(e) = self.objects.sync().await {

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_proto::v1 as pb;
-use metrics::Counter;
+use metrics::{Counter, Histogram};
 use tokio::sync::mpsc;
 
 pub use quorum::{Consistency, Needed, QuorumSpec};
@@ -53,8 +53,8 @@ use crate::cluster::Cluster;
 use crate::handoff::{HintKey, HintStore};
 use crate::plugins::{Plugins, Resolution, ResolveFor, Unresolved};
 use crate::ring::NodeId;
-use crate::storage::ObjectStore;
-use crate::storage::codec::{decode_object, encode_object};
+use crate::storage::codec::decode_object;
+use crate::storage::{ObjectStore, Pool};
 use crate::{Error, Result};
 pub use wire::{forward_reply, write_from_forward};
 
@@ -151,6 +151,37 @@ struct Metrics {
     read_repairs: Counter,
     read_repair_failures: Counter,
     sloppy_writes: Counter,
+    replica_latency: PeerLatency,
+}
+
+/// `concord_replica_request_duration_seconds` by peer, for reads and
+/// writes: registered once per peer, not looked up (and its label
+/// allocated) on every call.
+#[derive(Default)]
+struct PeerLatency(std::sync::RwLock<std::collections::HashMap<NodeId, [Histogram; 2]>>);
+
+impl PeerLatency {
+    fn of(&self, peer: &str, op: ReplicaOp) -> Histogram {
+        if let Some(h) = self.0.read().unwrap_or_else(|p| p.into_inner()).get(peer) {
+            return h[op as usize].clone();
+        }
+        let mut all = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let h = all.entry(peer.to_owned()).or_insert_with(|| {
+            let name = "concord_replica_request_duration_seconds";
+            [
+                metrics::histogram!(name, "peer" => peer.to_owned(), "op" => "read"),
+                metrics::histogram!(name, "peer" => peer.to_owned(), "op" => "write"),
+            ]
+        });
+        h[op as usize].clone()
+    }
+}
+
+/// What a replica call did, for [`PeerLatency`].
+#[derive(Clone, Copy)]
+enum ReplicaOp {
+    Read = 0,
+    Write = 1,
 }
 
 /// Coordinates requests on one node.
@@ -164,6 +195,8 @@ pub struct Coordinator {
     /// handoff off (and then no fallbacks are used either: nothing would
     /// deliver what they hold).
     hints: Option<Arc<HintStore>>,
+    /// Where local storage calls run (never on a tokio worker).
+    pool: Arc<Pool>,
     default_timeout: Duration,
     read_repair: bool,
     metrics: Metrics,
@@ -171,6 +204,7 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Wires a coordinator.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node_id: NodeId,
         objects: Arc<ObjectStore>,
@@ -178,6 +212,7 @@ impl Coordinator {
         cluster: Arc<Cluster>,
         plugins: Arc<Plugins>,
         hints: Option<Arc<HintStore>>,
+        pool: Arc<Pool>,
         config: CoordinatorConfig,
     ) -> Arc<Self> {
         let metrics = Metrics {
@@ -187,6 +222,7 @@ impl Coordinator {
             read_repairs: metrics::counter!("concord_read_repairs_total"),
             read_repair_failures: metrics::counter!("concord_read_repair_failures_total"),
             sloppy_writes: metrics::counter!("concord_sloppy_writes_total"),
+            replica_latency: PeerLatency::default(),
         };
         Arc::new(Self {
             node_id,
@@ -195,6 +231,7 @@ impl Coordinator {
             cluster,
             plugins,
             hints,
+            pool,
             default_timeout: config.default_timeout,
             read_repair: config.read_repair,
             metrics,
@@ -385,27 +422,35 @@ impl Coordinator {
     ) {
         let partition = plan.partition;
         if node == self.node_id {
-            let result = if node == replica {
-                self.objects.read(partition, &req.bucket, &req.key)
-            } else {
-                let key =
-                    HintKey { target: replica.clone(), partition, bucket: req.bucket.clone(), key: req.key.clone() };
-                self.hints.as_ref().map_or(Ok(None), |h| h.get(&key))
-            };
-            let _ = tx.send(Answer { node, replica, result });
+            let (objects, hints, pool, tx) =
+                (Arc::clone(&self.objects), self.hints.clone(), Arc::clone(&self.pool), tx.clone());
+            let key = HintKey { target: replica.clone(), partition, bucket: req.bucket.clone(), key: req.key.clone() };
+            let own = node == replica;
+            tokio::spawn(async move {
+                let result = pool
+                    .run(move || {
+                        if own {
+                            objects.read(partition, &key.bucket, &key.key)
+                        } else {
+                            hints.as_ref().map_or(Ok(None), |h| h.get(&key))
+                        }
+                    })
+                    .await;
+                let _ = tx.send(Answer { node, replica, result });
+            });
             return;
         }
         let cluster = Arc::clone(&self.cluster);
         let key = pb::ObjectKey { bucket: req.bucket.clone(), key: req.key.clone().into() };
         let tx = tx.clone();
+        let latency = self.metrics.replica_latency.of(&node, ReplicaOp::Read);
         tokio::spawn(async move {
             let result = async {
                 let addr = cluster.addr_of(&node).ok_or_else(|| Error::internal("address unknown"))?;
                 let hint_for = if node == replica { String::new() } else { replica.clone() };
                 let started = Instant::now();
                 let r = cluster.net().replica_read_one(addr, key, hint_for, epoch, deadline).await;
-                metrics::histogram!("concord_replica_request_duration_seconds", "peer" => node.clone(), "op" => "read")
-                    .record(started.elapsed().as_secs_f64());
+                latency.record(started.elapsed().as_secs_f64());
                 let bytes = r.map_err(|e| Error::Remote(tonic::Status::unavailable(e)))?;
                 if bytes.is_empty() { Ok(None) } else { Ok(Some(decode_object(&bytes)?)) }
             }
@@ -436,8 +481,7 @@ impl Coordinator {
         };
         let started = Instant::now();
         let r = self.cluster.net().replica_write_one(addr, write, ring_epoch, deadline).await;
-        metrics::histogram!("concord_replica_request_duration_seconds", "peer" => node.to_owned(), "op" => "write")
-            .record(started.elapsed().as_secs_f64());
+        self.metrics.replica_latency.of(node, ReplicaOp::Write).record(started.elapsed().as_secs_f64());
         r.map_err(|e| Error::Remote(tonic::Status::unavailable(e)))
     }
 
@@ -482,11 +526,13 @@ impl Coordinator {
         }
         let max_siblings = props.max_siblings as usize;
         let now = crate::now_ms();
-        let update = |context: &VersionVector, content: Content| {
-            self.objects.update(partition, &req.bucket, &req.key, context, content, now, max_siblings)
+        let update = |context: VersionVector, content: Content| {
+            let (objects, bucket, key) = (Arc::clone(&self.objects), req.bucket.clone(), req.key.clone());
+            self.pool
+                .run(move || objects.update_encoded(partition, &bucket, &key, &context, content, now, max_siblings))
         };
         let mut resolved_by = None;
-        let mut object = match update(&req.context, req.content.clone()) {
+        let (mut object, mut encoded) = match update(req.context.clone(), req.content.clone()).await {
             Err(Error::SiblingLimit { limit, siblings, object }) => {
                 // Over budget: let the resolver merge the stored siblings and
                 // the new value into one write that covers them all.
@@ -494,7 +540,7 @@ impl Coordinator {
                     return Err(Error::SiblingLimit { limit, siblings, object });
                 };
                 resolved_by = Some(by);
-                update(&context, content)?
+                update(context, content).await?
             }
             other => other?,
         };
@@ -504,10 +550,10 @@ impl Coordinator {
                 self.plugins.resolve(&req.bucket, &props, &req.key, object.siblings(), ResolveFor::Write).await
             && let Some(content) = content_of(r.resolution)
         {
-            object = update(&object.context().clone(), content)?;
+            (object, encoded) = update(object.context().clone(), content).await?;
             resolved_by = Some(r.by);
         }
-        let tally = self.replicate(&req, &plan, &object, deadline).await?;
+        let tally = self.replicate(&req, &plan, &object, encoded.into(), deadline).await?;
         if !tally.fallbacks.is_empty() {
             self.metrics.sloppy_writes.increment(1);
         }
@@ -522,6 +568,7 @@ impl Coordinator {
         req: &WriteRequest,
         plan: &Plan,
         object: &Object,
+        encoded: bytes::Bytes,
         deadline: Instant,
     ) -> Result<Tally> {
         let mut tally = Tally::new(plan);
@@ -535,8 +582,7 @@ impl Coordinator {
             let _ = local_tx.send(Answer { node: me.clone(), replica: me, result });
         });
         tally.sent();
-        // Encoded once, shared by every replica's request.
-        let encoded: bytes::Bytes = encode_object(object).into();
+        // As stored here, shared by every replica's request.
         let members = self.cluster.members();
         let mut spares = plan.fallbacks.clone().into_iter();
         let mut unanswered: Vec<NodeId> = Vec::new();
@@ -630,13 +676,19 @@ impl Coordinator {
     /// waits for it: it is not an acknowledgement.
     fn keep_hint(self: &Arc<Self>, key: HintKey, epoch: u64, object: Object) {
         let Some(hints) = self.hints.clone() else { return };
+        let pool = Arc::clone(&self.pool);
         tokio::spawn(async move {
-            let kept = match hints.add(&key, &object, epoch, crate::now_ms()) {
+            let target = key.target.clone();
+            let added = {
+                let hints = Arc::clone(&hints);
+                pool.run(move || hints.add(&key, &object, epoch, crate::now_ms())).await
+            };
+            let kept = match added {
                 Ok(()) => hints.sync().await,
                 Err(e) => Err(e),
             };
             if let Err(e) = kept {
-                tracing::warn!(target = %key.target, error = %e, "keeping a hint failed; anti-entropy will repair the replica");
+                tracing::warn!(%target, error = %e, "keeping a hint failed; anti-entropy will repair the replica");
             }
         });
     }

@@ -73,7 +73,9 @@ impl Coordinator {
                             // dropped): then it is not this node's to repair.
                             let ring = this.cluster.ring();
                             if ring.epoch() == epoch || ring.preference_list(partition, n).contains(&this.node_id) {
-                                this.objects.merge(partition, &bucket, &key, &merged).map(drop)
+                                let (objects, bucket, key, merged) =
+                                    (Arc::clone(&this.objects), bucket.clone(), key.clone(), merged.clone());
+                                this.pool.run(move || objects.merge(partition, &bucket, &key, &merged).map(drop)).await
                             } else {
                                 Err(crate::Error::internal("this node no longer replicates the key"))
                             }
@@ -149,9 +151,13 @@ impl Coordinator {
         if !plan.replicas.contains(&self.node_id) {
             return None;
         }
+        let (objects, bucket, key, read) =
+            (Arc::clone(&self.objects), req.bucket.clone(), req.key.clone(), read.clone());
+        let partition = plan.partition;
         let written = self
-            .objects
-            .replace_if_unchanged(plan.partition, &req.bucket, &req.key, read, content, crate::now_ms())
+            .pool
+            .run(move || objects.replace_if_unchanged(partition, &bucket, &key, &read, content, crate::now_ms()))
+            .await
             .map_err(|e| tracing::debug!(error = %e, "writing back a resolved value failed"))
             .ok()??;
         let encoded: bytes::Bytes = encode_object(&written).into();

@@ -10,6 +10,8 @@
 //!   and back, refusing bytes it does not recognise.
 //! * [`ObjectStore`] is what the rest of the node uses: read, update and merge
 //!   objects atomically per key, with the configured [`Durability`].
+//! * [`Pool`] runs storage calls on threads of their own for the request
+//!   paths, so a call that waits for the disk never holds up a tokio worker.
 //! * [`DataDir`] owns the directory: the lock that keeps a second process out
 //!   and the node's [`Incarnation`].
 
@@ -19,12 +21,14 @@ mod datadir;
 mod durability;
 mod memory;
 mod objects;
+mod pool;
 mod sled_store;
 
 pub use datadir::{DataDir, Incarnation};
 pub use durability::{Durability, DurabilityMode};
 pub use memory::MemStore;
 pub use objects::{MAX_MERGED_KEY_BYTES, ObjectStore, ReplicasOf, StoreKey, check_merged_size};
+pub use pool::Pool;
 pub use sled_store::SledStore;
 
 /// Key-value pairs returned by [`Store::scan`].

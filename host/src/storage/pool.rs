@@ -1,0 +1,166 @@
+//! Storage work off the async workers.
+//!
+//! An engine call can block: a read that misses the page cache waits for
+//! the disk, and a write can wait for the engine's locks. On a tokio worker
+//! that stalls every request the worker serves (with data larger than the
+//! cache, one slow read held up the whole node). So the request paths (the
+//! coordinator's local reads and writes, replica batches from peers, read
+//! repair and hints kept by the coordinator) hand their storage work to a
+//! [`Pool`] of dedicated threads and await the answer.
+//!
+//! The queue is bounded: past [`Pool::QUEUE`] waiting jobs, callers wait
+//! (asynchronously) for room instead of piling up work and memory. Under
+//! load a storage thread takes job after job without sleeping, so the
+//! hand-off costs little more than the two channel operations.
+//!
+//! Background workers (hint delivery, anti-entropy, transfers) run on the
+//! node's low-priority background thread, which serves no requests, and
+//! call the store from there directly.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::{Error, Result};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that run storage calls for async callers.
+pub struct Pool {
+    jobs: crossbeam_channel::Sender<Job>,
+    /// One permit per job that may be queued or running.
+    room: Arc<Semaphore>,
+}
+
+impl Pool {
+    /// Most jobs queued or running at once.
+    pub const QUEUE: usize = 4096;
+
+    /// Starts `threads` storage threads (at least one). They stop when the
+    /// pool is dropped and the jobs queued before have run.
+    pub fn start(threads: usize) -> Result<Arc<Self>> {
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        for i in 0..threads.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("concord-storage-{i}"))
+                .spawn(move || {
+                    for job in queue {
+                        // A job that panics fails its caller (its answer is
+                        // dropped), not the thread.
+                        if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
+                            tracing::error!("a storage call panicked; its request failed");
+                        }
+                    }
+                })
+                .map_err(|e| Error::Internal(format!("cannot start a storage thread: {e}")))?;
+        }
+        Ok(Arc::new(Self { jobs, room: Arc::new(Semaphore::new(Self::QUEUE)) }))
+    }
+
+    /// The default number of threads: one per core, and at least four, so
+    /// that reads waiting for the disk do not leave the cores idle.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(4, |n| n.get()).max(4)
+    }
+
+    /// Runs `f` on a storage thread and returns its result. Waits for room
+    /// when the queue is full. If the caller stops waiting, `f` still runs
+    /// (a write is not torn), and its result is dropped.
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = Arc::clone(&self.room)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("the storage threads have stopped"))?;
+        let (done, answer) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let result = f();
+            drop(permit);
+            let _ = done.send(result);
+        });
+        self.jobs.send(job).map_err(|_| Error::internal("the storage threads have stopped"))?;
+        answer.await.map_err(|_| Error::internal("a storage call panicked; see the node's log"))?
+    }
+
+    /// Jobs queued or running now.
+    pub fn busy(&self) -> usize {
+        Self::QUEUE - self.room.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn runs_jobs_off_the_caller_and_answers_each() {
+        let pool = Pool::start(2).unwrap();
+        let caller = std::thread::current().id();
+        let on = pool.run(|| Ok(std::thread::current().id())).await.unwrap();
+        assert_ne!(on, caller, "the job ran on a storage thread");
+        let answers = futures::future::join_all((0..100u32).map(|i| pool.run(move || Ok(i * 2)))).await;
+        assert_eq!(
+            answers.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            (0..100).map(|i| i * 2).collect::<Vec<_>>()
+        );
+        assert_eq!(pool.busy(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_its_caller_and_the_thread_goes_on() {
+        let pool = Pool::start(1).unwrap();
+        let e = pool.run(|| -> Result<()> { panic!("boom") }).await.unwrap_err();
+        assert!(e.to_string().contains("panicked"), "{e}");
+        assert_eq!(pool.run(|| Ok(7)).await.unwrap(), 7, "the one thread still serves");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_callers_wait_not_fail() {
+        let pool = Pool::start(1).unwrap();
+        // Hold the one thread until every job is queued.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                pool.run(move || {
+                    held.recv().ok();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        while pool.busy() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let ran = Arc::new(AtomicUsize::new(0));
+        let count = Pool::QUEUE + 10;
+        let jobs = {
+            let (pool, ran) = (Arc::clone(&pool), Arc::clone(&ran));
+            tokio::spawn(async move {
+                let jobs = (0..count).map(|_| {
+                    let ran = Arc::clone(&ran);
+                    pool.run(move || {
+                        ran.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    })
+                });
+                futures::future::join_all(jobs).await
+            })
+        };
+        // The queue fills up; the last jobs wait for room.
+        while pool.busy() < Pool::QUEUE {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(ran.load(Ordering::Relaxed), 0);
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        assert!(jobs.await.unwrap().iter().all(Result::is_ok));
+        assert_eq!(ran.load(Ordering::Relaxed), count, "every job ran once");
+    }
+}
