@@ -45,6 +45,11 @@ row "1 node, periodic" write 1 --floor-threads 1
 row "1 node, periodic" write 64 --floor-threads 1
 row "1 node, periodic" a 64 --floor-threads 1
 stop_nodes
+# Storage calls inline on the request thread instead of on storage threads.
+start_nodes 1 inline --durability periodic --storage-threads 0
+row "1 node, periodic, inline storage" write 1 --floor-threads 1
+row "1 node, periodic, inline storage" write 64 --floor-threads 1
+stop_nodes
 start_nodes 1 onefsync --durability fsync
 row "1 node, fsync" write 64 --floor-threads 1
 stop_nodes

@@ -58,8 +58,10 @@ pub struct Config {
     /// Tokio worker threads; 0 means one per CPU core.
     pub worker_threads: usize,
     /// Threads that run the storage calls of requests, so that a call
-    /// waiting for the disk never holds up a tokio worker; 0 means one per
-    /// core and at least four.
+    /// waiting for the disk never holds up a tokio worker. Defaults to one
+    /// per core and at least four. 0 runs them inline on the request
+    /// threads: faster when the data fits the cache and every core is busy,
+    /// but a read that waits for the disk then holds up other requests.
     pub storage_threads: usize,
     /// Deadline of a request that names none, in milliseconds.
     pub request_timeout_ms: u64,
@@ -117,7 +119,7 @@ impl Default for Config {
             group_commit_max_delay_us: 1_000,
             cache_mb: 256,
             worker_threads: 0,
-            storage_threads: 0,
+            storage_threads: crate::storage::Pool::default_threads(),
             request_timeout_ms: 5_000,
             partitions: DEFAULT_PARTITIONS,
             log: "info".into(),
@@ -178,7 +180,7 @@ impl Config {
         }
         if self.storage_threads > 256 {
             return Err(Error::invalid(format!(
-                "storage_threads must be at most 256 (0 for the default), got {}",
+                "storage_threads must be at most 256 (0 runs storage calls inline), got {}",
                 self.storage_threads
             )));
         }

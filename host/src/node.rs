@@ -177,8 +177,10 @@ impl Node {
             config.seeds.clone(),
         );
         let live_hints = config.handoff.enabled.then(|| Arc::clone(&hints));
-        let threads = if config.storage_threads > 0 { config.storage_threads } else { Pool::default_threads() };
-        let pool = Pool::start(threads)?;
+        let pool = match config.storage_threads {
+            0 => Pool::inline(),
+            threads => Pool::start(threads)?,
+        };
         let coordinator = Coordinator::new(
             node_id.clone(),
             Arc::clone(&objects),

@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// Tokio worker threads (0: one per core).
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// Threads for requests' storage calls (0: inline on the request
+    /// threads; default one per core, at least four).
+    #[arg(long)]
+    storage_threads: Option<usize>,
     /// This node's TLS certificate (PEM); with --tls-key and --tls-ca,
     /// clients and peers connect over TLS.
     #[arg(long)]
@@ -81,6 +85,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.worker_threads {
             c.worker_threads = v;
+        }
+        if let Some(v) = self.storage_threads {
+            c.storage_threads = v;
         }
         if let Some(v) = self.tls_cert {
             c.security.tls_cert = Some(v);

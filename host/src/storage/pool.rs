@@ -13,6 +13,11 @@
 //! load a storage thread takes job after job without sleeping, so the
 //! hand-off costs little more than the two channel operations.
 //!
+//! The hand-off has a price: on a machine whose cores are all busy, it
+//! costs a thread wake-up each way (docs/BENCHMARKS.md measures it). A node
+//! whose data fits its cache can run storage calls inline on the request
+//! threads instead ([`Pool::inline`], `storage_threads = 0`).
+//!
 //! Background workers (hint delivery, anti-entropy, transfers) run on the
 //! node's low-priority background thread, which serves no requests, and
 //! call the store from there directly.
@@ -28,7 +33,8 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// Threads that run storage calls for async callers.
 pub struct Pool {
-    jobs: crossbeam_channel::Sender<Job>,
+    /// `None`: calls run inline, on the caller's thread.
+    jobs: Option<crossbeam_channel::Sender<Job>>,
     /// One permit per job that may be queued or running.
     room: Arc<Semaphore>,
 }
@@ -56,7 +62,15 @@ impl Pool {
                 })
                 .map_err(|e| Error::Internal(format!("cannot start a storage thread: {e}")))?;
         }
-        Ok(Arc::new(Self { jobs, room: Arc::new(Semaphore::new(Self::QUEUE)) }))
+        Ok(Arc::new(Self { jobs: Some(jobs), room: Arc::new(Semaphore::new(Self::QUEUE)) }))
+    }
+
+    /// A pool without threads: [`Pool::run`] calls its function at once on
+    /// the caller's thread. For data that fits the engine's cache, where a
+    /// call rarely waits for the disk and the hand-off would cost more than
+    /// it saves.
+    pub fn inline() -> Arc<Self> {
+        Arc::new(Self { jobs: None, room: Arc::new(Semaphore::new(Self::QUEUE)) })
     }
 
     /// The default number of threads: one per core, and at least four, so
@@ -73,6 +87,7 @@ impl Pool {
         F: FnOnce() -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
+        let Some(jobs) = &self.jobs else { return f() };
         let permit = Arc::clone(&self.room)
             .acquire_owned()
             .await
@@ -83,7 +98,7 @@ impl Pool {
             drop(permit);
             let _ = done.send(result);
         });
-        self.jobs.send(job).map_err(|_| Error::internal("the storage threads have stopped"))?;
+        jobs.send(job).map_err(|_| Error::internal("the storage threads have stopped"))?;
         answer.await.map_err(|_| Error::internal("a storage call panicked; see the node's log"))?
     }
 
@@ -110,6 +125,13 @@ mod tests {
             (0..100).map(|i| i * 2).collect::<Vec<_>>()
         );
         assert_eq!(pool.busy(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_inline_pool_runs_jobs_on_the_caller() {
+        let pool = Pool::inline();
+        let caller = std::thread::current().id();
+        assert_eq!(pool.run(|| Ok(std::thread::current().id())).await.unwrap(), caller);
     }
 
     #[tokio::test]
