@@ -422,20 +422,23 @@ impl Coordinator {
     ) {
         let partition = plan.partition;
         if node == self.node_id {
-            let (objects, hints, pool, tx) =
-                (Arc::clone(&self.objects), self.hints.clone(), Arc::clone(&self.pool), tx.clone());
+            let (objects, hints) = (Arc::clone(&self.objects), self.hints.clone());
             let key = HintKey { target: replica.clone(), partition, bucket: req.bucket.clone(), key: req.key.clone() };
             let own = node == replica;
+            let read = move || {
+                if own {
+                    objects.read(partition, &key.bucket, &key.key)
+                } else {
+                    hints.as_ref().map_or(Ok(None), |h| h.get(&key))
+                }
+            };
+            if self.pool.is_inline() {
+                let _ = tx.send(Answer { node, replica, result: read() });
+                return;
+            }
+            let (pool, tx) = (Arc::clone(&self.pool), tx.clone());
             tokio::spawn(async move {
-                let result = pool
-                    .run(move || {
-                        if own {
-                            objects.read(partition, &key.bucket, &key.key)
-                        } else {
-                            hints.as_ref().map_or(Ok(None), |h| h.get(&key))
-                        }
-                    })
-                    .await;
+                let result = pool.run(read).await;
                 let _ = tx.send(Answer { node, replica, result });
             });
             return;

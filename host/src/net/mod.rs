@@ -21,7 +21,7 @@ use concord_proto::v1::internal_client::InternalClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::security::{Keyring, Purpose};
+use crate::security::{KeySet, Keyring, Purpose};
 
 /// Metadata header carrying a node's credential on Internal calls:
 /// `<key id>.<hex tag>`.
@@ -41,9 +41,11 @@ pub type PeerClient = InternalClient<InterceptedService<Channel, PeerCredential>
 #[derive(Clone)]
 pub struct PeerCredential {
     keys: Arc<Keyring>,
-    /// The credential of the last signing key, by its id: it is the same
-    /// on every call until the key changes, so it is computed once.
-    last: Arc<arc_swap::ArcSwapOption<(u32, tonic::metadata::AsciiMetadataValue)>>,
+    /// The credential made from the key set it was made with: it is the
+    /// same on every call until the set changes (a rotation, or a join that
+    /// brings another cluster's secret, whose first key has the same id),
+    /// so it is computed once per set.
+    last: Arc<arc_swap::ArcSwapOption<(Arc<KeySet>, tonic::metadata::AsciiMetadataValue)>>,
 }
 
 impl PeerCredential {
@@ -54,14 +56,13 @@ impl PeerCredential {
 
     fn value(&self) -> Option<tonic::metadata::AsciiMetadataValue> {
         let set = self.keys.current();
-        let id = set.signing()?.id();
         if let Some(last) = self.last.load().as_deref()
-            && last.0 == id
+            && Arc::ptr_eq(&last.0, &set)
         {
             return Some(last.1.clone());
         }
-        let value = peer_credential(&self.keys)?;
-        self.last.store(Some(Arc::new((id, value.clone()))));
+        let value = credential_of(&set)?;
+        self.last.store(Some(Arc::new((set, value.clone()))));
         Some(value)
     }
 }
@@ -75,11 +76,16 @@ impl tonic::service::Interceptor for PeerCredential {
     }
 }
 
+/// The credential a node presents, from `keys` as they are now.
+#[cfg(test)]
+pub(crate) fn peer_credential(keys: &Keyring) -> Option<tonic::metadata::AsciiMetadataValue> {
+    credential_of(&keys.current())
+}
+
 /// The credential a node presents: its signing key's tag over a fixed
 /// label. It proves the caller holds the cluster secret; with TLS on, the
 /// channel also keeps it from being read on the way.
-pub(crate) fn peer_credential(keys: &Keyring) -> Option<tonic::metadata::AsciiMetadataValue> {
-    let set = keys.current();
+fn credential_of(set: &KeySet) -> Option<tonic::metadata::AsciiMetadataValue> {
     let key = set.signing()?;
     let tag = key.tag(Purpose::Peer, &[b"internal call"]);
     format!("{}.{}", key.id(), hex::encode(tag)).parse().ok()
@@ -671,6 +677,20 @@ mod tests {
         for other in [good.to_uppercase(), format!("+{good}"), format!("0{good}"), format!("{good}0")] {
             assert!(!check_peer_credential(&keys, other.as_bytes(), 0), "{other}");
         }
+    }
+
+    #[test]
+    fn the_credential_follows_a_new_key_set_with_the_same_key_id() {
+        let keys = Arc::new(Keyring::in_memory(KeySet::generate()));
+        let credential = PeerCredential::new(Arc::clone(&keys));
+        let first = credential.value().unwrap();
+        assert_eq!(credential.value().unwrap(), first, "the same set gives the same credential");
+        // Another cluster's secret: its first key has id 1 too.
+        keys.replace(KeySet::generate()).unwrap();
+        let second = credential.value().unwrap();
+        assert_ne!(second, first);
+        assert!(check_peer_credential(&keys, second.as_bytes(), 0));
+        assert!(!check_peer_credential(&keys, first.as_bytes(), 0));
     }
 
     /// Items are sizes in bytes; the peer answers each with its size and

@@ -102,6 +102,11 @@ impl Pool {
         answer.await.map_err(|_| Error::internal("a storage call panicked; see the node's log"))?
     }
 
+    /// Whether [`Pool::run`] calls its function on the caller's thread.
+    pub fn is_inline(&self) -> bool {
+        self.jobs.is_none()
+    }
+
     /// Jobs queued or running now.
     pub fn busy(&self) -> usize {
         Self::QUEUE - self.room.available_permits()
