@@ -422,8 +422,9 @@ impl Buckets {
         Ok((self.merge(now)?, later.into_iter().map(|(name, _)| name).collect()))
     }
 
-    /// Applies `change` to `name` and stores it ([`Buckets::flush`] makes
-    /// it durable). Nothing changes on error.
+    /// Applies `change` to `name` and persists it. Nothing changes on error.
+    /// It flushes the engine, so async callers run it on a blocking thread
+    /// ([`Buckets::set_blocking`]).
     pub fn set(&self, name: &str, change: BucketChange) -> Result<Arc<BucketProps>> {
         validate_bucket_name(name)?;
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
@@ -465,6 +466,14 @@ impl Buckets {
         Ok(changed)
     }
 
+    /// [`Buckets::set`] on a blocking thread: the flush that makes the
+    /// change durable (before anyone can see it) writes out the whole
+    /// engine, and must not hold up a tokio worker.
+    pub async fn set_blocking(self: &Arc<Self>, name: &str, change: BucketChange) -> Result<Arc<BucketProps>> {
+        let (this, name) = (Arc::clone(self), name.to_owned());
+        tokio::task::spawn_blocking(move || this.set(&name, change)).await.map_err(Error::internal)?
+    }
+
     fn persist(&self, table: &Table) -> Result<()> {
         let p = Persisted {
             format: BUCKETS_FORMAT,
@@ -472,16 +481,8 @@ impl Buckets {
         };
         let bytes = serde_json::to_vec(&p).expect("bucket table serializes");
         self.store.insert(Space::Meta, META_KEY, &bytes)?;
+        self.store.flush()?;
         Ok(())
-    }
-
-    /// Makes every change so far durable: call after [`Buckets::set`],
-    /// [`Buckets::merge`] or [`Buckets::import`] changed something, before
-    /// telling anyone. The flush writes out the whole engine, so it runs on
-    /// a blocking thread, not under the table's lock.
-    pub async fn flush(&self) -> Result<()> {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.flush()).await.map_err(Error::internal)?.map_err(Error::from)
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Node {
     antientropy: Arc<AntiEntropy>,
     /// Runs the background workers; stopped after them.
     background: Background,
+    /// Runs requests' storage calls; closed once the server has stopped.
+    pool: Arc<Pool>,
     /// Holds the directory lock until the very end of shutdown.
     dir: Arc<DataDir>,
 }
@@ -244,7 +246,7 @@ impl Node {
             Arc::clone(&cluster),
             Arc::clone(&plugins),
             background.runtime.clone(),
-            pool,
+            Arc::clone(&pool),
         );
         let local: Arc<dyn LocalData> = Arc::new(NodeData {
             objects: Arc::clone(&objects),
@@ -324,6 +326,7 @@ impl Node {
             handoff,
             antientropy,
             background,
+            pool,
             dir,
         })
     }
@@ -389,6 +392,9 @@ impl Node {
         drop(self.handoff);
         drop(self.antientropy);
         self.background.stop().await;
+        // Storage calls still queued (replica batches of requests cut off at
+        // the drain timeout, read repair) finish before the trees are saved.
+        self.pool.close().await;
         // If a background task still holds the store it could write after
         // the final flush; then the run does not count as clean.
         let saved = self.objects.save_trees();

@@ -64,7 +64,7 @@ async fn anti_entropy_alone_makes_every_replica_identical() {
         for n in 0..3 {
             cluster.node(n).antientropy().round().await;
         }
-        trees_agree(&cluster, &[0, 1, 2])
+        trees_agree(&cluster, &[0, 1, 2]) && cluster.node(1).antientropy().status().never_exchanged == 0
     })
     .await;
     for i in 0..20_000u32 {
@@ -74,8 +74,6 @@ async fn anti_entropy_alone_makes_every_replica_identical() {
     }
     let repaired: u64 = (0..3).map(|n| cluster.node(n).antientropy().status().totals.keys_repaired).sum();
     assert!(repaired > 1000, "anti-entropy repaired {repaired} keys");
-    let status = cluster.node(1).antientropy().status();
-    assert_eq!(status.never_exchanged, 0, "{status:?}");
     Arc::into_inner(cluster).unwrap().shutdown().await;
 }
 

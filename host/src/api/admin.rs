@@ -254,8 +254,7 @@ impl pb::admin_server::Admin for AdminService {
         let change = change_from_proto(&req).map_err(admin_status)?;
         validate_bucket_name(&req.name).map_err(admin_status)?;
         self.check_bindings(&req.name, &change).await.map_err(admin_status)?;
-        let props = self.buckets.set(&req.name, change).map_err(admin_status)?;
-        self.buckets.flush().await.map_err(admin_status)?;
+        let props = self.buckets.set_blocking(&req.name, change).await.map_err(admin_status)?;
         Ok(Response::new(props_to_proto(&req.name, &props)))
     }
 
@@ -345,8 +344,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         let change = BucketChange { resolver: Some(Some(shadow)), shadow_resolver: Some(None), ..Default::default() };
         self.check_bindings(&bucket, &change).await.map_err(admin_status)?;
-        let props = self.buckets.set(&bucket, change).map_err(admin_status)?;
-        self.buckets.flush().await.map_err(admin_status)?;
+        let props = self.buckets.set_blocking(&bucket, change).await.map_err(admin_status)?;
         Ok(Response::new(props_to_proto(&bucket, &props)))
     }
 

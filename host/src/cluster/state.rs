@@ -366,15 +366,20 @@ impl Cluster {
                 tracing::warn!(plugin = %r, peer = %from, error = %e, "fetching a plugin from a peer failed; retrying next round");
             }
         }
-        // A binding waits until the plugins it names are here.
-        let registry = self.plugins.registry();
-        let (changed, deferred) =
-            self.buckets.import(&md.buckets, |props| props.plugins().all(|r| registry.contains(r)))?;
+        // A binding waits until the plugins it names are here. The import
+        // flushes the engine when it changes the table, so it runs on a
+        // blocking thread.
+        let (plugins, buckets, table) = (Arc::clone(&self.plugins), Arc::clone(&self.buckets), md.buckets);
+        let (changed, deferred) = tokio::task::spawn_blocking(move || {
+            let registry = plugins.registry();
+            buckets.import(&table, |props| props.plugins().all(|r| registry.contains(r)))
+        })
+        .await
+        .map_err(Error::internal)??;
         if !deferred.is_empty() {
             tracing::debug!(buckets = ?deferred, peer = %from, "bucket properties wait for the plugins they name");
         }
         if changed > 0 {
-            self.buckets.flush().await?;
             tracing::info!(changed, peer = %from, "bucket properties updated from a peer");
         }
         Ok(())
@@ -650,14 +655,14 @@ impl Cluster {
             }
             // Nothing is served from here until the new ring is adopted, so
             // no write lands between the discard and the join.
-            self.discarding.store(true, Ordering::Release);
-            self.publish_ready();
+            // The guard ends the pause however this ends, also when the
+            // caller gives up while the new ring is being flushed.
+            let pause = Discarding::start(self);
             let discarded = match local.discard() {
                 Ok(()) => self.adopt_ring(theirs, true).await,
                 Err(e) => Err(e),
             };
-            self.discarding.store(false, Ordering::Release);
-            self.publish_ready();
+            drop(pause);
             discarded?;
             tracing::warn!(seed, "discarded this node's data to join another cluster");
         } else {
@@ -725,8 +730,13 @@ impl Cluster {
         let target = node.filter(|n| !n.is_empty()).unwrap_or(&self.node_id);
         if target == self.node_id {
             // Remembered across restarts: a node that left stays out.
-            self.persist(LEAVING_KEY, b"1".to_vec()).await?;
+            // Set first: the flush finishes even if the caller gives up
+            // waiting for it, and the flag must agree with the disk.
             self.leaving.store(true, Ordering::Relaxed);
+            if let Err(e) = self.persist(LEAVING_KEY, b"1".to_vec()).await {
+                self.leaving.store(false, Ordering::Relaxed);
+                return Err(e);
+            }
             self.publish().await;
             tracing::info!("leaving the ring");
             return Ok(());
@@ -841,5 +851,24 @@ impl Cluster {
     /// Stops gossip.
     pub fn shutdown(&self) {
         self.membership.shutdown();
+    }
+}
+
+/// While alive, the node serves nothing (it is discarding its data to join
+/// another cluster); dropping it ends that, on every path out.
+struct Discarding<'a>(&'a Cluster);
+
+impl<'a> Discarding<'a> {
+    fn start(cluster: &'a Cluster) -> Self {
+        cluster.discarding.store(true, Ordering::Release);
+        cluster.publish_ready();
+        Self(cluster)
+    }
+}
+
+impl Drop for Discarding<'_> {
+    fn drop(&mut self) {
+        self.0.discarding.store(false, Ordering::Release);
+        self.0.publish_ready();
     }
 }

@@ -373,9 +373,9 @@ impl Coordinator {
     }
 
     /// Who a read asks, as `(node, replica it answers for)`: each replica,
-    /// or a fallback in place of one that is down. Local copies come first:
-    /// they are read (in microseconds) before any remote call starts, so
-    /// they are always the first answers.
+    /// or a fallback in place of one that is down. Local copies come first,
+    /// so their reads start before any remote call (on a storage thread
+    /// they may still answer after a peer does).
     fn read_targets(&self, plan: &Plan) -> Vec<(NodeId, NodeId)> {
         let members = self.cluster.members();
         let mut spares = plan.fallbacks.iter();

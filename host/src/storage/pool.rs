@@ -9,9 +9,10 @@
 //! [`Pool`] of dedicated threads and await the answer.
 //!
 //! The queue is bounded: past [`Pool::QUEUE`] waiting jobs, callers wait
-//! (asynchronously) for room instead of piling up work and memory. Under
-//! load a storage thread takes job after job without sleeping, so the
-//! hand-off costs little more than the two channel operations.
+//! (asynchronously) for room instead of adding to a queue the threads
+//! cannot work off. A queued job whose caller has given up (its request
+//! timed out) is skipped, so an overloaded node does not spend its storage
+//! threads on answers nobody waits for.
 //!
 //! The hand-off has a price: on a machine whose cores are all busy, it
 //! costs a thread wake-up each way (docs/BENCHMARKS.md measures it). A node
@@ -23,7 +24,7 @@
 //! call the store from there directly.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, oneshot};
 
@@ -33,8 +34,12 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// Threads that run storage calls for async callers.
 pub struct Pool {
-    /// `None`: calls run inline, on the caller's thread.
-    jobs: Option<crossbeam_channel::Sender<Job>>,
+    /// `None` for an inline pool, or after [`Pool::close`].
+    jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
+    /// The storage threads, joined by [`Pool::close`].
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Calls run on the caller's thread ([`Pool::inline`]).
+    inline: bool,
     /// One permit per job that may be queued or running.
     room: Arc<Semaphore>,
 }
@@ -47,9 +52,10 @@ impl Pool {
     /// pool is dropped and the jobs queued before have run.
     pub fn start(threads: usize) -> Result<Arc<Self>> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let queue = queue.clone();
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name(format!("concord-storage-{i}"))
                 .spawn(move || {
                     for job in queue {
@@ -61,8 +67,14 @@ impl Pool {
                     }
                 })
                 .map_err(|e| Error::Internal(format!("cannot start a storage thread: {e}")))?;
+            handles.push(handle);
         }
-        Ok(Arc::new(Self { jobs: Some(jobs), room: Arc::new(Semaphore::new(Self::QUEUE)) }))
+        Ok(Arc::new(Self {
+            jobs: Mutex::new(Some(jobs)),
+            threads: Mutex::new(handles),
+            inline: false,
+            room: Arc::new(Semaphore::new(Self::QUEUE)),
+        }))
     }
 
     /// A pool without threads: [`Pool::run`] calls its function at once on
@@ -70,41 +82,70 @@ impl Pool {
     /// call rarely waits for the disk and the hand-off would cost more than
     /// it saves.
     pub fn inline() -> Arc<Self> {
-        Arc::new(Self { jobs: None, room: Arc::new(Semaphore::new(Self::QUEUE)) })
+        Arc::new(Self {
+            jobs: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
+            inline: true,
+            room: Arc::new(Semaphore::new(Self::QUEUE)),
+        })
+    }
+
+    /// Stops taking jobs, lets the storage threads finish the queued ones
+    /// and waits for them to exit: after this no storage call of a request
+    /// runs any more. Later calls fail. For a node's shutdown, before its
+    /// final flush.
+    pub async fn close(&self) {
+        drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        if !threads.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+        }
     }
 
     /// The default number of threads: one per core, and at least four, so
     /// that reads waiting for the disk do not leave the cores idle.
     pub fn default_threads() -> usize {
-        std::thread::available_parallelism().map_or(4, |n| n.get()).max(4)
+        std::thread::available_parallelism().map_or(4, |n| n.get()).clamp(4, 256)
     }
 
     /// Runs `f` on a storage thread and returns its result. Waits for room
-    /// when the queue is full. If the caller stops waiting, `f` still runs
-    /// (a write is not torn), and its result is dropped.
+    /// when the queue is full. If the caller stops waiting before `f`
+    /// starts, `f` does not run; once it runs, it runs to the end (a write
+    /// is never torn) and its result is dropped.
     pub async fn run<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce() -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let Some(jobs) = &self.jobs else { return f() };
+        if self.inline {
+            return f();
+        }
         let permit = Arc::clone(&self.room)
             .acquire_owned()
             .await
             .map_err(|_| Error::internal("the storage threads have stopped"))?;
         let (done, answer) = oneshot::channel();
         let job: Job = Box::new(move || {
+            if done.is_closed() {
+                return;
+            }
             let result = f();
             drop(permit);
             let _ = done.send(result);
         });
-        jobs.send(job).map_err(|_| Error::internal("the storage threads have stopped"))?;
+        let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(Error::internal("the storage threads have stopped"));
+        }
         answer.await.map_err(|_| Error::internal("a storage call panicked; see the node's log"))?
     }
 
     /// Whether [`Pool::run`] calls its function on the caller's thread.
     pub fn is_inline(&self) -> bool {
-        self.jobs.is_none()
+        self.inline
     }
 
     /// Jobs queued or running now.
@@ -130,6 +171,56 @@ mod tests {
             (0..100).map(|i| i * 2).collect::<Vec<_>>()
         );
         assert_eq!(pool.busy(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_caller_gave_up_does_not_run_and_close_waits_for_the_rest() {
+        let pool = Pool::start(1).unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                pool.run(move || {
+                    held.recv().ok();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        while pool.busy() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let ran = Arc::new(AtomicUsize::new(0));
+        let job = |ran: &Arc<AtomicUsize>| {
+            let ran = Arc::clone(ran);
+            move || {
+                ran.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        };
+        // Queued behind the blocker, then given up on.
+        let abandoned = {
+            let (pool, job) = (Arc::clone(&pool), job(&ran));
+            tokio::spawn(async move { pool.run(job).await })
+        };
+        while pool.busy() < 2 {
+            tokio::task::yield_now().await;
+        }
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        let kept = {
+            let (pool, job) = (Arc::clone(&pool), job(&ran));
+            tokio::spawn(async move { pool.run(job).await })
+        };
+        while pool.busy() < 3 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        kept.await.unwrap().unwrap();
+        blocker.await.unwrap().unwrap();
+        assert_eq!(ran.load(Ordering::Relaxed), 1, "only the job someone waited for ran");
+        pool.close().await;
+        assert!(pool.run(|| Ok(())).await.is_err(), "a closed pool takes no more jobs");
     }
 
     #[tokio::test]
