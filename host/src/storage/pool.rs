@@ -24,7 +24,7 @@
 //! call the store from there directly.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Semaphore, oneshot};
 
@@ -34,8 +34,9 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// Threads that run storage calls for async callers.
 pub struct Pool {
-    /// `None` for an inline pool, or after [`Pool::close`].
-    jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
+    /// `None` for an inline pool, or after [`Pool::close`]. Written only
+    /// by `close`: every call takes the shared lock.
+    jobs: RwLock<Option<crossbeam_channel::Sender<Job>>>,
     /// The storage threads, joined by [`Pool::close`].
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Calls run on the caller's thread ([`Pool::inline`]).
@@ -70,7 +71,7 @@ impl Pool {
             handles.push(handle);
         }
         Ok(Arc::new(Self {
-            jobs: Mutex::new(Some(jobs)),
+            jobs: RwLock::new(Some(jobs)),
             threads: Mutex::new(handles),
             inline: false,
             room: Arc::new(Semaphore::new(Self::QUEUE)),
@@ -83,7 +84,7 @@ impl Pool {
     /// it saves.
     pub fn inline() -> Arc<Self> {
         Arc::new(Self {
-            jobs: Mutex::new(None),
+            jobs: RwLock::new(None),
             threads: Mutex::new(Vec::new()),
             inline: true,
             room: Arc::new(Semaphore::new(Self::QUEUE)),
@@ -95,7 +96,7 @@ impl Pool {
     /// runs any more. Later calls fail. For a node's shutdown, before its
     /// final flush.
     pub async fn close(&self) {
-        drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(self.jobs.write().unwrap_or_else(|p| p.into_inner()).take());
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         if !threads.is_empty() {
             let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
@@ -133,7 +134,7 @@ impl Pool {
             drop(permit);
             let _ = done.send(result);
         });
-        let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
+        let sent = match &*self.jobs.read().unwrap_or_else(|p| p.into_inner()) {
             Some(jobs) => jobs.send(job).is_ok(),
             None => false,
         };
