@@ -47,8 +47,13 @@ impl SledStore {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
+                // sled reports a held lock as an error of kind `Other`
+                // whose message names it (the OS's WouldBlock is only in
+                // the text), so the message is what tells.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < give_up =>
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().starts_with("could not acquire lock"))
+                        && std::time::Instant::now() < give_up =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
