@@ -369,6 +369,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        &self.configs[i].data_dir
+    }
+
     /// Deletes stopped node `i`'s data directory, as a lost disk would.
     pub fn wipe(&self, i: usize) -> anyhow::Result<()> {
         anyhow::ensure!(self.nodes[i].is_none(), "stop node {i} before wiping it");

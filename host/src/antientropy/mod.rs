@@ -42,7 +42,9 @@ pub use reap::transferring;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -178,8 +180,12 @@ pub struct AntiEntropy {
 }
 
 impl AntiEntropy {
-    /// Wires the worker. With `verify_now`, trees are checked against the
-    /// data first (the last run did not stop cleanly).
+    /// Wires the worker. Trees are checked against the data first with
+    /// `verify_now` (the last run did not stop cleanly), and whenever some
+    /// partition starts with untrusted trees: a clean stop saves only the
+    /// trees it trusts, so a partition still being rebuilt when the node
+    /// stopped cleanly starts untrusted again, and without a check now it
+    /// would take no part in anti-entropy until the periodic one.
     pub fn new(
         objects: Arc<ObjectStore>,
         cluster: Arc<Cluster>,
@@ -189,7 +195,7 @@ impl AntiEntropy {
         verify_now: bool,
     ) -> Arc<Self> {
         let state = State {
-            verify: verify_now.then_some((0, 0)),
+            verify: (verify_now || objects.untrusted() > 0).then_some((0, 0)),
             verified_at: Some(Instant::now()),
             replica_counts: replica_counts(&buckets),
             ..State::default()

@@ -3,7 +3,9 @@
 //! that is safe.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use concord_proto::v1 as pb;
 
