@@ -19,6 +19,7 @@
 //! | [`antientropy`] | hash trees, exchanges between replicas, tombstone reaping |
 //! | [`api`] | the gRPC services |
 //! | [`node`] | wiring, background workers, shutdown |
+//! | [`env`] | what a node takes from its surroundings (clock, randomness, network), for the simulation |
 
 pub mod antientropy;
 pub mod api;
@@ -27,10 +28,12 @@ pub mod causal;
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
+pub mod env;
 mod error;
 pub mod handoff;
 pub mod net;
 pub mod node;
+pub mod planted;
 pub mod plugins;
 pub mod ring;
 pub mod security;
@@ -44,8 +47,9 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use node::Node;
 
-/// Milliseconds since the Unix epoch, from the system clock. Only ever
-/// informational (sibling timestamps); causality does not depend on it.
+/// Milliseconds since the Unix epoch, from the system clock (or the
+/// simulation's; see [`env::since_epoch`]). Causality never depends on it:
+/// it dates siblings, hints and tombstones.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    env::since_epoch().as_millis() as u64
 }

@@ -17,6 +17,7 @@ use crate::buckets::Buckets;
 use crate::cluster::{Cluster, LocalData, Membership, MembershipConfig, load_ring, load_seeds};
 use crate::config::Config;
 use crate::coordinator::{Coordinator, CoordinatorConfig};
+use crate::env::Environment;
 use crate::handoff::{Handoff, HintStore, Transfers};
 use crate::net::{Faults, Net};
 use crate::plugins::Plugins;
@@ -55,6 +56,12 @@ impl Node {
     /// `config.listen` (port 0 picks a free port; see [`Node::local_addr`]).
     /// Gossip uses UDP on the same port number.
     pub async fn start(config: Config) -> Result<Node> {
+        Self::start_in(config, Environment::machine()).await
+    }
+
+    /// [`Node::start`] in the given surroundings (the simulation's network,
+    /// engine and single thread; see [`crate::env`]).
+    pub async fn start_in(config: Config, env: Environment) -> Result<Node> {
         config.validate()?;
         // Metric handles made before the recorder is installed are no-ops, so
         // this comes first.
@@ -62,10 +69,18 @@ impl Node {
             crate::telemetry::install_prometheus(addr)?;
             tracing::info!(%addr, "serving metrics at /metrics");
         }
-        let incoming = TcpIncoming::bind(config.listen)
-            .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", config.listen)))?
-            .with_nodelay(Some(true));
-        let bound = incoming.local_addr().map_err(Error::internal)?;
+        let incoming = match env.incoming {
+            Some((addr, conns)) => Incoming::Given(addr, conns),
+            None => Incoming::Tcp(
+                TcpIncoming::bind(config.listen)
+                    .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", config.listen)))?
+                    .with_nodelay(Some(true)),
+            ),
+        };
+        let bound = match &incoming {
+            Incoming::Given(addr, _) => *addr,
+            Incoming::Tcp(tcp) => tcp.local_addr().map_err(Error::internal)?,
+        };
         let advertised = config.advertise.unwrap_or(bound);
         if advertised.ip().is_unspecified() {
             return Err(Error::invalid(format!(
@@ -74,13 +89,20 @@ impl Node {
         }
         let dir = Arc::new(DataDir::open(&config.data_dir, config.node_id.as_deref(), &advertised.to_string())?);
         let node_id = dir.node_id().to_owned();
-        let engine: Arc<dyn Store> = Arc::new(SledStore::open(&dir.db_path(), config.cache_mb << 20)?);
-        let durability = Arc::new(Durability::start(
-            Arc::clone(&engine),
-            config.durability,
-            Duration::from_millis(config.flush_interval_ms),
-            Duration::from_micros(config.group_commit_max_delay_us),
-        ));
+        let engine: Arc<dyn Store> = match env.store {
+            Some(store) => store,
+            None => Arc::new(SledStore::open(&dir.db_path(), config.cache_mb << 20)?),
+        };
+        let durability = Arc::new(if env.one_thread {
+            Durability::inline(config.durability)
+        } else {
+            Durability::start(
+                Arc::clone(&engine),
+                config.durability,
+                Duration::from_millis(config.flush_interval_ms),
+                Duration::from_micros(config.group_commit_max_delay_us),
+            )
+        });
         let buckets = Arc::new(Buckets::load(Arc::clone(&engine), config.bucket_defaults()?, &node_id)?);
         let plugins = Plugins::open(
             Arc::clone(&engine),
@@ -143,7 +165,7 @@ impl Node {
 
         let (stop, stopped) = watch::channel(false);
         let faults = Arc::new(Faults::default());
-        let net = Net::new(Arc::clone(&faults), Arc::clone(&keys), client_tls);
+        let net = Net::new_in(Arc::clone(&faults), Arc::clone(&keys), client_tls, env.dialer);
         let gossip_interval = Duration::from_millis(config.gossip_interval_ms);
         let membership = Membership::start(
             MembershipConfig {
@@ -161,6 +183,7 @@ impl Node {
                 ],
             },
             Arc::clone(&faults),
+            env.gossip,
             stopped.clone(),
         )
         .await?;
@@ -180,6 +203,7 @@ impl Node {
         );
         let live_hints = config.handoff.enabled.then(|| Arc::clone(&hints));
         let pool = match config.storage_threads {
+            _ if env.one_thread => Pool::inline(),
             0 => Pool::inline(),
             threads => Pool::start(threads)?,
         };
@@ -213,7 +237,7 @@ impl Node {
         );
         let transfers =
             Transfers::new(Arc::clone(&objects), Arc::clone(&cluster), config.handoff.transfer_rate_bytes_per_sec);
-        let background = Background::start()?;
+        let background = if env.one_thread { Background::current() } else { Background::start()? };
         let mut workers = vec![
             background.enter(|| transfers.spawn(stopped.clone())),
             spawn_storage_gauge(Arc::clone(&engine), stopped.clone()),
@@ -297,12 +321,14 @@ impl Node {
             .add_service(reflection_v1alpha);
         let mut shutdown = stopped;
         let server = tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = shutdown.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("gRPC server failed: {e}")))
+            let stopping = async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            };
+            match incoming {
+                Incoming::Tcp(tcp) => router.serve_with_incoming_shutdown(tcp, stopping).await,
+                Incoming::Given(_, conns) => router.serve_with_incoming_shutdown(conns, stopping).await,
+            }
+            .map_err(|e| Error::Internal(format!("gRPC server failed: {e}")))
         });
         tracing::info!(
             node_id = %node_id,
@@ -421,6 +447,12 @@ impl Node {
     }
 }
 
+/// Where the server's connections come from.
+enum Incoming {
+    Tcp(TcpIncoming),
+    Given(SocketAddr, crate::env::Incoming),
+}
+
 /// A thread of its own, at a lower CPU priority (nice 10), running a
 /// single-threaded runtime for the node's background workers (hint
 /// delivery, and other work that is not a request). On a busy machine the
@@ -459,6 +491,12 @@ impl Background {
             .map_err(|_| Error::internal("the background thread stopped at start"))?
             .map_err(|e| Error::Internal(format!("cannot start the background runtime: {e}")))?;
         Ok(Self { runtime, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// No thread: background workers share the caller's runtime (the
+    /// simulation runs a whole node on one).
+    fn current() -> Self {
+        Self { runtime: tokio::runtime::Handle::current(), stop: None, thread: None }
     }
 
     /// Runs `f` (which spawns a worker) with the background runtime as the
@@ -570,7 +608,7 @@ fn spawn_plugin_unloader(plugins: Arc<Plugins>, every: Duration, mut stopped: wa
 /// with seeds; see `Cluster::bootstrap_keys`).
 fn spawn_key_fetch(cluster: Arc<Cluster>, seeds: Vec<String>, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let mut warned = false;
         let mut pause = Duration::from_millis(50);
         loop {

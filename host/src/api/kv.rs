@@ -1,7 +1,7 @@
 //! The `Kv` service.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use concord_proto::v1 as pb;
 use tonic::{Request, Response, Status};

@@ -312,6 +312,9 @@ impl Object {
                 (Some(_), None) | (None, None) => unreachable!("guarded above"),
             }
         }
+        if crate::planted::planted(crate::planted::Bug::MergeDropsSibling) && merged.len() > 1 {
+            merged.remove(0);
+        }
         self.siblings = merged;
         self.vv.merge(&other.vv);
     }

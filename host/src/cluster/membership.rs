@@ -26,7 +26,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion, spawn_chitchat};
@@ -174,11 +176,14 @@ pub struct Membership {
 impl Membership {
     /// Joins the gossip (binding UDP on the listen port) and starts the
     /// snapshot task.
-    pub async fn start(config: MembershipConfig, faults: Arc<Faults>, stopped: watch::Receiver<bool>) -> Result<Self> {
-        let generation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
+    /// `transport` replaces UDP (the simulation's network).
+    pub async fn start(
+        config: MembershipConfig,
+        faults: Arc<Faults>,
+        transport: Option<Arc<dyn chitchat::transport::Transport>>,
+        stopped: watch::Receiver<bool>,
+    ) -> Result<Self> {
+        let generation = (crate::env::since_epoch().as_nanos() as u64).max(1);
         let id = ChitchatId::new(config.node_id.clone(), generation, config.advertise);
         let chitchat_config = ChitchatConfig {
             chitchat_id: id,
@@ -201,7 +206,7 @@ impl Membership {
         let mut initial =
             vec![("addr".to_owned(), config.advertise.to_string()), ("zone".to_owned(), config.zone.clone())];
         initial.extend(config.initial.iter().cloned());
-        let handle = spawn_chitchat(chitchat_config, initial, &FaultyUdp { faults })
+        let handle = spawn_chitchat(chitchat_config, initial, &FaultyUdp { faults, inner: transport })
             .await
             .map_err(|e| Error::Internal(format!("cannot start gossip on UDP {}: {e:#}", config.listen)))?;
         let view = Arc::new(ArcSwap::from_pointee(Members::default()));

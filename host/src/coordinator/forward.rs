@@ -2,7 +2,9 @@
 //! replicas goes to a replica, which coordinates it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{Coordinator, WriteOutcome, WriteRequest, remaining, wire};
 use crate::net::{NetError, never_delivered};

@@ -38,7 +38,9 @@ pub mod tally;
 pub mod wire;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use concord_proto::v1 as pb;
 use metrics::{Counter, Histogram};
@@ -344,7 +346,7 @@ impl Coordinator {
         // deadline: a quarter of what is left stays for resolving and
         // writing back.
         let until = Instant::now() + deadline.saturating_duration_since(Instant::now()) * 3 / 4;
-        while let Ok(Some(a)) = tokio::time::timeout_at(until.into(), former_rx.recv()).await {
+        while let Ok(Some(a)) = tokio::time::timeout_at(until, former_rx.recv()).await {
             if let Ok(copy @ Some(_)) = a.result {
                 // Merged and passed on by read repair, never repaired.
                 answers.push((a.node, String::new(), copy));

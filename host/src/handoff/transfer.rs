@@ -217,7 +217,7 @@ impl Transfers {
                 s.bytes_sent = bytes_before + so_far.bytes;
             }
         };
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let outcome =
             peer.sync(p, n, &theirs, Direction::Push, &mut progress).await.map_err(|e| format!("{target}: {e}"))?;
         tracing::debug!(partition = p, n, %target, segments = outcome.segments, sent = outcome.sent, bytes = outcome.bytes, ms = started.elapsed().as_millis() as u64, "pushed a tree");

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use concord_proto::v1 as pb;
 use tokio::sync::watch;
@@ -278,6 +280,12 @@ impl Handoff {
         ring_epoch: u64,
     ) -> Result<Vec<StoredHint>, String> {
         let to = stand_in.unwrap_or(target);
+        if crate::planted::planted(crate::planted::Bug::HintDeletedBeforeDelivery) {
+            for h in batch {
+                let _ = self.hints.remove_if_unchanged(h);
+            }
+            return Ok(Vec::new());
+        }
         let addr = self.cluster.addr_of(to).ok_or_else(|| format!("the address of {to} is unknown"))?;
         let writes = batch
             .iter()
@@ -366,7 +374,7 @@ impl Handoff {
         let mut states = self.targets();
         let s = states.entry(target.to_owned()).or_default();
         s.failures = s.failures.saturating_add(1);
-        let wait = retry_delay_ms(s.failures, RETRY_BASE_MS, self.config.retry_max_ms, rand::random());
+        let wait = retry_delay_ms(s.failures, RETRY_BASE_MS, self.config.retry_max_ms, crate::env::random_unit());
         s.retry_at = Some(Instant::now() + Duration::from_millis(wait));
         tracing::debug!(%target, %error, retry_in_ms = wait, "hint delivery failed");
         s.last_error = Some(error);

@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
@@ -21,6 +23,7 @@ use concord_proto::v1::internal_client::InternalClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::env::Dialer;
 use crate::security::{KeySet, Keyring, Purpose};
 
 /// Metadata header carrying a node's credential on Internal calls:
@@ -314,6 +317,8 @@ pub struct Net {
     credential: PeerCredential,
     /// Set when peers are reached over TLS.
     tls: Option<ClientTlsConfig>,
+    /// Opens connections when the node does not use TCP (the simulation).
+    dialer: Option<Dialer>,
     /// Written only when a peer is first called.
     channels: RwLock<HashMap<SocketAddr, Channel>>,
     /// Per peer, the queues of its batching tasks (see [`Net::replica_write_one`]).
@@ -332,10 +337,21 @@ impl Net {
     /// A net with the given fault rules (empty in production). Must be
     /// called on the runtime that serves requests.
     pub fn new(faults: Arc<Faults>, keys: Arc<Keyring>, tls: Option<ClientTlsConfig>) -> Arc<Self> {
+        Self::new_in(faults, keys, tls, None)
+    }
+
+    /// A net whose connections `dialer` opens (`None`: TCP).
+    pub fn new_in(
+        faults: Arc<Faults>,
+        keys: Arc<Keyring>,
+        tls: Option<ClientTlsConfig>,
+        dialer: Option<Dialer>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             faults,
             credential: PeerCredential::new(keys),
             tls,
+            dialer,
             channels: RwLock::new(HashMap::new()),
             write_queues: RwLock::new(HashMap::new()),
             read_queues: RwLock::new(HashMap::new()),
@@ -421,7 +437,7 @@ impl Net {
                 }
             }
         }
-        match tokio::time::timeout_at(deadline.into(), wait).await {
+        match tokio::time::timeout_at(deadline, wait).await {
             Ok(Ok(answer)) => answer,
             // The batcher drops items whose deadline has passed.
             Ok(Err(_)) if Instant::now() >= deadline => Err("no answer before the deadline".into()),
@@ -457,7 +473,16 @@ impl Net {
                 if let Some(tls) = &self.tls {
                     endpoint = endpoint.tls_config(tls.clone()).expect("a TLS client configuration applies");
                 }
-                endpoint.connect_lazy()
+                match &self.dialer {
+                    Some(dial) => {
+                        let dial = Arc::clone(dial);
+                        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                            let connecting = dial(addr);
+                            async move { connecting.await.map(hyper_util::rt::TokioIo::new) }
+                        }))
+                    }
+                    None => endpoint.connect_lazy(),
+                }
             })
             .clone()
     }
@@ -632,6 +657,8 @@ impl Throttle {
 pub struct FaultyUdp {
     /// Rules shared with the node's [`Net`].
     pub faults: Arc<Faults>,
+    /// The transport underneath (`None`: chitchat's UDP).
+    pub inner: Option<Arc<dyn Transport>>,
 }
 
 struct FaultySocket {
@@ -642,7 +669,10 @@ struct FaultySocket {
 #[async_trait::async_trait]
 impl Transport for FaultyUdp {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let inner = UdpTransport.open(listen_addr).await?;
+        let inner = match &self.inner {
+            Some(t) => t.open(listen_addr).await?,
+            None => UdpTransport.open(listen_addr).await?,
+        };
         Ok(Box::new(FaultySocket { inner, faults: Arc::clone(&self.faults) }))
     }
 }

@@ -196,7 +196,7 @@ impl DataDir {
 /// A random non-zero actor id.
 fn mint_incarnation() -> Incarnation {
     loop {
-        let i: u64 = rand::random();
+        let i = crate::env::random_u64();
         if i != 0 {
             break i;
         }

@@ -63,6 +63,9 @@ pub struct Durability {
     /// Microseconds every flush waits before it starts: 0 except in tests
     /// that stand in for a stalled disk ([`Durability::delay_flushes`]).
     delay_us: Arc<AtomicU64>,
+    /// No worker: the engine makes each write durable by itself
+    /// ([`Durability::inline`]).
+    inline: bool,
 }
 
 impl Drop for Durability {
@@ -93,7 +96,14 @@ impl Durability {
                 DurabilityMode::Periodic => periodic(&*store, rx, interval, &delay),
             })
             .expect("spawning the durability thread");
-        Self { mode, tx: Some(tx), thread: Some(thread), delay_us }
+        Self { mode, tx: Some(tx), thread: Some(thread), delay_us, inline: false }
+    }
+
+    /// No worker thread, for an engine whose writes are durable when they
+    /// return (the in-memory engine of the simulation, whose "disk" is the
+    /// memory that outlives a simulated crash).
+    pub fn inline(mode: DurabilityMode) -> Self {
+        Self { mode, tx: None, thread: None, delay_us: Arc::default(), inline: true }
     }
 
     /// Makes every later flush wait `delay` before it starts, as a stalled
@@ -111,7 +121,7 @@ impl Durability {
     /// Returns once every write that finished before the call is as durable
     /// as the mode promises: on disk for `fsync`, immediately for `periodic`.
     pub async fn wait(&self) -> Result<()> {
-        if self.mode == DurabilityMode::Periodic {
+        if self.mode == DurabilityMode::Periodic || self.inline {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();

@@ -1,0 +1,529 @@
+//! Deterministic simulation of whole Concord clusters.
+//!
+//! Real [`concord::Node`]s (coordinator, cluster worker, gossip, hinted
+//! handoff, anti-entropy) run in one process on turmoil's simulated network
+//! and clock, on the in-memory engine, all on one thread. Every choice the
+//! simulation makes (the faults, the clients' operations, the network's
+//! latencies, the nodes' incarnations and retry jitter) comes from one
+//! seed, so a failing seed can be run again with a trace of what happened.
+//!
+//! A run has three phases:
+//! 1. **Faults**: clients add unique elements to sets (one key per set)
+//!    while the nemesis partitions nodes (also one way), slows links down,
+//!    crashes and restarts nodes and wipes their data.
+//! 2. **Healing**: the faults stop, every node runs again, and the run
+//!    waits until no node holds hints and every key's replicas agree.
+//! 3. **Checking**: [`check`] holds the history against every replica's
+//!    final copy.
+//!
+//! See docs/RELIABILITY.md for the fault model and the checker's rules.
+
+mod check;
+mod net;
+mod workload;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord::causal::Object;
+use concord::cluster::Cluster;
+use concord::env::Environment;
+use concord::handoff::Handoff;
+use concord::storage::{MemStore, ObjectStore};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+pub use workload::{Delete, History, Write};
+
+/// The bucket every client writes to.
+pub const BUCKET: &str = "sets";
+
+/// What one run simulates.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Nodes in the cluster (every bucket keeps 3 replicas).
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Keys (sets) the clients share.
+    pub keys: usize,
+    /// Simulated length of the fault phase.
+    pub fault_phase: Duration,
+    /// Whether the nemesis runs (off: a fault-free baseline).
+    pub faults: bool,
+    /// Keep a readable trace of faults and operations in the report.
+    pub trace: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { nodes: 4, clients: 3, keys: 6, fault_phase: Duration::from_secs(30), faults: true, trace: false }
+    }
+}
+
+/// What one run did and found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    /// Simulated time from start to the end of the check.
+    pub simulated: Duration,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, usize>,
+    /// Writes (adds) attempted and acknowledged; deletes attempted.
+    pub writes: usize,
+    pub acked: usize,
+    pub deletes: usize,
+    /// Acknowledged adds the checker verified.
+    pub checked: usize,
+    /// Everything the checker found wrong; empty for a good run.
+    pub anomalies: Vec<String>,
+    /// Faults and operations in order, when [`Options::trace`] is set.
+    pub trace: Vec<String>,
+}
+
+impl Report {
+    /// Total faults injected.
+    pub fn fault_count(&self) -> usize {
+        self.faults.values().sum()
+    }
+}
+
+/// A node as the simulation keeps it between its lives: its "disk" (the
+/// in-memory engine and the data directory survive a crash) and, while it
+/// runs, handles on its parts.
+struct Slot {
+    name: String,
+    store: MemStore,
+    dir: PathBuf,
+    live: Option<Live>,
+    /// Simulated times at which the node lost its data.
+    wiped_at: Vec<Duration>,
+    /// Simulated times at which the node stopped (crash or wipe).
+    stopped_at: Vec<Duration>,
+}
+
+#[derive(Clone)]
+struct Live {
+    objects: Arc<ObjectStore>,
+    cluster: Arc<Cluster>,
+    handoff: Arc<Handoff>,
+    antientropy: Arc<concord::antientropy::AntiEntropy>,
+}
+
+/// State shared by the hosts, the clients and the driver (all on one thread).
+#[derive(Default)]
+pub(crate) struct Shared {
+    slots: Vec<Slot>,
+    history: History,
+    trace: Option<Vec<String>>,
+    /// Clients start no operation after this simulated time.
+    clients_stop_at: Duration,
+    /// The simulated time as of the driver's last step (for the driver's
+    /// own trace lines; hosts read the clock directly).
+    driver_clock: Duration,
+}
+
+impl Shared {
+    pub(crate) fn note(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            let at = turmoil::sim_elapsed().unwrap_or(self.driver_clock);
+            t.push(format!("{:>9.3}s {}", at.as_secs_f64(), line()));
+        }
+    }
+
+    /// The node's own copy of `key`, if it is running.
+    pub(crate) fn local_copy(&self, node: &str, key: &[u8]) -> Option<Option<Object>> {
+        let slot = self.slots.iter().find(|s| s.name == node)?;
+        let live = slot.live.as_ref()?;
+        let p = live.cluster.ring().partition_of(BUCKET, key);
+        live.objects.read(p, BUCKET, key).ok()
+    }
+
+    /// Whether `node` stopped or lost its data after `since`.
+    pub(crate) fn stopped_since(&self, node: &str, since: Duration) -> bool {
+        self.slots.iter().find(|s| s.name == node).is_none_or(|s| s.stopped_at.iter().any(|t| *t >= since))
+    }
+}
+
+/// Simulated time since the run started.
+pub(crate) fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+type SharedRef = Rc<RefCell<Shared>>;
+
+/// Runs one seed and checks it.
+pub fn run(seed: u64, options: &Options) -> anyhow::Result<Report> {
+    let tmp = tempfile::tempdir()?;
+    let shared: SharedRef = Rc::new(RefCell::new(Shared {
+        trace: options.trace.then(Vec::new),
+        clients_stop_at: options.fault_phase,
+        ..Default::default()
+    }));
+    let names: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
+    for name in &names {
+        shared.borrow_mut().slots.push(Slot {
+            name: name.clone(),
+            store: MemStore::new(),
+            dir: tmp.path().join(name),
+            live: None,
+            wiped_at: Vec::new(),
+            stopped_at: Vec::new(),
+        });
+    }
+
+    concord::env::set_thread_clock(Some(turmoil::since_epoch));
+    concord::env::set_thread_seed(Some(seed));
+    let _reset = ResetThread;
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600)) // 2026-01-01
+        .simulation_duration(Duration::from_secs(24 * 3600))
+        .tick_duration(Duration::from_millis(2))
+        .min_message_latency(Duration::from_micros(200))
+        .max_message_latency(Duration::from_millis(5))
+        .build();
+
+    let secret = concord::security::KeySet::generate().export();
+    let udp = net::Udp::default();
+    for (i, name) in names.iter().enumerate() {
+        let shared = Rc::clone(&shared);
+        let (host, names, secret, udp) = (name.clone(), names.clone(), secret.clone(), udp.clone());
+        sim.host(name.as_str(), move || {
+            let (shared, name, names) = (Rc::clone(&shared), host.clone(), names.clone());
+            let (secret, udp) = (secret.clone(), udp.clone());
+            async move { serve(shared, i, name, names, secret, udp).await }
+        });
+    }
+    for c in 0..options.clients {
+        let shared = Rc::clone(&shared);
+        let names = names.clone();
+        let client_seed = seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(c as u64 + 1));
+        let keys = options.keys;
+        sim.client(format!("c{c}"), async move {
+            workload::client(shared, c, names, keys, client_seed).await;
+            Ok(())
+        });
+    }
+
+    let mut report = Report { seed, ..Default::default() };
+    let mut rng = SmallRng::seed_from_u64(seed.rotate_left(17) ^ 0x5eed);
+    // Let the cluster form before the first fault.
+    let first_fault = Duration::from_secs(5);
+    let mut nemesis = Nemesis::default();
+    let mut next_fault = first_fault;
+    while sim.elapsed() < options.fault_phase {
+        if options.faults && sim.elapsed() >= next_fault {
+            let pause = nemesis.step(&mut sim, &shared, &names, &mut rng, &mut report);
+            next_fault = sim.elapsed() + pause;
+        }
+        sim.step().map_err(|e| anyhow::anyhow!("the simulation failed: {e}"))?;
+        shared.borrow_mut().driver_clock = sim.elapsed();
+    }
+    nemesis.heal_all(&mut sim, &shared, &names);
+    shared.borrow_mut().note(|| "faults stop; every link healed, every node running".into());
+
+    // Healing: wait (in simulated time) for the clients to finish, every
+    // hint to be delivered and every key's replicas to agree.
+    let give_up = sim.elapsed() + Duration::from_secs(120);
+    let mut converged = false;
+    let mut next_look = sim.elapsed();
+    while sim.elapsed() < give_up {
+        let clients_done = sim.step().map_err(|e| anyhow::anyhow!("the simulation failed: {e}"))?;
+        shared.borrow_mut().driver_clock = sim.elapsed();
+        if clients_done && sim.elapsed() >= next_look {
+            next_look = sim.elapsed() + Duration::from_secs(1);
+            if settled(&shared.borrow(), options) {
+                converged = true;
+                break;
+            }
+        }
+    }
+    report.simulated = sim.elapsed();
+    let shared = shared.borrow();
+    if !converged {
+        report.anomalies.push(format!(
+            "not converged {:?} after the faults stopped: {}",
+            give_up.saturating_sub(options.fault_phase),
+            describe_divergence(&shared, options)
+        ));
+    }
+    check::check(&shared, options, &mut report);
+    report.trace = shared.trace.clone().unwrap_or_default();
+    Ok(report)
+}
+
+/// Restores the thread's clock and random source when a run ends, even by
+/// a panic.
+struct ResetThread;
+
+impl Drop for ResetThread {
+    fn drop(&mut self) {
+        concord::env::set_thread_clock(None);
+        concord::env::set_thread_seed(None);
+    }
+}
+
+/// One node's life: starts it on its data and serves until crashed.
+async fn serve(
+    shared: SharedRef,
+    i: usize,
+    name: String,
+    names: Vec<String>,
+    secret: String,
+    udp: net::Udp,
+) -> turmoil::Result {
+    let me = SocketAddr::new(turmoil::lookup(name.as_str()), net::PORT);
+    let (store, dir) = {
+        let s = shared.borrow();
+        (s.slots[i].store.clone(), s.slots[i].dir.clone())
+    };
+
+    let db_marker = dir.join("db");
+    let mut config = concord::Config {
+        node_id: Some(name.clone()),
+        data_dir: dir,
+        listen: me,
+        advertise: Some(me),
+        seeds: names
+            .iter()
+            .filter(|n| **n != name)
+            .map(|n| SocketAddr::new(turmoil::lookup(n.as_str()), net::PORT).to_string())
+            .collect(),
+        gossip_interval_ms: 250,
+        request_timeout_ms: 2_000,
+        partitions: 16,
+        storage_threads: 0,
+        ..Default::default()
+    };
+    config.security.cluster_secret = Some(secret);
+    config.antientropy.interval_secs = 2;
+    config.handoff.retry_max_ms = 2_000;
+    let env = Environment {
+        store: Some(Arc::new(store)),
+        incoming: Some((me, net::incoming().await?)),
+        dialer: Some(net::dialer()),
+        gossip: Some(Arc::new(udp)),
+        one_thread: true,
+    };
+    let node = concord::Node::start_in(config, env).await.map_err(|e| format!("{name} did not start: {e}"))?;
+    // The data directory tells a crash from a clean stop, and a new node
+    // from one that holds data, by sled's `db` directory. The in-memory
+    // engine stands in its place, so the directory is made as sled would
+    // make it at the first start (and goes with the rest in a wipe).
+    std::fs::create_dir_all(db_marker)?;
+    {
+        let mut s = shared.borrow_mut();
+        s.slots[i].live = Some(Live {
+            objects: Arc::clone(node.objects()),
+            cluster: Arc::clone(node.cluster()),
+            handoff: Arc::clone(node.handoff()),
+            antientropy: Arc::clone(node.antientropy()),
+        });
+        s.note(|| format!("{name} started"));
+    }
+    // Serves until the simulation crashes the host, which drops the node
+    // (and everything it runs) without a shutdown, as kill -9 would.
+    std::future::pending::<()>().await;
+    drop(node);
+    Ok(())
+}
+
+/// Whether the cluster has settled: every node running with the whole ring
+/// up, no hints left, every key's replicas identical.
+fn settled(shared: &Shared, options: &Options) -> bool {
+    let all_up = shared.slots.iter().all(|s| {
+        s.live.as_ref().is_some_and(|l| {
+            let status = l.cluster.status();
+            l.cluster.ring().members().len() == options.nodes
+                && status.nodes.iter().filter(|n| n.status == "up").count() == options.nodes
+                && l.handoff.hints().total() == 0
+        })
+    });
+    all_up && (0..options.keys).all(|k| replicas_agree(shared, &workload::key(k)).is_ok())
+}
+
+/// Whether every replica of `key` holds the same object (a missing copy and
+/// a copy of only tombstones count as the same).
+fn replicas_agree(shared: &Shared, key: &[u8]) -> Result<(), String> {
+    let Some(live) = shared.slots.iter().find_map(|s| s.live.as_ref()) else {
+        return Err("no node is running".into());
+    };
+    let ring = live.cluster.ring();
+    let replicas = ring.preference_list(ring.partition_of(BUCKET, key), 3);
+    let copies: Vec<(String, Option<Object>)> = replicas
+        .iter()
+        .map(|r| {
+            let copy = shared.local_copy(r, key).flatten().filter(|o| o.live_siblings().next().is_some());
+            (r.clone(), copy)
+        })
+        .collect();
+    match copies.windows(2).find(|w| w[0].1 != w[1].1) {
+        None => Ok(()),
+        Some(w) => Err(format!(
+            "key {} differs between {} ({}) and {} ({})",
+            String::from_utf8_lossy(key),
+            w[0].0,
+            workload::describe(w[0].1.as_ref()),
+            w[1].0,
+            workload::describe(w[1].1.as_ref())
+        )),
+    }
+}
+
+fn describe_divergence(shared: &Shared, options: &Options) -> String {
+    let mut out: Vec<String> = shared
+        .slots
+        .iter()
+        .filter_map(|s| match &s.live {
+            None => Some(format!("{} is not running", s.name)),
+            Some(l) if l.handoff.hints().total() > 0 => {
+                Some(format!("{} holds {} hints", s.name, l.handoff.hints().total()))
+            }
+            Some(_) => None,
+        })
+        .collect();
+    for k in 0..options.keys {
+        if let Err(e) = replicas_agree(shared, &workload::key(k)) {
+            out.push(format!("{e}\n{}", dump_key(shared, &workload::key(k))));
+        }
+    }
+    if out.is_empty() { "the ring or membership had not settled".into() } else { out.join("; ") }
+}
+
+/// Every replica's copy of `key` in detail: its version vector, sibling
+/// dots, whether its trees are trusted and how anti-entropy is doing.
+fn dump_key(shared: &Shared, key: &[u8]) -> String {
+    let mut out = Vec::new();
+    for s in &shared.slots {
+        let Some(l) = &s.live else { continue };
+        let p = l.cluster.ring().partition_of(BUCKET, key);
+        let copy = l.objects.read(p, BUCKET, key).ok().flatten();
+        let status = l.antientropy.status();
+        out.push(format!(
+            "  {} (partition {p}, trusted {}, rebuilding {}, verifying {:?}, never exchanged {}, totals {:?}): {}",
+            s.name,
+            l.objects.trusted(p),
+            status.rebuilding,
+            status.verifying,
+            status.never_exchanged,
+            status.totals,
+            match &copy {
+                None => "no copy".into(),
+                Some(o) => format!(
+                    "vv {:?}, siblings {:?}",
+                    o.context().entries(),
+                    o.siblings().iter().map(|s| (s.dot, s.content.is_tombstone())).collect::<Vec<_>>()
+                ),
+            }
+        ));
+    }
+    out.join("\n")
+}
+
+/// Draws and applies faults, one at a time.
+#[derive(Default)]
+struct Nemesis {
+    /// The fault in force and when it ends.
+    active: Option<(Fault, Duration)>,
+}
+
+#[derive(Clone, Debug)]
+enum Fault {
+    Partition(String),
+    OneWay(String, String),
+    Slow,
+    Crash(String),
+    Wipe(String),
+}
+
+impl Nemesis {
+    /// Ends the fault in force when its time is up, or starts a new one.
+    /// Returns how long to wait before the next step.
+    fn step(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        shared: &SharedRef,
+        names: &[String],
+        rng: &mut SmallRng,
+        report: &mut Report,
+    ) -> Duration {
+        if let Some((fault, _)) = self.active.take() {
+            self.heal(sim, shared, names, &fault);
+            return Duration::from_millis(rng.random_range(500..2_000));
+        }
+        let victim = names[rng.random_range(0..names.len())].clone();
+        let fault = match rng.random_range(0..5) {
+            0 => Fault::Partition(victim),
+            1 => {
+                let others: Vec<&String> = names.iter().filter(|n| **n != victim).collect();
+                Fault::OneWay(victim.clone(), others[rng.random_range(0..others.len())].clone())
+            }
+            2 => Fault::Slow,
+            3 => Fault::Crash(victim),
+            _ => Fault::Wipe(victim),
+        };
+        let hold = Duration::from_millis(rng.random_range(1_000..6_000));
+        let now = sim.elapsed();
+        let kind = match &fault {
+            Fault::Partition(v) => {
+                for other in names.iter().filter(|n| *n != v) {
+                    sim.partition(v.as_str(), other.as_str());
+                }
+                "partition"
+            }
+            Fault::OneWay(from, to) => {
+                sim.partition_oneway(from.as_str(), to.as_str());
+                "one-way"
+            }
+            Fault::Slow => {
+                sim.set_max_message_latency(Duration::from_millis(rng.random_range(50..400)));
+                "slow network"
+            }
+            Fault::Crash(v) | Fault::Wipe(v) => {
+                sim.crash(v.as_str());
+                let mut s = shared.borrow_mut();
+                let wipe = matches!(fault, Fault::Wipe(_));
+                let slot = s.slots.iter_mut().find(|s| s.name == *v).expect("a known node");
+                slot.live = None;
+                slot.stopped_at.push(now);
+                if wipe {
+                    slot.wiped_at.push(now);
+                    slot.store = MemStore::new();
+                    let _ = std::fs::remove_dir_all(&slot.dir);
+                }
+                if wipe { "wipe" } else { "crash" }
+            }
+        };
+        *report.faults.entry(kind).or_default() += 1;
+        shared.borrow_mut().note(|| format!("nemesis: {fault:?} for {hold:?}"));
+        self.active = Some((fault, now + hold));
+        hold
+    }
+
+    fn heal(&self, sim: &mut turmoil::Sim<'_>, shared: &SharedRef, names: &[String], fault: &Fault) {
+        match fault {
+            Fault::Partition(v) => {
+                for other in names.iter().filter(|n| *n != v) {
+                    sim.repair(v.as_str(), other.as_str());
+                }
+            }
+            Fault::OneWay(from, to) => sim.repair_oneway(from.as_str(), to.as_str()),
+            Fault::Slow => sim.set_max_message_latency(Duration::from_millis(5)),
+            Fault::Crash(v) | Fault::Wipe(v) => sim.bounce(v.as_str()),
+        }
+        shared.borrow_mut().note(|| format!("nemesis: healed {fault:?}"));
+    }
+
+    fn heal_all(&mut self, sim: &mut turmoil::Sim<'_>, shared: &SharedRef, names: &[String]) {
+        if let Some((fault, _)) = self.active.take() {
+            self.heal(sim, shared, names, &fault);
+        }
+    }
+}
