@@ -10,7 +10,8 @@
 //! A run has three phases:
 //! 1. **Faults**: clients add unique elements to sets (one key per set)
 //!    while the nemesis partitions nodes (also one way), slows links down,
-//!    crashes and restarts nodes and wipes their data.
+//!    crashes and restarts nodes, wipes their data, skews their clocks, and
+//!    has nodes join and leave the ring.
 //! 2. **Healing**: the faults stop, every node runs again, and the run
 //!    waits until no node holds hints and every key's replicas agree.
 //! 3. **Checking**: [`check`] holds the history against every replica's
@@ -19,6 +20,7 @@
 //! See docs/RELIABILITY.md for the fault model and the checker's rules.
 
 mod check;
+mod clock;
 mod net;
 mod workload;
 
@@ -37,6 +39,8 @@ use concord::handoff::Handoff;
 use concord::storage::{MemStore, ObjectStore};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
 
 pub use workload::{Delete, History, Write};
 
@@ -46,8 +50,10 @@ pub const BUCKET: &str = "sets";
 /// What one run simulates.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Nodes in the cluster (every bucket keeps 3 replicas).
+    /// Nodes in the cluster at the start (every bucket keeps 3 replicas).
     pub nodes: usize,
+    /// Nodes that start dormant and join when the nemesis says so.
+    pub spares: usize,
     /// Concurrent clients.
     pub clients: usize,
     /// Keys (sets) the clients share.
@@ -62,7 +68,15 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { nodes: 4, clients: 3, keys: 6, fault_phase: Duration::from_secs(30), faults: true, trace: false }
+        Self {
+            nodes: 4,
+            spares: 1,
+            clients: 3,
+            keys: 6,
+            fault_phase: Duration::from_secs(30),
+            faults: true,
+            trace: false,
+        }
     }
 }
 
@@ -98,6 +112,8 @@ impl Report {
 /// runs, handles on its parts.
 struct Slot {
     name: String,
+    /// A spare that has not been asked to join yet.
+    dormant: bool,
     store: MemStore,
     dir: PathBuf,
     live: Option<Live>,
@@ -123,6 +139,10 @@ pub(crate) struct Shared {
     trace: Option<Vec<String>>,
     /// Clients start no operation after this simulated time.
     clients_stop_at: Duration,
+    /// Simulated times at which the nemesis had a node join or leave.
+    ring_changes: Vec<Duration>,
+    /// Admin calls for the control client to make: (node, call).
+    admin: std::collections::VecDeque<(String, Admin)>,
     /// The simulated time as of the driver's last step (for the driver's
     /// own trace lines; hosts read the clock directly).
     driver_clock: Duration,
@@ -142,6 +162,17 @@ impl Shared {
         let live = slot.live.as_ref()?;
         let p = live.cluster.ring().partition_of(BUCKET, key);
         live.objects.read(p, BUCKET, key).ok()
+    }
+
+    /// The newest ring any running node holds (a node that left the ring
+    /// may hold an old one).
+    pub(crate) fn ring(&self) -> Option<Arc<concord::ring::Ring>> {
+        self.slots.iter().filter_map(|s| s.live.as_ref()).map(|l| l.cluster.ring()).max_by_key(|r| r.epoch())
+    }
+
+    /// Whether `node` replicates `key` on the newest ring.
+    pub(crate) fn is_replica(&self, node: &str, key: &[u8]) -> bool {
+        self.ring().is_some_and(|r| r.preference_list(r.partition_of(BUCKET, key), 3).iter().any(|n| n == node))
     }
 
     /// Whether `node` stopped or lost its data after `since`.
@@ -165,10 +196,11 @@ pub fn run(seed: u64, options: &Options) -> anyhow::Result<Report> {
         clients_stop_at: options.fault_phase,
         ..Default::default()
     }));
-    let names: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
-    for name in &names {
+    let names: Vec<String> = (1..=options.nodes + options.spares).map(|i| format!("n{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
         shared.borrow_mut().slots.push(Slot {
             name: name.clone(),
+            dormant: i >= options.nodes,
             store: MemStore::new(),
             dir: tmp.path().join(name),
             live: None,
@@ -177,9 +209,18 @@ pub fn run(seed: u64, options: &Options) -> anyhow::Result<Report> {
         });
     }
 
-    concord::env::set_thread_clock(Some(turmoil::since_epoch));
+    concord::env::set_thread_clock(Some(clock::wall_clock));
     concord::env::set_thread_seed(Some(seed));
     let _reset = ResetThread;
+    // This thread's tracing: the tracker that tells the clock which host
+    // runs, and with a trace, the nodes' logs as RUST_LOG selects them.
+    let logs = (options.trace && std::env::var_os("RUST_LOG").is_some())
+        .then(|| tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::EnvFilter::from_default_env()));
+    let _tracing = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(clock::Tracker.with_filter(tracing_subscriber::filter::filter_fn(|m| m.name() == "node")))
+            .with(logs),
+    );
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -212,11 +253,19 @@ pub fn run(seed: u64, options: &Options) -> anyhow::Result<Report> {
         });
     }
 
+    {
+        let shared = Rc::clone(&shared);
+        sim.client("control", async move {
+            control(shared).await;
+            Ok(())
+        });
+    }
+
     let mut report = Report { seed, ..Default::default() };
     let mut rng = SmallRng::seed_from_u64(seed.rotate_left(17) ^ 0x5eed);
     // Let the cluster form before the first fault.
     let first_fault = Duration::from_secs(5);
-    let mut nemesis = Nemesis::default();
+    let mut nemesis = Nemesis { active: None, members: names[..options.nodes].to_vec() };
     let mut next_fault = first_fault;
     while sim.elapsed() < options.fault_phase {
         if options.faults && sim.elapsed() >= next_fault {
@@ -267,6 +316,7 @@ impl Drop for ResetThread {
     fn drop(&mut self) {
         concord::env::set_thread_clock(None);
         concord::env::set_thread_seed(None);
+        clock::clear();
     }
 }
 
@@ -280,6 +330,9 @@ async fn serve(
     udp: net::Udp,
 ) -> turmoil::Result {
     let me = SocketAddr::new(turmoil::lookup(name.as_str()), net::PORT);
+    while shared.borrow().slots[i].dormant {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (store, dir) = {
         let s = shared.borrow();
         (s.slots[i].store.clone(), s.slots[i].dir.clone())
@@ -335,27 +388,30 @@ async fn serve(
     Ok(())
 }
 
-/// Whether the cluster has settled: every node running with the whole ring
-/// up, no hints left, every key's replicas identical.
+/// Whether the cluster has settled: every member of the ring running, on
+/// the same ring, seeing every member up, holding no hints and only the
+/// partitions it owns (transfers done); and every key's replicas identical.
 fn settled(shared: &Shared, options: &Options) -> bool {
-    let all_up = shared.slots.iter().all(|s| {
-        s.live.as_ref().is_some_and(|l| {
+    let Some(ring) = shared.ring() else { return false };
+    let members: Vec<&String> = ring.members().keys().collect();
+    let all_up = members.iter().all(|m| {
+        shared.slots.iter().find(|s| s.name == **m).and_then(|s| s.live.as_ref()).is_some_and(|l| {
             let status = l.cluster.status();
-            l.cluster.ring().members().len() == options.nodes
-                && status.nodes.iter().filter(|n| n.status == "up").count() == options.nodes
+            let mine = l.cluster.ring();
+            *mine == *ring
+                && members.iter().all(|o| status.nodes.iter().any(|n| n.node_id == **o && n.status == "up"))
                 && l.handoff.hints().total() == 0
+                && l.objects.trees().iter().all(|(p, n)| mine.preference_list(*p, *n as usize).iter().any(|r| r == *m))
         })
     });
-    all_up && (0..options.keys).all(|k| replicas_agree(shared, &workload::key(k)).is_ok())
+    let no_hints = shared.slots.iter().filter_map(|s| s.live.as_ref()).all(|l| l.handoff.hints().total() == 0);
+    all_up && no_hints && (0..options.keys).all(|k| replicas_agree(shared, &workload::key(k)).is_ok())
 }
 
 /// Whether every replica of `key` holds the same object (a missing copy and
 /// a copy of only tombstones count as the same).
 fn replicas_agree(shared: &Shared, key: &[u8]) -> Result<(), String> {
-    let Some(live) = shared.slots.iter().find_map(|s| s.live.as_ref()) else {
-        return Err("no node is running".into());
-    };
-    let ring = live.cluster.ring();
+    let Some(ring) = shared.ring() else { return Err("no node is running".into()) };
     let replicas = ring.preference_list(ring.partition_of(BUCKET, key), 3);
     let copies: Vec<(String, Option<Object>)> = replicas
         .iter()
@@ -382,6 +438,7 @@ fn describe_divergence(shared: &Shared, options: &Options) -> String {
         .slots
         .iter()
         .filter_map(|s| match &s.live {
+            None if s.dormant => None,
             None => Some(format!("{} is not running", s.name)),
             Some(l) if l.handoff.hints().total() > 0 => {
                 Some(format!("{} holds {} hints", s.name, l.handoff.hints().total()))
@@ -399,7 +456,7 @@ fn describe_divergence(shared: &Shared, options: &Options) -> String {
 
 /// Every replica's copy of `key` in detail: its version vector, sibling
 /// dots, whether its trees are trusted and how anti-entropy is doing.
-fn dump_key(shared: &Shared, key: &[u8]) -> String {
+pub(crate) fn dump_key(shared: &Shared, key: &[u8]) -> String {
     let mut out = Vec::new();
     for s in &shared.slots {
         let Some(l) = &s.live else { continue };
@@ -407,8 +464,9 @@ fn dump_key(shared: &Shared, key: &[u8]) -> String {
         let copy = l.objects.read(p, BUCKET, key).ok().flatten();
         let status = l.antientropy.status();
         out.push(format!(
-            "  {} (partition {p}, trusted {}, rebuilding {}, verifying {:?}, never exchanged {}, totals {:?}): {}",
+            "  {} (actor {}, partition {p}, trusted {}, rebuilding {}, verifying {:?}, never exchanged {}, totals {:?}): {}",
             s.name,
+            l.objects.actor(),
             l.objects.trusted(p),
             status.rebuilding,
             status.verifying,
@@ -428,10 +486,13 @@ fn dump_key(shared: &Shared, key: &[u8]) -> String {
 }
 
 /// Draws and applies faults, one at a time.
-#[derive(Default)]
 struct Nemesis {
     /// The fault in force and when it ends.
     active: Option<(Fault, Duration)>,
+    /// The ring's members as the nemesis intends them (its choices depend
+    /// on this, not on when the cluster gets round to a change, so they
+    /// replay exactly).
+    members: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -441,6 +502,47 @@ enum Fault {
     Slow,
     Crash(String),
     Wipe(String),
+    /// The node's wall clock runs this many milliseconds ahead (or behind).
+    Skew(String, i64),
+    /// A spare starts and joins through its seeds, or a node that left
+    /// joins again (discarding what it holds).
+    Join(String),
+    /// A member leaves the ring, handing its partitions over.
+    Leave(String),
+}
+
+/// An admin call the control client makes.
+#[derive(Clone, Debug)]
+pub(crate) enum Admin {
+    Join { seed: String },
+    Leave,
+}
+
+/// The control client: makes the nemesis' admin calls, in order, until
+/// the fault phase is over and none is left.
+async fn control(shared: SharedRef) {
+    loop {
+        let next = shared.borrow_mut().admin.pop_front();
+        let Some((node, call)) = next else {
+            if now() >= shared.borrow().clients_stop_at {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let addr = SocketAddr::new(turmoil::lookup(node.as_str()), net::PORT);
+        let mut admin = concord_proto::v1::admin_client::AdminClient::new(net::channel(addr));
+        let result = match &call {
+            Admin::Join { seed } => {
+                admin.join(concord_proto::v1::JoinRequest { seed: seed.clone(), discard_data: true }).await.map(|_| ())
+            }
+            Admin::Leave => admin.leave(concord_proto::v1::LeaveRequest { node_id: String::new() }).await.map(|_| ()),
+        };
+        shared.borrow_mut().note(|| match &result {
+            Ok(()) => format!("control: {call:?} on {node}: done"),
+            Err(e) => format!("control: {call:?} on {node}: {}", e.message()),
+        });
+    }
 }
 
 impl Nemesis {
@@ -458,8 +560,18 @@ impl Nemesis {
             self.heal(sim, shared, names, &fault);
             return Duration::from_millis(rng.random_range(500..2_000));
         }
-        let victim = names[rng.random_range(0..names.len())].clone();
-        let fault = match rng.random_range(0..5) {
+        let members = self.members.clone();
+        let running: Vec<String> =
+            shared.borrow().slots.iter().filter(|s| !s.dormant).map(|s| s.name.clone()).collect();
+        let victim = running[rng.random_range(0..running.len())].clone();
+        let kind = rng.random_range(0..7);
+        let outsider = names.iter().find(|n| !members.contains(n)).cloned();
+        let fault = match kind {
+            5 => match outsider {
+                Some(n) => Fault::Join(n),
+                None if members.len() > 4 => Fault::Leave(members[rng.random_range(0..members.len())].clone()),
+                None => Fault::Slow,
+            },
             0 => Fault::Partition(victim),
             1 => {
                 let others: Vec<&String> = names.iter().filter(|n| **n != victim).collect();
@@ -467,7 +579,17 @@ impl Nemesis {
             }
             2 => Fault::Slow,
             3 => Fault::Crash(victim),
+            6 => {
+                let ms = rng.random_range(10..30_000i64);
+                Fault::Skew(victim, if rng.random() { ms } else { -ms })
+            }
             _ => Fault::Wipe(victim),
+        };
+        let fault = match fault {
+            // Only members are partitioned or cut: an outsider's links carry
+            // nothing worth cutting.
+            Fault::Partition(v) | Fault::OneWay(v, _) if !members.contains(&v) => Fault::Slow,
+            f => f,
         };
         let hold = Duration::from_millis(rng.random_range(1_000..6_000));
         let now = sim.elapsed();
@@ -500,6 +622,31 @@ impl Nemesis {
                 }
                 if wipe { "wipe" } else { "crash" }
             }
+            Fault::Skew(v, ms) => {
+                clock::set_skew(v, *ms);
+                "clock skew"
+            }
+            Fault::Join(n) => {
+                self.members.push(n.clone());
+                let mut s = shared.borrow_mut();
+                s.ring_changes.push(now);
+                let slot = s.slots.iter_mut().find(|s| s.name == *n).expect("a known node");
+                if slot.dormant {
+                    slot.dormant = false;
+                } else {
+                    let seed = members.first().cloned().unwrap_or_else(|| names[0].clone());
+                    let seed = SocketAddr::new(sim.lookup(seed.as_str()), net::PORT).to_string();
+                    s.admin.push_back((n.clone(), Admin::Join { seed }));
+                }
+                "join"
+            }
+            Fault::Leave(n) => {
+                self.members.retain(|m| m != n);
+                let mut s = shared.borrow_mut();
+                s.ring_changes.push(now);
+                s.admin.push_back((n.clone(), Admin::Leave));
+                "leave"
+            }
         };
         *report.faults.entry(kind).or_default() += 1;
         shared.borrow_mut().note(|| format!("nemesis: {fault:?} for {hold:?}"));
@@ -517,6 +664,8 @@ impl Nemesis {
             Fault::OneWay(from, to) => sim.repair_oneway(from.as_str(), to.as_str()),
             Fault::Slow => sim.set_max_message_latency(Duration::from_millis(5)),
             Fault::Crash(v) | Fault::Wipe(v) => sim.bounce(v.as_str()),
+            Fault::Skew(v, _) => clock::set_skew(v, 0),
+            Fault::Join(_) | Fault::Leave(_) => {}
         }
         shared.borrow_mut().note(|| format!("nemesis: healed {fault:?}"));
     }

@@ -58,6 +58,8 @@ pub struct Delete {
     pub key: usize,
     /// The elements the read saw (the delete's context covers them).
     pub read: BTreeSet<String>,
+    /// The replicas whose copies the read merged.
+    pub read_from: Vec<String>,
     pub start: Duration,
     pub end: Duration,
     pub acked: bool,
@@ -191,7 +193,8 @@ async fn add(
 
 /// An acknowledgement must be true when it arrives: as many distinct
 /// nodes as asked for, and every primary that acknowledged holds the
-/// element (unless it has since stopped, or a delete may have removed it).
+/// element (unless it has since stopped, is no longer a replica of the
+/// key, or a delete may have removed it).
 fn check_acks(
     s: &mut crate::Shared,
     k: usize,
@@ -216,7 +219,10 @@ fn check_acks(
         return;
     }
     for node in acked_by.iter().filter(|n| !fallbacks.contains(n)) {
-        if s.stopped_since(node, start) {
+        // A node that has stopped may have lost it (as its durability
+        // allows); one that is no longer a replica on the newest ring may
+        // have handed it over and dropped its copy.
+        if s.stopped_since(node, start) || !s.is_replica(node, &key(k)) {
             continue;
         }
         let Some(copy) = s.local_copy(node, &key(k)) else { continue };
@@ -248,6 +254,7 @@ async fn delete_once(shared: &SharedRef, kv: &mut KvClient<Channel>, node: &str,
         return;
     };
     let seen = read_elements(&got);
+    let read_from = got.replicas.clone();
     let request = pb::DeleteRequest {
         bucket: BUCKET.into(),
         key: key(k).into(),
@@ -258,5 +265,5 @@ async fn delete_once(shared: &SharedRef, kv: &mut KvClient<Channel>, node: &str,
     let acked = matches!(reply, Ok(Ok(_)));
     let mut s = shared.borrow_mut();
     s.note(|| format!("{node}: delete set{k} (w={w}) covering {} elements: acked {acked}", seen.len()));
-    s.history.deletes.push(Delete { key: k, read: seen, start, end: now(), acked });
+    s.history.deletes.push(Delete { key: k, read: seen, read_from, start, end: now(), acked });
 }

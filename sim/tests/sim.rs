@@ -1,6 +1,7 @@
 //! Runs the deterministic simulation over many seeds.
 //!
-//! - `cargo test -p concord-sim` runs 50 seeds (`CONCORD_SIM_SEEDS=N` runs N).
+//! - `cargo test -p concord-sim` runs 50 seeds (`CONCORD_SIM_SEEDS=N` runs N,
+//!   from `CONCORD_SIM_FIRST_SEED`), one thread per core.
 //! - `CONCORD_SIM_SEED=S` runs seed S alone and prints its trace
 //!   (`RUST_LOG=concord=debug` adds the nodes' own logs).
 
@@ -24,7 +25,6 @@ fn print(report: &Report) {
 fn every_seed_keeps_every_acknowledged_write() {
     if let Ok(seed) = std::env::var("CONCORD_SIM_SEED") {
         let seed: u64 = seed.parse().expect("CONCORD_SIM_SEED must be a number");
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
         let report = run(seed, &Options { trace: true, ..Default::default() }).expect("the simulation runs");
         for line in &report.trace {
             println!("{line}");
@@ -35,11 +35,29 @@ fn every_seed_keeps_every_acknowledged_write() {
     }
     let seeds: u64 = std::env::var("CONCORD_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let first: u64 = std::env::var("CONCORD_SIM_FIRST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    // Each run keeps to its own thread, so seeds run side by side, one
+    // thread per core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4) as u64;
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (first + t..first + seeds)
+                    .step_by(threads as usize)
+                    .map(|seed| {
+                        let report = run(seed, &Options::default()).expect("the simulation runs");
+                        print(&report);
+                        report
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut reports: Vec<Report> = workers.into_iter().flat_map(|w| w.join().expect("a simulation thread")).collect();
+    reports.sort_by_key(|r| r.seed);
     let mut failed = Vec::new();
     let (mut faults, mut checked, mut simulated) = (0, 0, 0.0);
-    for seed in first..first + seeds {
-        let report = run(seed, &Options::default()).expect("the simulation runs");
-        print(&report);
+    for report in reports {
+        let seed = report.seed;
         faults += report.fault_count();
         checked += report.checked;
         simulated += report.simulated.as_secs_f64();
