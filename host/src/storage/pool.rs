@@ -160,6 +160,29 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    type Blocker = tokio::task::JoinHandle<Result<()>>;
+
+    /// A pool of one thread, held by a job until `release` is sent (or
+    /// dropped); the job's task is returned to be awaited.
+    async fn held_pool() -> (Arc<Pool>, std::sync::mpsc::Sender<()>, Blocker) {
+        let pool = Pool::start(1).unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                pool.run(move || {
+                    held.recv().ok();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        while pool.busy() < 1 {
+            tokio::task::yield_now().await;
+        }
+        (pool, release, blocker)
+    }
+
     #[tokio::test]
     async fn runs_jobs_off_the_caller_and_answers_each() {
         let pool = Pool::start(2).unwrap();
@@ -176,21 +199,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_whose_caller_gave_up_does_not_run_and_close_waits_for_the_rest() {
-        let pool = Pool::start(1).unwrap();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let blocker = {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move {
-                pool.run(move || {
-                    held.recv().ok();
-                    Ok(())
-                })
-                .await
-            })
-        };
-        while pool.busy() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let (pool, release, blocker) = held_pool().await;
         let ran = Arc::new(AtomicUsize::new(0));
         let job = |ran: &Arc<AtomicUsize>| {
             let ran = Arc::clone(ran);
@@ -241,22 +250,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_makes_callers_wait_not_fail() {
-        let pool = Pool::start(1).unwrap();
-        // Hold the one thread until every job is queued.
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let blocker = {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move {
-                pool.run(move || {
-                    held.recv().ok();
-                    Ok(())
-                })
-                .await
-            })
-        };
-        while pool.busy() < 1 {
-            tokio::task::yield_now().await;
-        }
+        // The one thread is held until every job is queued.
+        let (pool, release, blocker) = held_pool().await;
         let ran = Arc::new(AtomicUsize::new(0));
         let count = Pool::QUEUE + 10;
         let jobs = {
