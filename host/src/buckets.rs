@@ -471,7 +471,7 @@ impl Buckets {
     /// engine, and must not hold up a tokio worker.
     pub async fn set_blocking(self: &Arc<Self>, name: &str, change: BucketChange) -> Result<Arc<BucketProps>> {
         let (this, name) = (Arc::clone(self), name.to_owned());
-        tokio::task::spawn_blocking(move || this.set(&name, change)).await.map_err(Error::internal)?
+        crate::env::blocking(move || this.set(&name, change)).await?
     }
 
     fn persist(&self, table: &Table) -> Result<()> {

@@ -7,7 +7,9 @@
 //! simulated network and clock: it supplies an [`Environment`] of its own
 //! and sets this thread's clock and random source
 //! ([`set_thread_clock`], [`set_thread_seed`]), so that every choice a node
-//! makes comes from the simulation's seed.
+//! makes comes from the simulation's seed. It also keeps blocking work on
+//! its thread ([`set_thread_inline_blocking`], [`blocking`]): a blocking
+//! pool's thread would wake a task at a moment the seed does not decide.
 //!
 //! Durations and deadlines use `tokio::time::Instant`, which is the
 //! machine's monotonic clock except in a runtime whose time is paused, as
@@ -111,6 +113,23 @@ pub type Clock = fn() -> Option<Duration>;
 thread_local! {
     static CLOCK: Cell<Option<Clock>> = const { Cell::new(None) };
     static RNG: RefCell<Option<SmallRng>> = const { RefCell::new(None) };
+    static INLINE_BLOCKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes [`blocking`] on this thread run its work inline instead of on
+/// tokio's blocking pool (the simulation, where one thread runs all).
+pub fn set_thread_inline_blocking(inline: bool) {
+    INLINE_BLOCKING.with(|b| b.set(inline));
+}
+
+/// Runs blocking `work` off the async workers, on tokio's blocking pool,
+/// or inline on a thread that asked for it ([`set_thread_inline_blocking`]).
+/// Fails only if the work panicked on the pool.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> crate::Result<T> {
+    if INLINE_BLOCKING.with(|b| b.get()) {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work).await.map_err(crate::Error::internal)
 }
 
 /// Makes [`since_epoch`] on this thread ask `clock` first (the

@@ -652,7 +652,7 @@ fn spawn_storage_gauge(engine: Arc<dyn Store>, mut stopped: watch::Receiver<bool
         let gauge = metrics::gauge!("concord_storage_bytes");
         loop {
             let e = Arc::clone(&engine);
-            if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || e.size_on_disk()).await {
+            if let Ok(Ok(bytes)) = crate::env::blocking(move || e.size_on_disk()).await {
                 gauge.set(bytes as f64);
             }
             tokio::select! {

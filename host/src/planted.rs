@@ -14,6 +14,11 @@ pub enum Bug {
     HintDeletedBeforeDelivery,
 }
 
+impl Bug {
+    /// Every planted bug.
+    pub const ALL: [Bug; 3] = [Bug::MergeDropsSibling, Bug::AckCountedTwice, Bug::HintDeletedBeforeDelivery];
+}
+
 #[cfg(feature = "planted-bugs")]
 thread_local! {
     static PLANTED: std::cell::Cell<Option<Bug>> = const { std::cell::Cell::new(None) };

@@ -20,7 +20,9 @@
 //! See docs/RELIABILITY.md for the fault model and the checker's rules.
 
 mod check;
+pub mod child;
 mod clock;
+pub mod entropy;
 mod net;
 mod workload;
 
@@ -64,6 +66,9 @@ pub struct Options {
     pub faults: bool,
     /// Keep a readable trace of faults and operations in the report.
     pub trace: bool,
+    /// A deliberate bug to plant in the nodes (needs the `planted-bugs`
+    /// feature).
+    pub planted: Option<concord::planted::Bug>,
 }
 
 impl Default for Options {
@@ -76,18 +81,19 @@ impl Default for Options {
             fault_phase: Duration::from_secs(30),
             faults: true,
             trace: false,
+            planted: None,
         }
     }
 }
 
 /// What one run did and found.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub seed: u64,
     /// Simulated time from start to the end of the check.
     pub simulated: Duration,
     /// Faults injected, by kind.
-    pub faults: BTreeMap<&'static str, usize>,
+    pub faults: BTreeMap<String, usize>,
     /// Writes (adds) attempted and acknowledged; deletes attempted.
     pub writes: usize,
     pub acked: usize,
@@ -189,7 +195,42 @@ pub(crate) fn now() -> Duration {
 type SharedRef = Rc<RefCell<Shared>>;
 
 /// Runs one seed and checks it.
+///
+/// Every random byte the process's libraries draw from now on comes from
+/// the seed ([`entropy`]), and the run has a thread of its own, so the
+/// first run in a process replays exactly in another process; [`child`]
+/// gives each seed a process.
 pub fn run(seed: u64, options: &Options) -> anyhow::Result<Report> {
+    // The run's tracing: the tracker that tells the clock which host runs,
+    // and with a trace, the nodes' logs as RUST_LOG selects them. Built
+    // before the seed takes over and off the run's thread, so that logging
+    // or not makes no difference to the hash maps the run creates.
+    let logs = (options.trace && std::env::var_os("RUST_LOG").is_some()).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_timer(SimulatedTime)
+            .with_filter(tracing_subscriber::EnvFilter::from_default_env())
+    });
+    let subscriber = tracing_subscriber::registry()
+        .with(clock::Tracker.with_filter(tracing_subscriber::filter::filter_fn(|m| m.name() == "node")))
+        .with(logs);
+    entropy::seed_process(seed)?;
+    #[cfg(not(feature = "planted-bugs"))]
+    anyhow::ensure!(options.planted.is_none(), "planting a bug needs the `planted-bugs` feature");
+    std::thread::scope(|s| {
+        let run = std::thread::Builder::new().name(format!("sim-{seed}")).spawn_scoped(s, || {
+            #[cfg(feature = "planted-bugs")]
+            concord::planted::plant(options.planted);
+            run_here(seed, options, subscriber)
+        })?;
+        run.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn run_here(
+    seed: u64,
+    options: &Options,
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) -> anyhow::Result<Report> {
     let tmp = tempfile::tempdir()?;
     let shared: SharedRef = Rc::new(RefCell::new(Shared {
         trace: options.trace.then(Vec::new),
@@ -211,16 +252,9 @@ pub fn run(seed: u64, options: &Options) -> anyhow::Result<Report> {
 
     concord::env::set_thread_clock(Some(clock::wall_clock));
     concord::env::set_thread_seed(Some(seed));
+    concord::env::set_thread_inline_blocking(true);
     let _reset = ResetThread;
-    // This thread's tracing: the tracker that tells the clock which host
-    // runs, and with a trace, the nodes' logs as RUST_LOG selects them.
-    let logs = (options.trace && std::env::var_os("RUST_LOG").is_some())
-        .then(|| tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::EnvFilter::from_default_env()));
-    let _tracing = tracing::subscriber::set_default(
-        tracing_subscriber::registry()
-            .with(clock::Tracker.with_filter(tracing_subscriber::filter::filter_fn(|m| m.name() == "node")))
-            .with(logs),
-    );
+    let _tracing = tracing::subscriber::set_default(subscriber);
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -308,6 +342,15 @@ pub fn run(seed: u64, options: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Stamps the nodes' log lines with simulated time, as the trace is.
+struct SimulatedTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{:9.3}s", now().as_secs_f64())
+    }
+}
+
 /// Restores the thread's clock and random source when a run ends, even by
 /// a panic.
 struct ResetThread;
@@ -316,6 +359,7 @@ impl Drop for ResetThread {
     fn drop(&mut self) {
         concord::env::set_thread_clock(None);
         concord::env::set_thread_seed(None);
+        concord::env::set_thread_inline_blocking(false);
         clock::clear();
     }
 }
@@ -564,14 +608,19 @@ impl Nemesis {
         let running: Vec<String> =
             shared.borrow().slots.iter().filter(|s| !s.dormant).map(|s| s.name.clone()).collect();
         let victim = running[rng.random_range(0..running.len())].clone();
-        let kind = rng.random_range(0..7);
-        let outsider = names.iter().find(|n| !members.contains(n)).cloned();
+        // Ring changes get two shares of eight: a leave followed by a
+        // re-join (which discards the node's data) is what puts hinted
+        // handoff, rather than anti-entropy, in charge of writes a leaving
+        // node took.
+        let kind = rng.random_range(0..8);
+        let outsiders: Vec<&String> = names.iter().filter(|n| !members.contains(n)).collect();
+        // A ring keeps at least 3 members (a bucket's n).
+        let can_leave = members.len() > 3;
         let fault = match kind {
-            5 => match outsider {
-                Some(n) => Fault::Join(n),
-                None if members.len() > 4 => Fault::Leave(members[rng.random_range(0..members.len())].clone()),
-                None => Fault::Slow,
-            },
+            5 | 7 if !outsiders.is_empty() && (!can_leave || rng.random()) => {
+                Fault::Join(outsiders[rng.random_range(0..outsiders.len())].clone())
+            }
+            5 | 7 => Fault::Leave(members[rng.random_range(0..members.len())].clone()),
             0 => Fault::Partition(victim),
             1 => {
                 let others: Vec<&String> = names.iter().filter(|n| **n != victim).collect();
@@ -591,7 +640,13 @@ impl Nemesis {
             Fault::Partition(v) | Fault::OneWay(v, _) if !members.contains(&v) => Fault::Slow,
             f => f,
         };
-        let hold = Duration::from_millis(rng.random_range(1_000..6_000));
+        // A partition holds long enough, more often than not, for the
+        // others' failure detectors to give the victim up, so that it
+        // coordinates writes by sloppy quorum alone.
+        let hold = match fault {
+            Fault::Partition(_) => Duration::from_millis(rng.random_range(2_000..10_000)),
+            _ => Duration::from_millis(rng.random_range(1_000..6_000)),
+        };
         let now = sim.elapsed();
         let kind = match &fault {
             Fault::Partition(v) => {
@@ -648,7 +703,7 @@ impl Nemesis {
                 "leave"
             }
         };
-        *report.faults.entry(kind).or_default() += 1;
+        *report.faults.entry(kind.to_string()).or_default() += 1;
         shared.borrow_mut().note(|| format!("nemesis: {fault:?} for {hold:?}"));
         self.active = Some((fault, now + hold));
         hold

@@ -1,15 +1,18 @@
 //! Runs the deterministic simulation over many seeds.
 //!
 //! - `cargo test -p concord-sim` runs 50 seeds (`CONCORD_SIM_SEEDS=N` runs N,
-//!   from `CONCORD_SIM_FIRST_SEED`), one thread per core.
-//! - `CONCORD_SIM_SEED=S` runs seed S alone and prints its trace
-//!   (`RUST_LOG=concord=debug` adds the nodes' own logs).
+//!   from `CONCORD_SIM_FIRST_SEED`), each in a process of its own, one per
+//!   core.
+//! - `CONCORD_SIM_SEED=S` replays seed S exactly, in this process, and prints
+//!   its trace (`RUST_LOG=concord=debug` adds the nodes' own logs).
 
-use concord_sim::{Options, Report, run};
+use concord_sim::{Options, Report, child, run};
+
+const TEST: &str = "every_seed_keeps_every_acknowledged_write";
 
 fn print(report: &Report) {
     println!(
-        "seed {}: {:.0} s simulated, faults {:?}, writes {} ({} acknowledged), deletes {}, {} checked, {} anomalies",
+        "seed {}: {:.3} s simulated, faults {:?}, writes {} ({} acknowledged), deletes {}, {} checked, {} anomalies",
         report.seed,
         report.simulated.as_secs_f64(),
         report.faults,
@@ -23,6 +26,9 @@ fn print(report: &Report) {
 
 #[test]
 fn every_seed_keeps_every_acknowledged_write() {
+    if child::serve_if_child() {
+        return;
+    }
     if let Ok(seed) = std::env::var("CONCORD_SIM_SEED") {
         let seed: u64 = seed.parse().expect("CONCORD_SIM_SEED must be a number");
         let report = run(seed, &Options { trace: true, ..Default::default() }).expect("the simulation runs");
@@ -35,25 +41,8 @@ fn every_seed_keeps_every_acknowledged_write() {
     }
     let seeds: u64 = std::env::var("CONCORD_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let first: u64 = std::env::var("CONCORD_SIM_FIRST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    // Each run keeps to its own thread, so seeds run side by side, one
-    // thread per core.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4) as u64;
-    let workers: Vec<_> = (0..threads)
-        .map(|t| {
-            std::thread::spawn(move || {
-                (first + t..first + seeds)
-                    .step_by(threads as usize)
-                    .map(|seed| {
-                        let report = run(seed, &Options::default()).expect("the simulation runs");
-                        print(&report);
-                        report
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let mut reports: Vec<Report> = workers.into_iter().flat_map(|w| w.join().expect("a simulation thread")).collect();
-    reports.sort_by_key(|r| r.seed);
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let reports = child::run_seeds(TEST, first..first + seeds, None, jobs, false, print);
     let mut failed = Vec::new();
     let (mut faults, mut checked, mut simulated) = (0, 0, 0.0);
     for report in reports {

@@ -299,12 +299,11 @@ impl Cluster {
     /// engine, on a blocking thread: a flush writes out the whole engine.
     async fn persist(&self, key: &'static [u8], value: Vec<u8>) -> Result<()> {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        crate::env::blocking(move || -> Result<()> {
             store.insert(Space::Meta, key, &value)?;
             Ok(store.flush()?)
         })
-        .await
-        .map_err(Error::internal)?
+        .await?
     }
 
     /// Publishes this node's status and metadata digests in gossip.
@@ -372,12 +371,11 @@ impl Cluster {
         // flushes the engine when it changes the table, so it runs on a
         // blocking thread.
         let (plugins, buckets, table) = (Arc::clone(&self.plugins), Arc::clone(&self.buckets), md.buckets);
-        let (changed, deferred) = tokio::task::spawn_blocking(move || {
+        let (changed, deferred) = crate::env::blocking(move || {
             let registry = plugins.registry();
             buckets.import(&table, |props| props.plugins().all(|r| registry.contains(r)))
         })
-        .await
-        .map_err(Error::internal)??;
+        .await??;
         if !deferred.is_empty() {
             tracing::debug!(buckets = ?deferred, peer = %from, "bucket properties wait for the plugins they name");
         }
@@ -398,9 +396,7 @@ impl Cluster {
         let plugins = Arc::clone(&self.plugins);
         let bytes = fetched.wasm.to_vec();
         // Compiling blocks; keep it off the async workers.
-        tokio::task::spawn_blocking(move || plugins.registry().add_remote(info, &bytes))
-            .await
-            .map_err(Error::internal)??;
+        crate::env::blocking(move || plugins.registry().add_remote(info, &bytes)).await??;
         tracing::info!(plugin = %r, peer = %from, "plugin fetched from a peer");
         Ok(())
     }

@@ -460,7 +460,7 @@ impl Plugins {
     /// checks.
     pub async fn deploy(self: &Arc<Self>, request: DeployRequest) -> Result<Deployed> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.deploy_blocking(&request)).await.map_err(Error::internal)?
+        crate::env::blocking(move || this.deploy_blocking(&request)).await?
     }
 
     fn deploy_blocking(&self, request: &DeployRequest) -> Result<Deployed> {
@@ -544,7 +544,7 @@ impl Plugins {
         }
         let this = Arc::clone(self);
         let (r, bucket) = (r.clone(), bucket.to_owned());
-        tokio::task::spawn_blocking(move || {
+        crate::env::blocking(move || {
             // Sizes, not laws, are in question: fewer cases than a deploy.
             let cases = this.runtime.config().verify_cases.min(FIT_CASES);
             let report =
@@ -557,8 +557,7 @@ impl Plugins {
                 _ => Ok(()),
             }
         })
-        .await
-        .map_err(Error::internal)?
+        .await?
     }
 
     /// Checks that `r` is deployed and of `kind`, before a bucket binds it.
@@ -623,7 +622,7 @@ impl Plugins {
         // Compiling (or mapping a cached artifact) blocks: not on a request thread.
         let this = Arc::clone(self);
         let r = r.clone();
-        tokio::task::spawn_blocking(move || this.registry.get(&r)).await.map_err(Error::internal)?
+        crate::env::blocking(move || this.registry.get(&r)).await?
     }
 
     async fn call_resolver(
@@ -650,9 +649,8 @@ impl Plugins {
         let slot = self.slot(&loaded.label).await?;
         let label = Arc::clone(&loaded.label);
         let (bucket, key, siblings) = (bucket.to_owned(), key.to_vec(), siblings.to_vec());
-        let task = tokio::task::spawn_blocking(move || {
-            loaded.resolve(slot, &bucket, &key, &siblings, max_bytes, Mode::Request)
-        });
+        let task =
+            crate::env::blocking(move || loaded.resolve(slot, &bucket, &key, &siblings, max_bytes, Mode::Request));
         match task.await {
             Ok(r) => r.map(|(r, _)| r),
             Err(e) => Err(PluginFailure { plugin: label, reason: FailureReason::Unusable, message: e.to_string() }),
@@ -892,7 +890,7 @@ impl Plugins {
         let label = Arc::clone(&loaded.label);
         let slots = Arc::clone(&self.runtime.slots);
         let (bucket, key, value) = (bucket.to_owned(), key.to_vec(), value.to_vec());
-        let task = tokio::task::spawn_blocking(move || {
+        let task = crate::env::blocking(move || {
             let slot = move || slot.or_else(|| slots.try_acquire_owned().ok());
             loaded.validate(slot, &bucket, &key, &value, max_bytes, Mode::Request).map(|v| v.map(|(v, _)| v))
         });
