@@ -95,8 +95,8 @@ pub struct Environment {
     /// The gossip transport. `None` uses UDP on the listen port.
     pub gossip: Option<Arc<dyn chitchat::transport::Transport>>,
     /// Runs every part of the node on the caller's runtime: no background
-    /// thread, no durability thread, storage calls inline. The engine must
-    /// then make writes durable by itself (as the in-memory engine does).
+    /// thread, no durability thread (`fsync` mode flushes in the request,
+    /// `periodic` mode from a task), storage calls inline.
     pub one_thread: bool,
 }
 

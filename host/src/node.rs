@@ -94,7 +94,7 @@ impl Node {
             None => Arc::new(SledStore::open(&dir.db_path(), config.cache_mb << 20)?),
         };
         let durability = Arc::new(if env.one_thread {
-            Durability::inline(config.durability)
+            Durability::inline(Arc::clone(&engine), config.durability, Duration::from_millis(config.flush_interval_ms))
         } else {
             Durability::start(
                 Arc::clone(&engine),

@@ -51,6 +51,11 @@ pub fn wall_clock() -> Option<Duration> {
     })
 }
 
+/// The host turmoil is running, if any (for log lines).
+pub fn running() -> Option<String> {
+    RUNNING.with(|r| r.borrow().clone())
+}
+
 /// Notes which host turmoil is running (see the module docs).
 pub struct Tracker;
 

@@ -5,7 +5,9 @@
 //! and clock, on the in-memory engine, all on one thread. Every choice the
 //! simulation makes (the faults, the clients' operations, the network's
 //! latencies, the nodes' incarnations and retry jitter) comes from one
-//! seed, so a failing seed can be run again with a trace of what happened.
+//! seed, and so does every random byte the libraries draw ([`entropy`]):
+//! a seed run in a process of its own ([`child`]) replays exactly, and a
+//! failing seed can be run again with a trace of what happened.
 //!
 //! A run has three phases:
 //! 1. **Faults**: clients add unique elements to sets (one key per set)
@@ -94,12 +96,18 @@ pub struct Report {
     pub simulated: Duration,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, usize>,
+    /// The nodes' durability mode and flush interval, as drawn.
+    pub durability: String,
     /// Writes (adds) attempted and acknowledged; deletes attempted.
     pub writes: usize,
     pub acked: usize,
     pub deletes: usize,
     /// Acknowledged adds the checker verified.
     pub checked: usize,
+    /// Of those, adds missing at the end because every node that
+    /// acknowledged them lost them in a wipe, or in a crash before a
+    /// `periodic` flush: losses the durability mode allows.
+    pub lost_as_allowed: usize,
     /// Everything the checker found wrong; empty for a good run.
     pub anomalies: Vec<String>,
     /// Faults and operations in order, when [`Options::trace`] is set.
@@ -152,6 +160,37 @@ pub(crate) struct Shared {
     /// The simulated time as of the driver's last step (for the driver's
     /// own trace lines; hosts read the clock directly).
     driver_clock: Duration,
+    /// Every node's durability mode, and its flush interval.
+    durability: Durability,
+}
+
+/// How the nodes of a run make writes durable, drawn from the seed: a
+/// crash loses what a node had not flushed.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Durability {
+    pub(crate) mode: concord::storage::DurabilityMode,
+    pub(crate) flush_every: Duration,
+}
+
+impl Durability {
+    fn draw(seed: u64) -> Self {
+        use concord::storage::DurabilityMode::{Fsync, Periodic};
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0xd0_7ab1e);
+        match rng.random_range(0..3) {
+            0 => Self { mode: Fsync, flush_every: Duration::from_millis(10) },
+            1 => Self { mode: Periodic, flush_every: Duration::from_millis(10) },
+            _ => Self { mode: Periodic, flush_every: Duration::from_millis(1_000) },
+        }
+    }
+
+    /// Whether a node that acknowledged a write at `acked` and crashed at
+    /// `crashed` may have lost it: in `periodic` mode, unless a flush
+    /// surely ran in between (the flusher runs every interval, on 2 ms
+    /// ticks).
+    pub(crate) fn may_lose(&self, acked: Duration, crashed: Duration) -> bool {
+        self.mode == concord::storage::DurabilityMode::Periodic
+            && crashed <= acked + self.flush_every + Duration::from_millis(50)
+    }
 }
 
 impl Shared {
@@ -235,6 +274,7 @@ fn run_here(
     let shared: SharedRef = Rc::new(RefCell::new(Shared {
         trace: options.trace.then(Vec::new),
         clients_stop_at: options.fault_phase,
+        durability: Durability::draw(seed),
         ..Default::default()
     }));
     let names: Vec<String> = (1..=options.nodes + options.spares).map(|i| format!("n{i}")).collect();
@@ -242,7 +282,7 @@ fn run_here(
         shared.borrow_mut().slots.push(Slot {
             name: name.clone(),
             dormant: i >= options.nodes,
-            store: MemStore::new(),
+            store: MemStore::volatile(),
             dir: tmp.path().join(name),
             live: None,
             wiped_at: Vec::new(),
@@ -295,7 +335,13 @@ fn run_here(
         });
     }
 
-    let mut report = Report { seed, ..Default::default() };
+    let durability = shared.borrow().durability;
+    let mut report = Report {
+        seed,
+        durability: format!("{:?}, flush every {:?}", durability.mode, durability.flush_every).to_lowercase(),
+        ..Default::default()
+    };
+    shared.borrow_mut().note(|| format!("durability: {}", report.durability));
     let mut rng = SmallRng::seed_from_u64(seed.rotate_left(17) ^ 0x5eed);
     // Let the cluster form before the first fault.
     let first_fault = Duration::from_secs(5);
@@ -342,12 +388,14 @@ fn run_here(
     Ok(report)
 }
 
-/// Stamps the nodes' log lines with simulated time, as the trace is.
+/// Stamps the nodes' log lines with simulated time, as the trace is, and
+/// the host that logged them.
 struct SimulatedTime;
 
 impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        write!(w, "{:9.3}s", now().as_secs_f64())
+        let host = clock::running().unwrap_or_else(|| "-".into());
+        write!(w, "{:9.3}s {host:>7}", now().as_secs_f64())
     }
 }
 
@@ -402,6 +450,9 @@ async fn serve(
     config.security.cluster_secret = Some(secret);
     config.antientropy.interval_secs = 2;
     config.handoff.retry_max_ms = 2_000;
+    let durability = shared.borrow().durability;
+    config.durability = durability.mode;
+    config.flush_interval_ms = durability.flush_every.as_millis() as u64;
     let env = Environment {
         store: Some(Arc::new(store)),
         incoming: Some((me, net::incoming().await?)),
@@ -672,8 +723,11 @@ impl Nemesis {
                 slot.stopped_at.push(now);
                 if wipe {
                     slot.wiped_at.push(now);
-                    slot.store = MemStore::new();
+                    slot.store = MemStore::volatile();
                     let _ = std::fs::remove_dir_all(&slot.dir);
+                } else {
+                    // What the node had not flushed is gone.
+                    slot.store = slot.store.crash();
                 }
                 if wipe { "wipe" } else { "crash" }
             }

@@ -12,14 +12,16 @@ const TEST: &str = "every_seed_keeps_every_acknowledged_write";
 
 fn print(report: &Report) {
     println!(
-        "seed {}: {:.3} s simulated, faults {:?}, writes {} ({} acknowledged), deletes {}, {} checked, {} anomalies",
+        "seed {}: {:.3} s simulated, {}, faults {:?}, writes {} ({} acknowledged), deletes {}, {} checked ({} lost as allowed), {} anomalies",
         report.seed,
         report.simulated.as_secs_f64(),
+        report.durability,
         report.faults,
         report.writes,
         report.acked,
         report.deletes,
         report.checked,
+        report.lost_as_allowed,
         report.anomalies.len()
     );
 }
@@ -44,11 +46,12 @@ fn every_seed_keeps_every_acknowledged_write() {
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
     let reports = child::run_seeds(TEST, first..first + seeds, None, jobs, false, print);
     let mut failed = Vec::new();
-    let (mut faults, mut checked, mut simulated) = (0, 0, 0.0);
+    let (mut faults, mut checked, mut allowed, mut simulated) = (0, 0, 0, 0.0);
     for report in reports {
         let seed = report.seed;
         faults += report.fault_count();
         checked += report.checked;
+        allowed += report.lost_as_allowed;
         simulated += report.simulated.as_secs_f64();
         if !report.anomalies.is_empty() {
             println!("seed {seed} found: {:#?}", report.anomalies);
@@ -56,7 +59,7 @@ fn every_seed_keeps_every_acknowledged_write() {
         }
     }
     println!(
-        "{seeds} seeds: {:.2} simulated hours, {faults} faults, {checked} acknowledged adds checked, failing seeds {failed:?}",
+        "{seeds} seeds: {:.2} simulated hours, {faults} faults, {checked} acknowledged adds checked ({allowed} lost as the durability mode allows), failing seeds {failed:?}",
         simulated / 3600.0
     );
     assert!(failed.is_empty(), "seeds that found anomalies (replay with CONCORD_SIM_SEED=S): {failed:?}");

@@ -63,13 +63,22 @@ pub struct Durability {
     /// Microseconds every flush waits before it starts: 0 except in tests
     /// that stand in for a stalled disk ([`Durability::delay_flushes`]).
     delay_us: Arc<AtomicU64>,
-    /// No worker: the engine makes each write durable by itself
-    /// ([`Durability::inline`]).
-    inline: bool,
+    /// No worker thread ([`Durability::inline`]): `fsync` mode flushes in
+    /// [`Durability::wait`] itself; `periodic` mode flushes from a task.
+    inline: Option<Inline>,
+}
+
+/// What an inline [`Durability`] flushes, and its periodic flush task.
+struct Inline {
+    store: Arc<dyn Store>,
+    flusher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Durability {
     fn drop(&mut self) {
+        if let Some(flusher) = self.inline.as_mut().and_then(|i| i.flusher.take()) {
+            flusher.abort();
+        }
         drop(self.tx.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -96,14 +105,27 @@ impl Durability {
                 DurabilityMode::Periodic => periodic(&*store, rx, interval, &delay),
             })
             .expect("spawning the durability thread");
-        Self { mode, tx: Some(tx), thread: Some(thread), delay_us, inline: false }
+        Self { mode, tx: Some(tx), thread: Some(thread), delay_us, inline: None }
     }
 
-    /// No worker thread, for an engine whose writes are durable when they
-    /// return (the in-memory engine of the simulation, whose "disk" is the
-    /// memory that outlives a simulated crash).
-    pub fn inline(mode: DurabilityMode) -> Self {
-        Self { mode, tx: None, thread: None, delay_us: Arc::default(), inline: true }
+    /// No worker thread, for a node that runs on one thread (the
+    /// simulation): in `fsync` mode [`Durability::wait`] flushes by itself,
+    /// and in `periodic` mode a task on the caller's runtime flushes every
+    /// `interval` (stopped when this is dropped, without a last flush: a
+    /// node that is dropped has crashed).
+    pub fn inline(store: Arc<dyn Store>, mode: DurabilityMode, interval: Duration) -> Self {
+        let flusher = (mode == DurabilityMode::Periodic).then(|| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    if let Err(e) = store.flush() {
+                        tracing::error!(error = %e, "periodic flush failed");
+                    }
+                }
+            })
+        });
+        Self { mode, tx: None, thread: None, delay_us: Arc::default(), inline: Some(Inline { store, flusher }) }
     }
 
     /// Makes every later flush wait `delay` before it starts, as a stalled
@@ -121,8 +143,11 @@ impl Durability {
     /// Returns once every write that finished before the call is as durable
     /// as the mode promises: on disk for `fsync`, immediately for `periodic`.
     pub async fn wait(&self) -> Result<()> {
-        if self.mode == DurabilityMode::Periodic || self.inline {
+        if self.mode == DurabilityMode::Periodic {
             return Ok(());
+        }
+        if let Some(inline) = &self.inline {
+            return inline.store.flush().map_err(|e| Error::Internal(format!("flushing to disk failed: {e}")));
         }
         let (done, wait) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or_else(|| Error::internal("the group-commit worker has stopped"))?;
