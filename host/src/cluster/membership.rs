@@ -86,6 +86,11 @@ pub struct MetaDigests {
 }
 
 impl MetaDigests {
+    /// The epoch of the ring the node announces, if any.
+    pub fn ring_epoch(&self) -> Option<u64> {
+        self.ring.split_once(':').and_then(|(epoch, _)| epoch.parse().ok())
+    }
+
     /// The newest cluster key id the node announces, if any.
     pub fn newest_key(&self) -> Option<u32> {
         self.keys.split_once(':').and_then(|(id, _)| id.parse().ok())
@@ -129,6 +134,16 @@ pub struct Members {
 }
 
 impl Members {
+    /// A live node that announces a ring newer than `epoch`, and its epoch:
+    /// a node on the `epoch` ring has not caught up yet.
+    pub fn newer_ring(&self, epoch: u64) -> Option<(&NodeId, u64)> {
+        self.peers
+            .values()
+            .filter(|p| p.live)
+            .filter_map(|p| Some((&p.node_id, p.meta.ring_epoch()?)))
+            .find(|(_, e)| *e > epoch)
+    }
+
     /// Whether `node` is live.
     pub fn is_live(&self, node: &str) -> bool {
         self.peers.get(node).is_some_and(|p| p.live)
@@ -351,4 +366,38 @@ async fn snapshot(cc: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>, heartbeats: 
     }
     heartbeats.retain(|id, _| cc.node_states().contains_key(id));
     Members { peers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: &str, ring: &str, live: bool) -> Peer {
+        Peer {
+            node_id: id.into(),
+            addr: "127.0.0.1:7000".parse().unwrap(),
+            zone: "default".into(),
+            status: Status::Up,
+            live,
+            phi: None,
+            meta: MetaDigests { ring: ring.into(), ..Default::default() },
+            removals: Vec::new(),
+            hints: 0,
+            partitions: None,
+            transferring: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_live_peer_on_a_newer_ring_is_found() {
+        let members = |peers: Vec<Peer>| Members { peers: peers.into_iter().map(|p| (p.node_id.clone(), p)).collect() };
+        let same = members(vec![peer("a", "3:a", true), peer("b", "3:a", true)]);
+        assert_eq!(same.newer_ring(3), None);
+        // A dead peer's announcement is not news; an unparsable one is skipped.
+        let dead = members(vec![peer("a", "3:a", true), peer("b", "4:a", false), peer("c", "garbage", true)]);
+        assert_eq!(dead.newer_ring(3), None);
+        let newer = members(vec![peer("a", "3:a", true), peer("b", "4:a", true)]);
+        assert_eq!(newer.newer_ring(3), Some((&"b".to_string(), 4)));
+        assert_eq!(newer.newer_ring(4), None);
+    }
 }

@@ -10,9 +10,9 @@
 //!   forwards the write to the first live replica ([`forward`]). The
 //!   coordinator applies the write locally, sends the resulting object to
 //!   the other replicas in parallel (they merge it), and answers once the
-//!   requested number have acknowledged; its own copy counts once flushed,
-//!   and the flush runs beside the remote calls. Stragglers finish in the
-//!   background.
+//!   requested number have acknowledged; its own copy counts once flushed
+//!   (and only while no live peer announces a newer ring), and the flush
+//!   runs beside the remote calls. Stragglers finish in the background.
 //! * **sloppy quorum**: a replica that gossip says is down, that fails, or
 //!   that has not answered halfway to the deadline is replaced by the next
 //!   live node past the preference list (a *fallback*), which keeps the
@@ -580,10 +580,25 @@ impl Coordinator {
         let (tx, mut rx) = mpsc::unbounded_channel::<Answer<()>>();
         // This replica's copy counts once it is durable. The flush runs
         // beside the remote calls, so a slow local disk does not hold up a
-        // quorum the other replicas can make.
+        // quorum the other replicas can make. While a peer announces a newer
+        // ring than the plan's, this node may no longer be a replica of the
+        // key: its copy is kept (a transfer or anti-entropy takes it on) but
+        // does not count, as a peer would refuse a write its newer ring does
+        // not give it. Otherwise a delete at R=ALL on the new replicas could
+        // miss a write acknowledged here alone.
+        let stale = self.cluster.members().newer_ring(plan.epoch).map(|(peer, epoch)| {
+            format!(
+                "its ring (epoch {}) is older than {peer}'s (epoch {epoch}); its own copy does not count until it has \
+                 the new ring",
+                plan.epoch
+            )
+        });
         let (objects, me, local_tx) = (Arc::clone(&self.objects), self.node_id.clone(), tx.clone());
         tokio::spawn(async move {
-            let result = objects.sync().await;
+            let result = match (objects.sync().await, stale) {
+                (Ok(()), Some(why)) => Err(Error::NotReady(why)),
+                (result, _) => result,
+            };
             let _ = local_tx.send(Answer { node: me.clone(), replica: me, result });
         });
         tally.sent();
