@@ -292,6 +292,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_inline_durability_flushes_on_the_callers_runtime() {
+        // fsync: durable once `wait` returns.
+        let store = MemStore::volatile();
+        let fsync = Durability::inline(Arc::new(store.clone()), DurabilityMode::Fsync, Duration::from_secs(3600));
+        store.insert(Space::Meta, b"a", b"1").unwrap();
+        fsync.wait().await.unwrap();
+        assert_eq!(store.crash().get(Space::Meta, b"a").unwrap(), Some(b"1".to_vec()));
+        // periodic: `wait` returns at once, before any flush...
+        let store = MemStore::volatile();
+        let slow = Durability::inline(Arc::new(store.clone()), DurabilityMode::Periodic, Duration::from_secs(3600));
+        store.insert(Space::Meta, b"b", b"2").unwrap();
+        slow.wait().await.unwrap();
+        assert_eq!(store.crash().get(Space::Meta, b"b").unwrap(), None, "a crash loses what was not flushed");
+        // ...and the task flushes every interval.
+        let store = MemStore::volatile();
+        let _fast = Durability::inline(Arc::new(store.clone()), DurabilityMode::Periodic, Duration::from_millis(1));
+        store.insert(Space::Meta, b"c", b"3").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while store.crash().get(Space::Meta, b"c").unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the flush task never flushed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn periodic_mode_acknowledges_at_once_and_flushes_in_the_background() {
         let store = Arc::new(SlowFlush { inner: MemStore::new(), flushes: AtomicUsize::new(0) });
         let d = Durability::start(store.clone(), DurabilityMode::Periodic, Duration::from_millis(1), Duration::ZERO);
