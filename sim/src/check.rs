@@ -33,23 +33,17 @@ pub(crate) fn check(shared: &Shared, options: &Options, report: &mut Report) {
     let wiped = |node: &str, after: std::time::Duration| {
         shared.slots.iter().find(|s| s.name == node).is_some_and(|s| s.wiped_at.iter().any(|t| *t >= after))
     };
-    // Whether `node` crashed after the write began and before a flush
-    // surely covered it.
-    let crashed_unflushed = |node: &str, w: &crate::Write| {
-        shared
-            .slots
-            .iter()
-            .find(|s| s.name == node)
-            .is_some_and(|s| s.stopped_at.iter().any(|t| *t >= w.start && shared.durability.may_lose(w.end, *t)))
+    // Whether `slot` crashed after an operation began and before a flush
+    // surely covered what it acknowledged at `end`.
+    let crashed_unflushed = |slot: &crate::Slot, start, end| {
+        slot.stopped_at.iter().any(|t| *t >= start && shared.durability.may_lose(end, *t))
     };
     let any_wipe_between = |from: std::time::Duration, to: std::time::Duration| {
         shared.slots.iter().any(|s| s.wiped_at.iter().any(|t| *t >= from && *t <= to))
     };
     // Whether a crash may have taken the delete's tombstone from the node
     // that acknowledged it before the others had it (`periodic` mode).
-    let tombstone_may_be_lost = |d: &crate::Delete| {
-        shared.slots.iter().any(|s| s.stopped_at.iter().any(|t| *t >= d.start && shared.durability.may_lose(d.end, *t)))
-    };
+    let tombstone_may_be_lost = |d: &crate::Delete| shared.slots.iter().any(|s| crashed_unflushed(s, d.start, d.end));
     for k in 0..options.keys {
         let final_elements = final_elements(shared, &key(k));
         let writes: Vec<_> = h.writes.iter().filter(|w| w.key == k).collect();
@@ -64,7 +58,16 @@ pub(crate) fn check(shared: &Shared, options: &Options, report: &mut Report) {
             if final_elements.contains(&w.added) || deletes.iter().any(|d| d.read.contains(&w.added)) {
                 continue;
             }
-            if !w.acked_by.is_empty() && w.acked_by.iter().all(|n| wiped(n, w.start) || crashed_unflushed(n, w)) {
+            if !w.acked_by.is_empty()
+                && w.acked_by.iter().all(|n| {
+                    wiped(n, w.start)
+                        || shared
+                            .slots
+                            .iter()
+                            .find(|s| s.name == *n)
+                            .is_some_and(|s| crashed_unflushed(s, w.start, w.end))
+                })
+            {
                 report.lost_as_allowed += 1;
                 continue;
             }

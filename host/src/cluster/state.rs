@@ -793,7 +793,7 @@ impl Cluster {
                     status: status.into(),
                     phi: peer.phi,
                     partitions: ring.owned_by(&peer.node_id) as u32,
-                    ring_epoch: if is_self { ring.epoch() } else { parse(&peer.meta.ring) },
+                    ring_epoch: if is_self { ring.epoch() } else { peer.meta.ring_epoch().unwrap_or(0) },
                     buckets_version: if is_self { self.buckets.version() } else { parse(&peer.meta.buckets) },
                     plugins_version: if is_self {
                         self.plugins.registry().list().len() as u64

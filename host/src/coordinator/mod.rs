@@ -586,7 +586,8 @@ impl Coordinator {
         // does not count, as a peer would refuse a write its newer ring does
         // not give it. Otherwise a delete at R=ALL on the new replicas could
         // miss a write acknowledged here alone.
-        let stale = self.cluster.members().newer_ring(plan.epoch).map(|(peer, epoch)| {
+        let members = self.cluster.members();
+        let stale = members.newer_ring(plan.epoch).map(|(peer, epoch)| {
             format!(
                 "its ring (epoch {}) is older than {peer}'s (epoch {epoch}); its own copy does not count until it has \
                  the new ring",
@@ -603,7 +604,6 @@ impl Coordinator {
         });
         tally.sent();
         // As stored here, shared by every replica's request.
-        let members = self.cluster.members();
         let mut spares = plan.fallbacks.clone().into_iter();
         let mut unanswered: Vec<NodeId> = Vec::new();
         for r in plan.replicas.iter().filter(|r| **r != self.node_id) {
